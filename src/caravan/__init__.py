@@ -1,0 +1,57 @@
+"""caravan: Luigi pipelines whose heavy steps run as Nomad jobs, with append-only artifacts.
+
+The public API is what this module exports; everything else is private and may change.
+Heavy backends (boto3, hdfs, python-nomad, py-consul, hvac, lightgbm) are imported only
+when a configured feature needs them, so ``import caravan`` stays fast.
+"""
+
+__version__ = "0.1.0"
+
+from .addressing import Address
+from .artifacts import (
+    Artifact,
+    ArtifactTask,
+    ArtifactWriter,
+    complete_many,
+    current_run_id,
+)
+from .errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    CaravanError,
+    ConfigurationError,
+    JobSpecError,
+    PointerConflict,
+    SecretNotFound,
+    StepFailed,
+)
+from .storage import Store, open_store
+
+__all__ = [
+    "Address",
+    "Artifact",
+    "ArtifactCorruptError",
+    "ArtifactError",
+    "ArtifactExistsError",
+    "ArtifactNotFoundError",
+    "ArtifactTask",
+    "ArtifactWriter",
+    "BackendError",
+    "BackendRejected",
+    "BackendUnavailable",
+    "CaravanError",
+    "ConfigurationError",
+    "JobSpecError",
+    "PointerConflict",
+    "SecretNotFound",
+    "StepFailed",
+    "Store",
+    "complete_many",
+    "current_run_id",
+    "open_store",
+]

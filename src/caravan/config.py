@@ -1,0 +1,53 @@
+"""Settings, read from luigi.cfg sections with the ecosystem's environment variables winning.
+
+One ``luigi.Config`` class per section, as luigi.contrib does for ``[s3]`` and ``[hdfs]``.
+Settings name secrets by where they live (a Vault path), never hold them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import luigi
+
+
+class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
+    """``[caravan]``: where artifacts live and which backends run the steps."""
+
+    artifact_root = luigi.Parameter(
+        default=".caravan/artifacts",
+        description="Root URI of every artifact: a path or file:// (local), s3://bucket/prefix, "
+        "hdfs://host:port/path or webhdfs://host:port/path (WebHDFS HTTP address). "
+        "Env CARAVAN_ARTIFACT_ROOT wins.",
+    )
+    executor = luigi.ChoiceParameter(
+        default="local", choices=["local", "nomad"],
+        description="Where heavy steps run. Env CARAVAN_EXECUTOR wins.",
+    )
+    s3_endpoint_url = luigi.Parameter(
+        default="",
+        description="S3 endpoint for S3-compatible servers; AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL win.",
+    )
+    s3_conditional_writes = luigi.ChoiceParameter(
+        default="auto", choices=["auto", "always", "never"],
+        description="Publish manifests with PutObject If-None-Match: * ('auto' falls back to "
+        "head-then-put only if the server answers 501 NotImplemented).",
+    )
+    webhdfs_user = luigi.Parameter(
+        default="", description="WebHDFS user (user.name); env HADOOP_USER_NAME wins.",
+    )
+    listing_cache_s = luigi.FloatParameter(
+        default=5.0,
+        description="How long one listing of a prefix answers completeness checks for artifacts "
+        "found missing. Published artifacts are remembered for good (they are never unpublished).",
+    )
+
+
+def setting(env_name: str, configured: str) -> str:
+    """The environment variable ``env_name`` if set and non-empty, else the configured value."""
+    return os.environ.get(env_name) or configured
+
+
+def artifact_root() -> str:
+    """The artifact root in effect (``CARAVAN_ARTIFACT_ROOT`` or ``[caravan] artifact_root``)."""
+    return setting("CARAVAN_ARTIFACT_ROOT", caravan().artifact_root)

@@ -1,0 +1,1 @@
+"""Model pointers: which artifact is the current model, with history and rollback."""

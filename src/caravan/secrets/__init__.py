@@ -1,0 +1,1 @@
+"""Secret sources: the environment by default, Vault when configured."""

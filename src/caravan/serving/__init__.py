@@ -1,0 +1,1 @@
+"""The model server with hot reload."""

@@ -1,0 +1,143 @@
+"""The HDFS store, over WebHDFS (the ``hdfs`` package).
+
+``hdfs://host:port/path`` and ``webhdfs://host:port/path`` name the namenode's WebHDFS
+HTTP address (port 9870 on Hadoop 3); ``swebhdfs://`` uses HTTPS. Files are created with
+``overwrite=False``; a manifest is published by renaming a finished temporary file onto
+its name, which HDFS refuses when the name is taken, so two publishers cannot both win.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from ..config import caravan, setting
+from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
+from .base import Store
+
+
+class HdfsStore(Store):
+    """Objects are HDFS files under the root directory."""
+
+    schemes = ("hdfs", "webhdfs", "swebhdfs")
+
+    def __init__(self, root_uri: str, token: str | None = None) -> None:
+        super().__init__(root_uri)
+        parsed = urlparse(root_uri)
+        if not parsed.netloc:
+            raise ConfigurationError(f"HDFS root {root_uri!r} names no WebHDFS host:port")
+        http = "https" if parsed.scheme == "swebhdfs" else "http"
+        self.base = "/" + parsed.path.strip("/")
+        import hdfs  # imported here so that `import caravan` stays cheap without HDFS
+
+        url = f"{http}://{parsed.netloc}"
+        self.client: Any
+        if token:
+            self.client = hdfs.TokenClient(url, token)
+        else:
+            user = setting("HADOOP_USER_NAME", caravan().webhdfs_user) or None
+            self.client = hdfs.InsecureClient(url, user=user)
+        self._wrap_session()
+
+    def _wrap_session(self) -> None:
+        # Count every HTTP request (redirects included) for the benchmarks.
+        session = self.client._session
+        original = session.request
+
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self._count(method)
+            return original(method, url, *args, **kwargs)
+
+        session.request = counted
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.base, key) if key else self.base
+
+    def _error(self, exc: Exception, what: str, key: str) -> Exception:
+        import requests
+        from hdfs.util import HdfsError
+
+        where = f"{what} {self.uri(key)}"
+        if isinstance(exc, requests.RequestException):
+            return BackendUnavailable(f"{where}: {exc}", backend="webhdfs")
+        if isinstance(exc, HdfsError):
+            if exc.exception in ("FileNotFoundException",):
+                return ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri)
+            if exc.exception in ("RetriableException", "StandbyException", "SafeModeException"):
+                return BackendUnavailable(f"{where}: {exc.exception}: {exc.message}", backend="webhdfs")
+            return BackendRejected(f"{where}: {exc.exception or ''} {exc.message}".strip(), backend="webhdfs")
+        return exc
+
+    def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import requests
+        from hdfs.util import HdfsError
+
+        try:
+            return fn(*args, **kwargs)
+        except (HdfsError, requests.RequestException) as exc:
+            raise self._error(exc, what, key) from exc
+
+    def read(self, key: str) -> bytes:
+        def fetch() -> bytes:
+            with self.client.read(self._path(key)) as reader:
+                data: bytes = reader.read()
+                return data
+
+        return bytes(self._call("OPEN", key, fetch))
+
+    def _write_temp(self, key: str, data: bytes) -> str:
+        temp = f"{self._path(key)}.{uuid.uuid4().hex}.tmp"
+        self._call("CREATE", key, self.client.write, temp, data=data, overwrite=False)
+        return temp
+
+    def write(self, key: str, data: bytes) -> None:
+        # HDFS cannot rename over a file: delete then rename. Readers see the old object,
+        # none, or the new one; never a partly written file.
+        temp = self._write_temp(key, data)
+        self._call("DELETE", key, self.client.delete, self._path(key))
+        self._call("RENAME", key, self.client.rename, temp, self._path(key))
+
+    def create(self, key: str, data: bytes) -> bool:
+        from hdfs.util import HdfsError
+
+        temp = self._write_temp(key, data)
+        try:
+            self.client.rename(temp, self._path(key))
+            return True
+        except HdfsError as exc:
+            if self.exists(key):
+                return False
+            raise self._error(exc, "RENAME", key) from exc
+        finally:
+            if self.client.status(temp, strict=False) is not None:
+                self.client.delete(temp)
+
+    def exists(self, key: str) -> bool:
+        status = self._call("GETFILESTATUS", key, self.client.status, self._path(key), strict=False)
+        return status is not None and status.get("type") == "FILE"
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        root = self._path(prefix.rstrip("/"))
+        strip = len(self.base.rstrip("/")) + 1
+        walk = self._call("LISTSTATUS", prefix, self.client.walk, root, ignore_missing=True)
+        for dirpath, _dirs, files in walk:
+            for name in files:
+                if not name.endswith(".tmp"):
+                    yield posixpath.join(dirpath, name)[strip:]
+
+    def children_with(self, prefix: str, marker: str) -> set[str]:
+        # WebHDFS has no recursive listing: one LISTSTATUS, then one GETFILESTATUS per child.
+        root = self._path(prefix.rstrip("/"))
+        if self._call("GETFILESTATUS", prefix, self.client.status, root, strict=False) is None:
+            return set()
+        entries = self._call("LISTSTATUS", prefix, self.client.list, root, status=True)
+        return {
+            name for name, status in entries
+            if status.get("type") == "DIRECTORY" and self.exists(f"{prefix.rstrip('/')}/{name}/{marker}")
+        }
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._call("DELETE", prefix, self.client.delete, self._path(prefix.rstrip("/")), recursive=True)

@@ -1,0 +1,106 @@
+"""The local filesystem store (the default): plain files under a root directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..errors import ArtifactNotFoundError, ConfigurationError
+from .base import Store
+
+
+def _root_path(root_uri: str) -> Path:
+    parsed = urlparse(root_uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigurationError(f"file URI {root_uri!r} names host {parsed.netloc!r}; use file:///abs/path")
+        return Path(unquote(parsed.path))
+    return Path(root_uri)
+
+
+class LocalStore(Store):
+    """Objects are files; ``write`` and ``create`` go through a temporary file in the same directory."""
+
+    schemes = ("file", "")
+
+    def __init__(self, root_uri: str) -> None:
+        self.root = _root_path(root_uri).resolve()
+        super().__init__(self.root.as_uri())
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self.root.joinpath(*key.split("/")) if key else self.root
+
+    def _temp_beside(self, target: Path, data: bytes) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(name)
+            raise
+        return Path(name)
+
+    def read(self, key: str) -> bytes:
+        self._count("read")
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri) from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        self._count("write")
+        target = self.path(key)
+        os.replace(self._temp_beside(target, data), target)
+
+    def create(self, key: str, data: bytes) -> bool:
+        self._count("create")
+        target = self.path(key)
+        temp = self._temp_beside(target, data)
+        try:
+            # link() fails if the name exists, so the complete file appears at once, or not at all.
+            os.link(temp, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            return False
+        finally:
+            os.unlink(temp)
+        return True
+
+    def exists(self, key: str) -> bool:
+        self._count("exists")
+        return self.path(key).is_file()
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        self._count("list")
+        base = self.path(prefix.rstrip("/"))
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                if not name.endswith(".tmp"):
+                    yield f"{rel}/{name}" if rel != "." else name
+
+    def children_with(self, prefix: str, marker: str) -> set[str]:
+        # One directory scan plus a stat per child: no need to walk the children's files.
+        self._count("list")
+        base = self.path(prefix.rstrip("/"))
+        try:
+            entries = list(os.scandir(base))
+        except FileNotFoundError:
+            return set()
+        return {e.name for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, marker))}
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._count("delete")
+        shutil.rmtree(self.path(prefix.rstrip("/")), ignore_errors=True)

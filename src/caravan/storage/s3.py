@@ -1,0 +1,150 @@
+"""The S3 store (boto3): manifests are published with a conditional PutObject.
+
+A create-if-absent write sends ``If-None-Match: *``; S3 (and S3-compatible servers that
+implement it) answer 412 PreconditionFailed when the key exists, so two publishers can
+never both win. Servers that answer 501 NotImplemented get a documented fallback,
+head-then-put, which is only safe when one writer publishes an artifact at a time; set
+``[caravan] s3_conditional_writes = always`` to refuse the fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from ..config import caravan, setting
+from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
+from .base import Store
+
+_RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "ThrottlingException"}
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix``."""
+
+    schemes = ("s3",)
+
+    def __init__(self, root_uri: str) -> None:
+        super().__init__(root_uri)
+        parsed = urlparse(root_uri)
+        if not parsed.netloc:
+            raise ConfigurationError(f"S3 root {root_uri!r} names no bucket; use s3://bucket/prefix")
+        self.bucket = parsed.netloc
+        self.base = parsed.path.strip("/")
+        config = caravan()
+        import boto3  # imported here so that `import caravan` stays cheap without S3
+
+        endpoint = setting("AWS_ENDPOINT_URL_S3", setting("AWS_ENDPOINT_URL", config.s3_endpoint_url)) or None
+        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        self.client.meta.events.register("before-send.s3.*", self._on_send)
+        self.conditional = config.s3_conditional_writes
+
+    def _on_send(self, request: Any = None, **_: Any) -> None:
+        self._count(getattr(request, "method", "HTTP"))
+
+    def _key(self, key: str) -> str:
+        return f"{self.base}/{key}" if self.base else key
+
+    def _error(self, exc: Exception, what: str, key: str) -> Exception:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"{what} s3://{self.bucket}/{self._key(key)}"
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status >= 500 or status == 429 or code in _RETRYABLE_CODES:
+                return BackendUnavailable(f"{where}: {code} ({status})", backend="s3")
+            return BackendRejected(f"{where}: {code} ({status})", backend="s3")
+        if isinstance(exc, BotoCoreError):
+            return BackendUnavailable(f"{where}: {exc}", backend="s3")
+        return exc
+
+    def read(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri) from exc
+            raise self._error(exc, "GET", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "GET", key) from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "PUT", key) from exc
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.conditional == "never":
+            return self._create_unconditionally(key, data)
+        for attempt in range(5):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "PreconditionFailed":
+                    return False
+                if code == "ConditionalRequestConflict":
+                    # Another conditional write of this key is in flight; its outcome decides ours.
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if code == "NotImplemented" and self.conditional == "auto":
+                    return self._create_unconditionally(key, data)
+                raise self._error(exc, "PUT If-None-Match", key) from exc
+            except BotoCoreError as exc:
+                raise self._error(exc, "PUT If-None-Match", key) from exc
+        raise BackendUnavailable(f"PUT If-None-Match s3://{self.bucket}/{self._key(key)}: "
+                                 "conditional write kept conflicting", backend="s3")
+
+    def _create_unconditionally(self, key: str, data: bytes) -> bool:
+        if self.exists(key):
+            return False
+        self.write(key, data)
+        return True
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(exc, "HEAD", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "HEAD", key) from exc
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        strip = len(self._key(""))
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield item["Key"][strip:]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "LIST", prefix) from exc
+
+    def delete_prefix(self, prefix: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        keys = [self._key(k) for k in self.list_keys(prefix)]
+        try:
+            for start in range(0, len(keys), 1000):
+                batch: list[Any] = [{"Key": k} for k in keys[start:start + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "DELETE", prefix) from exc

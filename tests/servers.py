@@ -1,0 +1,64 @@
+"""Start and stop the real servers the tests use (moto's S3 server, luigid, OpenBao)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers; fail with the server's output if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}:\n{out[-3000:]}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"server for {url} did not answer within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def process(args: list[str], url: str, *, env: dict[str, str] | None = None,
+            cwd: Path | None = None, timeout_s: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process for the duration of the block."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=cwd)
+    try:
+        wait_for_http(url, proc, timeout_s)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's standalone S3 server on a loopback port; yields its endpoint URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/"):
+        yield url
