@@ -15,6 +15,7 @@ for _name in list(os.environ):
     if _name.startswith(("NOMAD_", "CONSUL_", "VAULT_", "BAO_", "CARAVAN_", "AWS_")) or _name == "HADOOP_USER_NAME":
         del os.environ[_name]
 
+from caravan import config  # noqa: E402
 from caravan.artifacts import completion_index  # noqa: E402
 from caravan.storage import clear_store_cache  # noqa: E402
 
@@ -53,11 +54,11 @@ def webhdfs_url() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
-    clear_store_cache()
-    completion_index.forget()
+    for reset in (clear_store_cache, completion_index.forget, config.reload):
+        reset()
     yield
-    clear_store_cache()
-    completion_index.forget()
+    for reset in (clear_store_cache, completion_index.forget, config.reload):
+        reset()
 
 
 def root_for(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

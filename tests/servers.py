@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
     """Poll ``url`` until it answers; fail with the server's output if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = log.read_text(errors="replace")
             raise RuntimeError(f"server for {url} exited with {proc.returncode}:\n{out[-3000:]}")
         try:
             requests.get(url, timeout=1)
@@ -40,11 +41,16 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30
 @contextlib.contextmanager
 def process(args: list[str], url: str, *, env: dict[str, str] | None = None,
             cwd: Path | None = None, timeout_s: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server process for the duration of the block."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    """Run a server process for the duration of the block.
+
+    Its output goes to a file, not a pipe: a chatty server blocks once a pipe nobody reads is full.
+    """
+    log_fd, log_name = tempfile.mkstemp(prefix="caravan-server-", suffix=".log")
+    proc = subprocess.Popen(args, stdout=log_fd, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, cwd=cwd)
+    os.close(log_fd)
     try:
-        wait_for_http(url, proc, timeout_s)
+        wait_for_http(url, proc, Path(log_name), timeout_s)
         yield proc
     finally:
         proc.terminate()
@@ -53,6 +59,7 @@ def process(args: list[str], url: str, *, env: dict[str, str] | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        os.unlink(log_name)
 
 
 @contextlib.contextmanager

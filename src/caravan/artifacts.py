@@ -28,7 +28,7 @@ from luigi.task import flatten
 
 from . import __version__
 from .addressing import MANIFEST_NAME, Address
-from .config import artifact_root, caravan
+from .config import artifact_root, caravan, section
 from .errors import ArtifactCorruptError, ArtifactExistsError, ArtifactNotFoundError
 from .storage import Store, open_store
 
@@ -347,7 +347,7 @@ class CompletionIndex:
             if artifact.uri in self._published:
                 return True
             listing = self._listings.get(artifact.store.uri(artifact.address.prefix))
-        if listing is not None and time.monotonic() - listing[0] < caravan().listing_cache_s:
+        if listing is not None and time.monotonic() - listing[0] < section(caravan).listing_cache_s:
             if artifact.address.name in listing[1]:
                 self.mark(artifact)
                 return True

@@ -6,9 +6,13 @@ Settings name secrets by where they live (a Vault path), never hold them.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import TypeVar
 
 import luigi
+
+_C = TypeVar("_C", bound=luigi.Config)
 
 
 class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
@@ -43,6 +47,18 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
     )
 
 
+@functools.lru_cache(maxsize=None)
+def section(config_class: type[_C]) -> _C:
+    """The settings of one luigi.cfg section, read once per process (luigi resolves every
+    parameter against the config files on each instantiation, which hot paths cannot afford)."""
+    return config_class()
+
+
+def reload() -> None:
+    """Forget cached sections, e.g. after changing luigi's configuration in a test."""
+    section.cache_clear()
+
+
 def setting(env_name: str, configured: str) -> str:
     """The environment variable ``env_name`` if set and non-empty, else the configured value."""
     return os.environ.get(env_name) or configured
@@ -50,4 +66,4 @@ def setting(env_name: str, configured: str) -> str:
 
 def artifact_root() -> str:
     """The artifact root in effect (``CARAVAN_ARTIFACT_ROOT`` or ``[caravan] artifact_root``)."""
-    return setting("CARAVAN_ARTIFACT_ROOT", caravan().artifact_root)
+    return setting("CARAVAN_ARTIFACT_ROOT", section(caravan).artifact_root)

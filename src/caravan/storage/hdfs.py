@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config import caravan, setting
+from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
 from .base import Store
 
@@ -38,20 +38,18 @@ class HdfsStore(Store):
         if token:
             self.client = hdfs.TokenClient(url, token)
         else:
-            user = setting("HADOOP_USER_NAME", caravan().webhdfs_user) or None
+            user = setting("HADOOP_USER_NAME", section(caravan).webhdfs_user) or None
             self.client = hdfs.InsecureClient(url, user=user)
         self._wrap_session()
 
     def _wrap_session(self) -> None:
-        # Count every HTTP request (redirects included) for the benchmarks.
-        session = self.client._session
-        original = session.request
+        # Count every HTTP request for the benchmarks. A response hook sees each hop,
+        # including the datanode request that follows a namenode's 307 redirect.
+        def counted(response: Any, *args: Any, **kwargs: Any) -> Any:
+            self._count(response.request.method or "HTTP")
+            return response
 
-        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            self._count(method)
-            return original(method, url, *args, **kwargs)
-
-        session.request = counted
+        self.client._session.hooks["response"].append(counted)
 
     def _path(self, key: str) -> str:
         return posixpath.join(self.base, key) if key else self.base
@@ -120,13 +118,21 @@ class HdfsStore(Store):
         return status is not None and status.get("type") == "FILE"
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        import requests
+        from hdfs.util import HdfsError
+
         root = self._path(prefix.rstrip("/"))
         strip = len(self.base.rstrip("/")) + 1
-        walk = self._call("LISTSTATUS", prefix, self.client.walk, root, ignore_missing=True)
-        for dirpath, _dirs, files in walk:
-            for name in files:
-                if not name.endswith(".tmp"):
-                    yield posixpath.join(dirpath, name)[strip:]
+        # walk() raises on a missing root whatever ignore_missing says, so look first.
+        if self._call("GETFILESTATUS", prefix, self.client.status, root, strict=False) is None:
+            return
+        try:
+            for dirpath, _dirs, files in self.client.walk(root, ignore_missing=True):
+                for name in files:
+                    if not name.endswith(".tmp"):
+                        yield posixpath.join(dirpath, name)[strip:]
+        except (HdfsError, requests.RequestException) as exc:
+            raise self._error(exc, "LISTSTATUS", prefix) from exc
 
     def children_with(self, prefix: str, marker: str) -> set[str]:
         # WebHDFS has no recursive listing: one LISTSTATUS, then one GETFILESTATUS per child.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config import caravan, setting
+from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
 from .base import Store
 
@@ -33,7 +33,7 @@ class S3Store(Store):
             raise ConfigurationError(f"S3 root {root_uri!r} names no bucket; use s3://bucket/prefix")
         self.bucket = parsed.netloc
         self.base = parsed.path.strip("/")
-        config = caravan()
+        config = section(caravan)
         import boto3  # imported here so that `import caravan` stays cheap without S3
 
         endpoint = setting("AWS_ENDPOINT_URL_S3", setting("AWS_ENDPOINT_URL", config.s3_endpoint_url)) or None
