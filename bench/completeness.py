@@ -90,7 +90,7 @@ def main() -> None:
     with moto_s3() as endpoint:
         import boto3
 
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",  # noqa: S105
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                           AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=endpoint)
         boto3.client("s3").create_bucket(Bucket="bench")
         results.append(("s3 (moto server)", measure("s3://bench/artifacts", args.n, args.missing)))

@@ -31,7 +31,7 @@ def s3_endpoint() -> Iterator[str]:
     import boto3
 
     with moto_s3() as url:
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                           AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=url)
         boto3.client("s3").create_bucket(Bucket="caravan-test")
         yield url

@@ -29,7 +29,7 @@ from luigi.task import flatten
 from . import __version__
 from .addressing import MANIFEST_NAME, Address
 from .config import artifact_root, caravan, section
-from .errors import ArtifactCorruptError, ArtifactExistsError, ArtifactNotFoundError
+from .errors import ArtifactCorruptError, ArtifactError, ArtifactExistsError, ArtifactNotFoundError
 from .storage import Store, open_store
 
 if TYPE_CHECKING:
@@ -73,9 +73,11 @@ def check_file_name(name: str) -> str:
 class Artifact(luigi.Target):
     """One artifact in a store: its address, its manifest, and its files."""
 
-    def __init__(self, store: Store, address: Address) -> None:
+    def __init__(self, store: Store, address: Address | str) -> None:
+        """``address`` is an :class:`Address`, or just an artifact id to open a published artifact for reading."""
         self.store = store
-        self.address = address
+        self.address = address if isinstance(address, Address) else None
+        self._key = address.key if isinstance(address, Address) else address.strip("/")
         self._manifest: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
@@ -84,12 +86,22 @@ class Artifact(luigi.Target):
     @property
     def id(self) -> str:
         """Stable id: the address below the store root (the same on every store)."""
-        return self.address.artifact_id
+        return self._key
 
     @property
     def key(self) -> str:
         """The artifact's folder key inside its store."""
-        return self.address.key
+        return self._key
+
+    @property
+    def prefix(self) -> str:
+        """The listing prefix it shares with its siblings (family and partition)."""
+        return self._key.rsplit("/", 1)[0] + "/"
+
+    @property
+    def name(self) -> str:
+        """The last segment of its address: readable parameters and digest."""
+        return self._key.rsplit("/", 1)[-1]
 
     @property
     def uri(self) -> str:
@@ -170,6 +182,9 @@ class Artifact(luigi.Target):
     def writer(self, *, run_id: str | None = None, job: Mapping[str, Any] | None = None,
                executor: Mapping[str, Any] | None = None) -> ArtifactWriter:
         """A writer that stages files for this artifact; use it as a context manager."""
+        if self.address is None:
+            raise ArtifactError("opened by id only, for reading; writing needs its full address",
+                                artifact=self.id, store=self.store.root_uri)
         return ArtifactWriter(self, run_id=run_id, job=job, executor=executor)
 
     def write_log(self, run_id: str, name: str, data: bytes) -> str:
@@ -234,6 +249,8 @@ class ArtifactWriter:
 
     def build_manifest(self) -> dict[str, Any]:
         address = self.artifact.address
+        if address is None:  # Artifact.writer() refuses id-only artifacts
+            raise ArtifactError("cannot build a manifest without an address", artifact=self.artifact.id)
         finished = utc_now()
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
@@ -268,7 +285,7 @@ class ArtifactWriter:
             self.outcome = "published"
             self._prune_other_attempts()
             return self.outcome
-        theirs = Artifact(store, artifact.address).manifest()
+        theirs = Artifact(store, artifact.id).manifest()
         self.discard()
         if theirs.get("files") == manifest["files"]:
             self.outcome = "already complete"
@@ -336,7 +353,7 @@ class CompletionIndex:
         """List each distinct prefix of ``artifacts`` once."""
         by_prefix: dict[str, tuple[Store, str]] = {}
         for artifact in artifacts:
-            by_prefix.setdefault(artifact.store.uri(artifact.address.prefix), (artifact.store, artifact.address.prefix))
+            by_prefix.setdefault(artifact.store.uri(artifact.prefix), (artifact.store, artifact.prefix))
         for prefix_uri, (store, prefix) in by_prefix.items():
             names = store.children_with(prefix, MANIFEST_NAME)
             with self._lock:
@@ -346,9 +363,9 @@ class CompletionIndex:
         with self._lock:
             if artifact.uri in self._published:
                 return True
-            listing = self._listings.get(artifact.store.uri(artifact.address.prefix))
+            listing = self._listings.get(artifact.store.uri(artifact.prefix))
         if listing is not None and time.monotonic() - listing[0] < section(caravan).listing_cache_s:
-            if artifact.address.name in listing[1]:
+            if artifact.name in listing[1]:
                 self.mark(artifact)
                 return True
             return False

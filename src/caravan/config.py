@@ -40,6 +40,15 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
     webhdfs_user = luigi.Parameter(
         default="", description="WebHDFS user (user.name); env HADOOP_USER_NAME wins.",
     )
+    jobspec_dir = luigi.Parameter(
+        default="",
+        description="Folder of the steps' Nomad job specs (<job>.nomad.hcl); default ./nomad, else the "
+        "project's nomad/ beside jobs/. Env CARAVAN_JOBSPEC_DIR wins.",
+    )
+    local_workdir = luigi.Parameter(
+        default="",
+        description="Where the local executor makes each step's working directory (default: the system temp dir).",
+    )
     listing_cache_s = luigi.FloatParameter(
         default=5.0,
         description="How long one listing of a prefix answers completeness checks for artifacts "
@@ -47,7 +56,7 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def section(config_class: type[_C]) -> _C:
     """The settings of one luigi.cfg section, read once per process (luigi resolves every
     parameter against the config files on each instantiation, which hot paths cannot afford)."""

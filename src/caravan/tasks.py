@@ -1,0 +1,136 @@
+"""``NomadJobTask``: a luigi task whose work is a step run by the configured executor.
+
+The luigi worker only decides and waits; the step itself runs as a Nomad job (or a local
+subprocess under the same contract), so nothing heavy runs in the worker process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import luigi
+
+from .artifacts import ArtifactTask, completion_index, current_run_id
+from .errors import JobSpecError, StepFailed
+from .executors.base import StepRequest, executor_name, get_executor
+from .executors.jobspec import load_spec
+
+log = logging.getLogger("caravan.tasks")
+
+
+def plain(value: Any) -> Any:
+    """A luigi parameter value as plain JSON data (frozen dicts and tuples become dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} cannot travel as JSON")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class _Interrupted(BaseException):
+    """Raised in the worker when it is told to stop (SIGTERM), so the running step is stopped too."""
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    # luigi terminates a task process with SIGTERM (worker timeout, shutdown); without a handler
+    # Python exits at once and the step would run on, orphaned.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class NomadJobTask(ArtifactTask):
+    """An artifact task whose ``run()`` hands the step to the executor and waits for its artifact.
+
+    Subclasses name their job (``job = "train-lightgbm"``: ``nomad/train-lightgbm.nomad.hcl``)
+    and may override :meth:`hyperparameters` and :meth:`inputs`.
+    """
+
+    job: ClassVar[str] = ""
+    timeout_s = luigi.FloatParameter(default=6 * 3600.0, significant=False,
+                                     description="Stop the step and fail the task after this many seconds.")
+
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        # Local steps share this machine: luigi's scheduler bounds them with [resources] caravan_local_steps.
+        return {"caravan_local_steps": 1} if executor_name() == "local" else {}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the step receives as ``caravan_params``: by default every significant parameter."""
+        return {name: plain(getattr(self, name)) for name, param in self.get_params() if param.significant}
+
+    def inputs(self) -> dict[str, ArtifactTask]:
+        """Named upstream artifact tasks, sent as ``caravan_inputs``: by default from ``requires()``."""
+        required = self.requires()
+        if required is None:
+            return {}
+        if isinstance(required, ArtifactTask):
+            return {"input": required}
+        if isinstance(required, Mapping):
+            items = list(required.items())
+        elif isinstance(required, (list, tuple)):
+            items = [(str(i), t) for i, t in enumerate(required)]
+        else:
+            raise TypeError(f"{self.get_task_family()}.requires() returned {type(required).__name__}; "
+                            "override inputs() to name the step's inputs")
+        return {str(name): task for name, task in items if isinstance(task, ArtifactTask)}
+
+    def meta(self) -> dict[str, str]:
+        """The dispatch meta of the job contract. Never put secrets here: anyone who can read a job reads it."""
+        artifact = self.output()
+        spec = load_spec(self.job)
+        return {
+            "caravan_output": artifact.uri,
+            "caravan_artifact_id": artifact.id,
+            "caravan_identity": json.dumps(self.address().identity(), sort_keys=True),
+            "caravan_inputs": json.dumps({k: t.output().uri for k, t in sorted(self.inputs().items())}),
+            "caravan_params": json.dumps(self.hyperparameters(), sort_keys=True, allow_nan=False),
+            "caravan_run_id": current_run_id(),
+            "caravan_job": json.dumps({"name": spec.name, "sha256": spec.sha256}),
+        }
+
+    def run(self) -> None:
+        if not self.job:
+            raise JobSpecError(f"{self.get_task_family()} names no job (set the class attribute job = '...')")
+        artifact = self.output()
+        if artifact.exists():  # a fresh look: another worker may have published it meanwhile
+            log.info("%s is already published", artifact.uri)
+            return
+        spec = load_spec(self.job)
+        meta = self.meta()
+        spec.check_meta(meta)
+        executor = get_executor()
+        request = StepRequest(spec=spec, artifact=artifact, meta=meta, run_id=current_run_id(),
+                              timeout_s=float(self.timeout_s))
+        with _stop_on_sigterm():
+            result = executor.run(request)
+        published = self.output()
+        if not published.exists():
+            raise StepFailed(f"step {spec.name} exited 0 but published no manifest", job_id=result.job_id,
+                             alloc_ids=result.alloc_ids, artifact=artifact.id)
+        completion_index.mark(published)
+        log.info("%s published by %s (%s)", published.uri, result.job_id, executor.name)
