@@ -16,7 +16,7 @@ from .example import Summarize
 def main() -> int:
     day = dt.date(2026, 11, 22)
     tasks = [Summarize(date=day, power=p) for p in (1, 2, 3, 4)]
-    everything: list[ArtifactTask] = [*tasks, tasks[0].requires()]
+    everything: list[ArtifactTask] = [*tasks, tasks[0].requires()["numbers"]]
     before = {t: t.complete() for t in everything}
     start = time.monotonic()
     ok = luigi.build(tasks, local_scheduler=True, log_level="WARNING")

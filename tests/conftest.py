@@ -19,10 +19,14 @@ from caravan import config  # noqa: E402
 from caravan.artifacts import completion_index  # noqa: E402
 from caravan.storage import clear_store_cache  # noqa: E402
 
-from .servers import moto_s3  # noqa: E402
+from caravan.executors.base import reset_executors  # noqa: E402
+
+from .servers import luigid, moto_s3  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "s3", "hdfs"]
+# Steps run in child processes (the local executor's, the Nomad double's): they import tests.steps.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +58,10 @@ def webhdfs_url() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
-    for reset in (clear_store_cache, completion_index.forget, config.reload):
+    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors):
         reset()
     yield
-    for reset in (clear_store_cache, completion_index.forget, config.reload):
+    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors):
         reset()
 
 
@@ -89,3 +93,86 @@ def local_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     root = str(tmp_path / "artifacts")
     monkeypatch.setenv("CARAVAN_ARTIFACT_ROOT", root)
     return root
+
+
+@pytest.fixture(scope="session")
+def jobspecs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder with the project's step specs and the test-only ones."""
+    folder = tmp_path_factory.mktemp("jobspecs")
+    for spec in [*(ROOT / "nomad").glob("*.nomad.hcl"), *(ROOT / "tests" / "steps" / "nomad").glob("*.nomad.hcl")]:
+        (folder / spec.name).symlink_to(spec)
+    return folder
+
+
+@pytest.fixture
+def test_specs(jobspecs: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the project's and the test-only step specs the configured ones."""
+    monkeypatch.setenv("CARAVAN_JOBSPEC_DIR", str(jobspecs))
+    return jobspecs
+
+
+class NomadHandle:
+    """The Nomad the tests talk to: the double, or a real agent from CARAVAN_TEST_NOMAD_ADDR."""
+
+    def __init__(self, address: str, double: object | None) -> None:
+        self.address = address
+        self.double = double
+
+    def client(self, timeout: float = 10):
+        import nomad
+
+        return nomad.Nomad(address=self.address, timeout=timeout)
+
+
+def register_for_real_agent(address: str, folder: Path) -> None:
+    """Register the step specs on a real `nomad agent -dev`, run with raw_exec by this interpreter."""
+    import sys
+
+    import nomad
+
+    client = nomad.Nomad(address=address, timeout=30)
+    for spec in sorted(folder.glob("*.nomad.hcl")):
+        text = spec.read_text().replace('driver = "docker"', 'driver = "raw_exec"')
+        text = text.replace('command = "python"', f'command = "{sys.executable}"')
+        text = text.replace("image   = var.image", "")
+        job = client.jobs.parse(text, canonicalize=True)
+        for group in job["TaskGroups"]:
+            for task in group["Tasks"]:
+                task.setdefault("Env", {})
+                task["Env"] = {**(task["Env"] or {}), "PYTHONPATH": str(ROOT)}
+        client.jobs.register_job({"Job": job})
+
+
+@pytest.fixture(scope="session")
+def nomad_server(jobspecs: Path) -> Iterator[NomadHandle]:
+    """Nomad for the executor contract: a real agent when CARAVAN_TEST_NOMAD_ADDR is set, else the double."""
+    real = os.environ.get("CARAVAN_TEST_NOMAD_ADDR")
+    if real:
+        register_for_real_agent(real, jobspecs)
+        yield NomadHandle(real, None)
+        return
+    from .doubles.nomad import NomadDouble
+
+    double = NomadDouble(env={"PYTHONPATH": os.environ["PYTHONPATH"]})
+    address = double.start()
+    double.load_specs(jobspecs)
+    yield NomadHandle(address, double)
+    double.stop()
+
+
+@pytest.fixture(params=["local", "nomad"])
+def executor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, jobspecs: Path,
+             local_root: str) -> str:
+    """Each executor in turn, configured through the environment as a user would."""
+    monkeypatch.setenv("CARAVAN_JOBSPEC_DIR", str(jobspecs))
+    monkeypatch.setenv("CARAVAN_EXECUTOR", request.param)
+    if request.param == "nomad":
+        monkeypatch.setenv("NOMAD_ADDR", request.getfixturevalue("nomad_server").address)
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def scheduler_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real luigi central scheduler."""
+    with luigid(tmp_path_factory.mktemp("luigid")) as url:
+        yield url

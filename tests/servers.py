@@ -69,3 +69,15 @@ def moto_s3() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/"):
         yield url
+
+
+@contextlib.contextmanager
+def luigid(workdir: Path) -> Iterator[str]:
+    """The real luigi central scheduler on a loopback port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    luigid_bin = Path(sys.executable).parent / "luigid"
+    args = [str(luigid_bin), "--address", "127.0.0.1", "--port", str(port),
+            "--state-path", str(workdir / "luigi-state.pickle"), "--logdir", str(workdir)]
+    with process(args, f"{url}/api/task_list", cwd=workdir):
+        yield url
