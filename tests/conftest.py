@@ -17,9 +17,8 @@ for _name in list(os.environ):
 
 from caravan import config  # noqa: E402
 from caravan.artifacts import completion_index  # noqa: E402
-from caravan.storage import clear_store_cache  # noqa: E402
-
 from caravan.executors.base import reset_executors  # noqa: E402
+from caravan.storage import clear_store_cache  # noqa: E402
 
 from .servers import luigid, moto_s3  # noqa: E402
 
