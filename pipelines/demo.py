@@ -1,8 +1,13 @@
-"""`make demo`: run the example pipeline on the embedded defaults and say what was built."""
+"""`make demo`: RetrainRanker for one day on the embedded defaults, then a summary of what was built.
+
+Embedded defaults: local executor, local artifact store under ./.caravan, luigi's local scheduler,
+and a SIMULATED click log. A second run rebuilds nothing and says so.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 import time
 
@@ -10,27 +15,68 @@ import luigi
 
 from caravan.artifacts import ArtifactTask
 
-from .example import Summarize
+from .ranker import RetrainRanker
+
+DAY = dt.date(2026, 11, 22)
+
+
+def graph(roots: list[luigi.Task]) -> list[ArtifactTask]:
+    """Every artifact task the roots need, upstream first, each once."""
+    seen: dict[str, ArtifactTask] = {}
+
+    def visit(task: luigi.Task) -> None:
+        if task.task_id in seen:
+            return
+        for dep in luigi.task.flatten(task.requires()):
+            visit(dep)
+        if isinstance(task, ArtifactTask):
+            seen[task.task_id] = task
+
+    for root in roots:
+        visit(root)
+    return list(seen.values())
+
+
+def readable(artifact_id: str) -> str:
+    family, *rest = artifact_id.split("/")
+    return f"{family}/{'/'.join(rest).rsplit('--', 1)[0]}"
 
 
 def main() -> int:
-    day = dt.date(2026, 11, 22)
-    tasks = [Summarize(date=day, power=p) for p in (1, 2, 3, 4)]
-    everything: list[ArtifactTask] = [*tasks, tasks[0].requires()["numbers"]]
-    before = {t: t.complete() for t in everything}
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("caravan.step", "pipelines"):  # step progress, live
+        logging.getLogger(name).setLevel(logging.INFO)
+    retrain = RetrainRanker(date=DAY)
+    tasks = graph([retrain, retrain.grid_search()])
+    before = {t.task_id: t.complete() for t in tasks}
+    if all(before.values()):
+        print("everything is already built: nothing to rebuild")
+    print(f"RetrainRanker --date {DAY}: {len(tasks)} artifacts, {sum(not v for v in before.values())} to build\n")
     start = time.monotonic()
-    ok = luigi.build(tasks, local_scheduler=True, log_level="WARNING")
+    ok = luigi.build([retrain], local_scheduler=True, workers=2, log_level="WARNING")
     elapsed = time.monotonic() - start
-    print(f"\n{'artifact':<90} {'status':<10} metrics")
-    for task in everything:
+
+    print(f"\n{'artifact (path shows its parameters)':<100} {'':<7} {'secs':>6}")
+    for task in tasks:
         artifact = task.output()
-        status = "reused" if before[task] else "built"
-        metrics = artifact.metrics if artifact.exists() else {}
-        print(f"{artifact.id:<90} {status:<10} {metrics}")
-    built = sum(not done for done in before.values())
-    print(f"\nroot: {tasks[0].output().store.root_uri}")
-    print(f"built {built}, reused {len(everything) - built} in {elapsed:.2f} s"
-          + ("" if built else " — nothing to rebuild"))
+        if not artifact.exists():
+            print(f"{readable(artifact.id):<100} FAILED")
+            continue
+        status = "reused" if before[task.task_id] else "built"
+        print(f"{readable(artifact.id):<100} {status:<7} {artifact.manifest().get('duration_s', 0):>6.1f}")
+    grid = retrain.grid_search()
+    if grid.output().exists():
+        summary = grid.output().read_json("summary.json")
+        metric = summary["metric"].lstrip("-")
+        print(f"\n{'configuration':<44} {metric:>10} {'test_auc':>9} {'ndcg@10':>8} {'iters':>6}")
+        for row in summary["configurations"]:
+            mark = "  <- winner" if row["model"] == summary["winner"]["model"] else ""
+            print(f"{row['config']!s:<44} {row[metric]:>10.4f} {row['test_auc']:>9.4f} "
+                  f"{row.get('test_ndcg@10', float('nan')):>8.4f} {row['best_iteration']:>6}{mark}")
+        print(f"\nwinner: {summary['winner']['model']}")
+    built = sum(not v for v in before.values())
+    print(f"root: {retrain.output().store.root_uri}")
+    print(f"built {built}, reused {len(tasks) - built} in {elapsed:.1f} s" + ("" if built else ": nothing rebuilt"))
     return 0 if ok else 1
 
 

@@ -28,6 +28,13 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         default="local", choices=["local", "nomad"],
         description="Where heavy steps run. Env CARAVAN_EXECUTOR wins.",
     )
+    pointer = luigi.ChoiceParameter(
+        default="file", choices=["file", "consul"],
+        description="Where model pointers live. Env CARAVAN_POINTER wins.",
+    )
+    pointer_root = luigi.Parameter(
+        default=".caravan/pointers", description="Folder of the file pointer backend.",
+    )
     s3_endpoint_url = luigi.Parameter(
         default="",
         description="S3 endpoint for S3-compatible servers; AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL win.",

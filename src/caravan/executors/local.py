@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
-from ..config import caravan, section
+from ..config import caravan, section, setting
 from ..errors import StepFailed
 from .base import Executor, StepRequest, StepResult, dispatch_id, tail
 from .jobspec import interpolate
@@ -39,6 +41,29 @@ def meta_env(meta: Mapping[str, str]) -> dict[str, str]:
         env[f"NOMAD_META_{safe}"] = value
         env[f"NOMAD_META_{safe.upper()}"] = value
     return env
+
+
+def worker_settings() -> dict[str, str]:
+    """What the step needs to see the worker's configuration from its own working directory."""
+    from ..config import artifact_root
+
+    settings = {"CARAVAN_POINTER_ROOT": os.path.abspath(setting("CARAVAN_POINTER_ROOT", section(caravan).pointer_root))}
+    root = artifact_root()
+    if "://" not in root:
+        settings["CARAVAN_ARTIFACT_ROOT"] = os.path.abspath(root)
+    if "LUIGI_CONFIG_PATH" not in os.environ and os.path.exists("luigi.cfg"):
+        settings["LUIGI_CONFIG_PATH"] = os.path.abspath("luigi.cfg")
+    return settings
+
+
+def _relay(proc: subprocess.Popen[bytes], sink: IO[bytes], logger: logging.Logger) -> None:
+    """Copy the step's stderr to its log file and, line by line, to the worker's log: progress shows live."""
+    if proc.stderr is None:
+        return
+    for line in proc.stderr:
+        sink.write(line)
+        sink.flush()
+        logger.info("%s", line.decode("utf-8", "replace").rstrip())
 
 
 class LocalExecutor(Executor):
@@ -70,7 +95,7 @@ class LocalExecutor(Executor):
             "NOMAD_NAMESPACE": "default",
             **meta_env(request.meta),
         }
-        env = {**os.environ, **runtime}
+        env = {**os.environ, **worker_settings(), **runtime}
         env.update({k: interpolate(v, env) for k, v in spec.env.items()})
         env["CARAVAN_STEP_EXECUTOR"] = self.name
         command = spec.command_line(env, python=sys.executable)
@@ -80,7 +105,11 @@ class LocalExecutor(Executor):
         started = time.monotonic()
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             # Its own session, so a timeout or an interrupt can stop the step and all its children.
-            proc = subprocess.Popen(command, cwd=task_dir, env=env, stdout=out, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(command, cwd=task_dir, env=env, stdout=out, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+            relay = threading.Thread(target=_relay, args=(proc, err, logging.getLogger(f"caravan.step.{spec.name}")),
+                                     daemon=True)
+            relay.start()
             try:
                 code = proc.wait(timeout=request.timeout_s)
             except subprocess.TimeoutExpired:
@@ -89,6 +118,8 @@ class LocalExecutor(Executor):
             except BaseException:
                 self._stop(proc)
                 raise
+            finally:
+                relay.join(timeout=10)
         stdout, stderr = stdout_path.read_bytes(), stderr_path.read_bytes()
         log_uris = [request.artifact.write_log(request.run_id, f"{alloc_id[:8]}.{spec.task}.{kind}.txt", data)
                     for kind, data in (("stdout", stdout), ("stderr", stderr))]

@@ -1,0 +1,56 @@
+"""Step ``train-lightgbm``: train one LightGBM model with the hyperparameters it is given.
+
+Saves the model in LightGBM's text format, the feature list with types (the serving schema), and
+the training curve. Deterministic: the same data and parameters give a byte-identical model file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from caravan.step import StepContext, run_step
+
+from .common import feature_matrix, feature_types, labels, load_split, numeric_columns
+
+BOOSTER_PARAMS = ("objective", "learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
+                  "lambda_l2", "num_threads")
+
+
+def train(ctx: StepContext) -> None:
+    import lightgbm as lgb
+
+    p = ctx.params
+    dataset, text = ctx.inputs["dataset"], ctx.inputs.get("text")
+    train_table, valid_table = load_split(dataset, text, "train"), load_split(dataset, text, "valid")
+    features = list(p.get("features") or numeric_columns(train_table.schema, exclude=p.get("exclude") or ()))
+    features = [f for f in features if f != p["label"]]
+    params: dict[str, Any] = {k: p[k] for k in BOOSTER_PARAMS if k in p}
+    params.update(seed=int(p["seed"]), deterministic=True, force_row_wise=True, verbosity=-1,
+                  metric=["auc", "binary_logloss"], feature_fraction_seed=int(p["seed"]),
+                  bagging_seed=int(p["seed"]), data_random_seed=int(p["seed"]))
+    dtrain = lgb.Dataset(feature_matrix(train_table, features), labels(train_table, p["label"]),
+                         feature_name=features, free_raw_data=True)
+    dvalid = lgb.Dataset(feature_matrix(valid_table, features), labels(valid_table, p["label"]), reference=dtrain)
+    curve: dict[str, Any] = {}
+    total = int(p["num_iterations"])
+
+    def progress(env: lgb.callback.CallbackEnv) -> None:
+        if (env.iteration + 1) % max(1, total // 10) == 0:
+            scores = ", ".join(f"{name} {metric} {value:.4f}" for name, metric, value, _ in env.evaluation_result_list)
+            ctx.log.info("iteration %d/%d: %s", env.iteration + 1, total, scores)
+
+    booster = lgb.train(params, dtrain, num_boost_round=total, valid_sets=[dtrain, dvalid],
+                        valid_names=["train", "valid"],
+                        callbacks=[lgb.early_stopping(int(p["early_stopping_rounds"]), verbose=False),
+                                   lgb.record_evaluation(curve), progress])
+    best = booster.best_iteration or total
+    ctx.writer.write_text("model.txt", booster.model_to_string(num_iteration=best))
+    ctx.writer.write_json("features.json", {"label": p["label"], "features": feature_types(train_table, features)})
+    ctx.writer.write_json("curve.json", curve)
+    ctx.writer.metrics.update(best_iteration=best, valid_auc=round(curve["valid"]["auc"][best - 1], 6),
+                              valid_logloss=round(curve["valid"]["binary_logloss"][best - 1], 6),
+                              rows_train=train_table.num_rows, n_features=len(features))
+
+
+if __name__ == "__main__":
+    run_step(train, job="train-lightgbm")

@@ -1,0 +1,247 @@
+"""The recommendation ranker: click log -> dataset -> validation -> text features -> LightGBM grid -> evaluation.
+
+Every heavy step is a Nomad job (``nomad/<job>.nomad.hcl``) run by the configured executor::
+
+    luigi --module pipelines.ranker TrainRanker --date 2026-11-22 --learning-rate 0.05 --local-scheduler
+    luigi --module pipelines.ranker GridSearchRanker --date 2026-11-22 --local-scheduler
+    luigi --module pipelines.ranker RetrainRanker --date 2026-11-22 --local-scheduler
+
+``--events simulated`` (the default) uses a SIMULATED click log; point ``--events`` at real data
+with a Parquet URI template such as ``s3://bucket/clicks/date={date}/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+from typing import Any
+
+import luigi
+
+from caravan.artifacts import ArtifactTask
+from caravan.dataio import ParquetSource
+from caravan.promotion import PromoteModel
+from caravan.tasks import NomadJobTask
+
+log = logging.getLogger("pipelines.ranker")
+
+LABEL = "clicked"
+#: Never features: identifiers and the event time (they would leak or not generalise).
+EXCLUDE = ["event_id", "event_time", LABEL]
+NON_NULLABLE = ["event_id", "event_time", "user_id", "item_id", LABEL]
+
+
+class SimulatedEvents(NomadJobTask):
+    """One day of a SIMULATED click log with a learnable signal (the embedded demo's data)."""
+
+    job = "simulate-events"
+    date = luigi.DateParameter(description="The simulated day.")
+    rows = luigi.IntParameter(default=20_000, description="Events in the day.")
+    seed = luigi.IntParameter(default=7, description="Random seed of the simulation.")
+
+
+class DatasetParams:
+    """Parameters that decide the dataset, shared by every task downstream of it."""
+
+    date = luigi.DateParameter(description="Last day of the training window.")
+    window_days = luigi.IntParameter(default=3, description="Days of events in the dataset, ending at --date.")
+    events = luigi.Parameter(default="simulated",
+                             description="'simulated', or a Parquet URI template with {date}: a file, folder or "
+                             "prefix, local, s3:// or hdfs://.")
+    rows_per_day = luigi.IntParameter(default=20_000, description="Events per simulated day (simulated only).")
+    split = luigi.ChoiceParameter(default="time", choices=["time", "hash"],
+                                  description="Split by event time, or by a seeded hash of user_id.")
+    seed = luigi.IntParameter(default=7, description="Seed of the simulation, the hash split and the training.")
+
+
+class TextParams:
+    """Parameters of the shared text features."""
+
+    text_columns = luigi.ListParameter(default=["item_title"], description="Text columns to hash-vectorize.")
+    n_features = luigi.IntParameter(default=32, description="Hashed features per text column.")
+
+
+class PrepareDataset(DatasetParams, NomadJobTask):
+    """Events of the window, split train/valid/test, with schema and column statistics."""
+
+    job = "prepare-dataset"
+    valid_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the validation split.")
+    test_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the test split.")
+
+    def days(self) -> list[dt.date]:
+        return [self.date - dt.timedelta(days=i) for i in reversed(range(self.window_days))]
+
+    def requires(self) -> dict[str, luigi.Task]:
+        if self.events == "simulated":
+            return {f"events_{d}": SimulatedEvents(date=d, rows=self.rows_per_day, seed=self.seed) for d in self.days()}
+        return {f"events_{d}": ParquetSource(uri=str(self.events).format(date=d)) for d in self.days()}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        params = {"date": self.date.isoformat(), "window_days": self.window_days, "split": self.split,
+                  "key": "user_id", "seed": self.seed, "valid_fraction": self.valid_fraction,
+                  "test_fraction": self.test_fraction, "label": LABEL, "time_column": "event_time"}
+        if self.events != "simulated":
+            params["sources"] = [str(self.events).format(date=d) for d in self.days()]
+        return params
+
+
+class ValidateData(DatasetParams, NomadJobTask):
+    """Schema skew stops the run; value drift against the production model's data is measured."""
+
+    job = "validate-data"
+    reference = luigi.Parameter(default="", description="Artifact id of a PrepareDataset to compare with; '' = the "
+                                "dataset of --reference-model's current model, read when the step runs.")
+    reference_model = luigi.Parameter(default="ranker", description="Model whose current pointer names the "
+                                      "reference data ('' = no drift check).")
+    drift_threshold = luigi.FloatParameter(default=0.2, description="PSI above which a column counts as drifted.")
+    fail_on_drift = luigi.BoolParameter(default=False, description="Stop the run when any column drifted.")
+
+    def requires(self) -> dict[str, PrepareDataset]:
+        return {"dataset": self.clone(PrepareDataset)}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        from caravan.ml.stats import table_schema
+
+        from caravan.ml.simulate import SIMULATED_SCHEMA
+
+        return {"expected_schema": table_schema(SIMULATED_SCHEMA.empty_table()), "non_nullable": NON_NULLABLE,
+                "reference": self.reference, "reference_model": self.reference_model,
+                "drift_threshold": self.drift_threshold,
+                "fail_on_drift": self.fail_on_drift}
+
+
+class ProcessText(DatasetParams, TextParams, NomadJobTask):
+    """Hashed text features, one artifact shared by every training on the same dataset."""
+
+    job = "process-text"
+
+    def requires(self) -> dict[str, PrepareDataset]:
+        return {"dataset": self.clone(PrepareDataset)}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"text_columns": list(self.text_columns), "n_features": self.n_features, "seed": self.seed}
+
+
+class TrainParams(DatasetParams, TextParams):
+    """LightGBM hyperparameters."""
+
+    objective = luigi.Parameter(default="binary", description="LightGBM objective.")
+    learning_rate = luigi.FloatParameter(default=0.05, description="Shrinkage rate.")
+    num_leaves = luigi.IntParameter(default=31, description="Maximum leaves per tree.")
+    num_iterations = luigi.IntParameter(default=300, description="Boosting rounds (early stopping may stop sooner).")
+    min_data_in_leaf = luigi.IntParameter(default=50, description="Minimum rows per leaf.")
+    feature_fraction = luigi.FloatParameter(default=0.9, description="Share of features sampled per tree.")
+    early_stopping_rounds = luigi.IntParameter(default=30, description="Stop when valid AUC has not improved "
+                                               "for this many rounds.")
+    num_threads = luigi.IntParameter(default=2, description="Training threads (part of the identity: results "
+                                     "are bit-identical only for the same thread count).")
+
+
+class TrainRanker(TrainParams, NomadJobTask):
+    """One LightGBM ranker trained with the given hyperparameters."""
+
+    job = "train-lightgbm"
+
+    def requires(self) -> dict[str, NomadJobTask]:
+        return {"dataset": self.clone(PrepareDataset), "text": self.clone(ProcessText)}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"label": LABEL, "exclude": EXCLUDE, "objective": self.objective, "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves, "num_iterations": self.num_iterations,
+                "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
+                "early_stopping_rounds": self.early_stopping_rounds, "num_threads": self.num_threads,
+                "seed": self.seed}
+
+
+class EvaluateRanker(TrainParams, NomadJobTask):
+    """Test-split metrics (AUC, log loss, average precision, NDCG@k per user) and a plot."""
+
+    job = "evaluate"
+    k = luigi.IntParameter(default=10, description="Cut-off of NDCG@k.")
+
+    def requires(self) -> dict[str, NomadJobTask]:
+        return {"model": self.clone(TrainRanker), "dataset": self.clone(PrepareDataset),
+                "text": self.clone(ProcessText)}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"group_column": "user_id", "k": self.k}
+
+
+DEFAULT_GRID = {"learning_rate": [0.05, 0.1], "num_leaves": [15, 63]}
+
+
+def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a stable order."""
+    names = sorted(grid)
+    for name in names:
+        if not isinstance(grid[name], (list, tuple)) or not grid[name]:
+            raise ValueError(f"grid entry {name!r} must be a non-empty list of values")
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+class GridSearchRanker(TrainParams, ArtifactTask):
+    """Train and evaluate every grid configuration (sharing one dataset and one text step); pick the best."""
+
+    grid = luigi.DictParameter(default=DEFAULT_GRID, description="Hyperparameter name -> list of values.")
+    metric = luigi.Parameter(default="valid_auc", description="Validation metric that picks the winner (higher "
+                             "is better; prefix with '-' for lower-is-better, e.g. -valid_logloss).")
+
+    def configurations(self) -> list[dict[str, Any]]:
+        unknown = sorted(set(self.grid) - {name for name, _ in TrainRanker.get_params()})
+        if unknown:
+            raise ValueError(f"grid names parameters TrainRanker does not have: {unknown}")
+        return expand_grid(json.loads(json.dumps(self.grid, default=list)))
+
+    def requires(self) -> list[EvaluateRanker]:
+        return [self.clone(EvaluateRanker, **config) for config in self.configurations()]
+
+    def run(self) -> None:
+        descending = not str(self.metric).startswith("-")
+        metric = str(self.metric).lstrip("-")
+        rows = []
+        for config, evaluation in zip(self.configurations(), self.requires(), strict=True):
+            model = evaluation.requires()["model"].output()
+            rows.append({"config": config, "model": model.id, "evaluation": evaluation.output().id,
+                         **model.metrics, **{k: v for k, v in evaluation.output().metrics.items() if k != "model"}})
+        missing = [r["model"] for r in rows if metric not in r]
+        if missing:
+            raise ValueError(f"metric {metric!r} is not recorded for {missing}")
+        best = max(rows, key=lambda r: r[metric] if descending else -r[metric])
+        with self.output().writer() as writer:
+            writer.write_json("summary.json", {"metric": self.metric, "winner": best, "configurations": rows})
+            writer.metrics.update({"winner_model": best["model"], "winner_config": best["config"],
+                                   metric: best[metric], "test_auc": best.get("test_auc")})
+        log.info("grid winner %s with %s = %s", best["config"], metric, best[metric])
+
+
+class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
+    """The periodic entry point: validate the new data, grid-search, and promote the winner through the gate."""
+
+    grid = luigi.DictParameter(default=DEFAULT_GRID, description="Hyperparameter name -> list of values.")
+    model = luigi.Parameter(default="ranker", description="Model name whose pointer the winner may replace.")
+    tolerance = luigi.FloatParameter(default=0.01, description="How much worse (holdout AUC) than the current "
+                                     "model the winner may be and still be promoted.")
+
+    def requires(self) -> dict[str, ValidateData]:
+        return {"validation": self.clone(ValidateData, reference_model=self.model)}
+
+    def grid_search(self) -> GridSearchRanker:
+        return self.clone(GridSearchRanker)
+
+    def promotion(self, candidate: str) -> PromoteModel:
+        return PromoteModel(model=self.model, candidate=candidate, tolerance=self.tolerance)
+
+    def run(self):  # type: ignore[no-untyped-def]
+        grid = self.grid_search()
+        yield grid  # after validation: a dynamic dependency, so no training starts on data that fails it
+        summary = grid.output().read_json("summary.json")
+        promotion = self.promotion(summary["winner"]["model"])
+        yield promotion
+        verdict = promotion.output().read_json("verdict.json")
+        with self.output().writer() as writer:
+            writer.write_json("run.json", {"validation": self.input()["validation"].id, "grid": grid.output().id,
+                                           "winner": summary["winner"], "promotion": verdict})
+            writer.metrics.update(grid.output().metrics)
+            writer.metrics["promotion"] = verdict["decision"]
