@@ -26,10 +26,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.doubles.nomad import NomadDouble  # noqa: E402
+
 from caravan.executors.base import StepRequest  # noqa: E402
 from caravan.executors.jobspec import load_spec  # noqa: E402
 from caravan.executors.nomad import DONE, NomadExecutor  # noqa: E402
-from tests.doubles.nomad import NomadDouble  # noqa: E402
 from tests.steps.tasks import Sleep  # noqa: E402
 
 
@@ -109,7 +110,8 @@ def main() -> None:
             rows.append((name, detection, overhead))
         double.stop()
     print(f"\n{args.steps} sleep steps ({min(seconds)}-{max(seconds)} s), {args.parallel} at a time, Nomad double\n")
-    print(f"{'wait strategy':<28} {'detect median':>14} {'detect p95':>11} {'overhead median':>16} {'overhead p95':>13}")
+    print(f"{'wait strategy':<28} {'detect median':>14} {'detect p95':>11} "
+          f"{'overhead median':>16} {'overhead p95':>13}")
     for name, detection, overhead in rows:
         print(f"{name:<28} {statistics.median(detection) * 1000:>11.1f} ms {p95(detection) * 1000:>8.1f} ms "
               f"{statistics.median(overhead) * 1000:>13.1f} ms {p95(overhead) * 1000:>10.1f} ms")

@@ -47,6 +47,10 @@ def train(ctx: StepContext) -> None:
     ctx.writer.write_text("model.txt", booster.model_to_string(num_iteration=best))
     ctx.writer.write_json("features.json", {"label": p["label"], "features": feature_types(train_table, features)})
     ctx.writer.write_json("curve.json", curve)
+    # A few validation rows, as requests would send them: the server checks a new model on these before serving.
+    sample = valid_table.select(features).slice(0, 32).to_pylist()
+    ctx.writer.write_json("sample.json", [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                                          for row in sample])
     ctx.writer.metrics.update(best_iteration=best, valid_auc=round(curve["valid"]["auc"][best - 1], 6),
                               valid_logloss=round(curve["valid"]["binary_logloss"][best - 1], 6),
                               rows_train=train_table.num_rows, n_features=len(features))

@@ -34,7 +34,14 @@ def reference_dataset(ctx: StepContext) -> Artifact | None:
     document = open_pointer().read(p["reference_model"]).document
     if document is None:
         return None
-    dataset, _ = holdout_of(artifact_at(document["artifact_uri"], document["artifact_id"]))
+    try:
+        dataset, _ = holdout_of(artifact_at(document["artifact_uri"], document["artifact_id"]))
+        dataset.manifest()
+    except Exception as exc:  # a broken pointer must not stop new data from being validated; say so loudly
+        ctx.log.warning("current model %s of %s is unreadable (%s): drift not measured", document["artifact_id"],
+                        p["reference_model"], exc)
+        ctx.writer.metrics["reference_error"] = f"{type(exc).__name__}: {exc}"
+        return None
     ctx.log.info("reference data: %s (trained %s, current model of %s)", dataset.id, document["artifact_id"],
                  p["reference_model"])
     return dataset

@@ -43,7 +43,8 @@ def readable(artifact_id: str) -> str:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    # Steps' own log lines already carry a timestamp and the step's name.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("caravan.step", "pipelines"):  # step progress, live
         logging.getLogger(name).setLevel(logging.INFO)
     retrain = RetrainRanker(date=DAY)
@@ -74,6 +75,9 @@ def main() -> int:
             print(f"{row['config']!s:<44} {row[metric]:>10.4f} {row['test_auc']:>9.4f} "
                   f"{row.get('test_ndcg@10', float('nan')):>8.4f} {row['best_iteration']:>6}{mark}")
         print(f"\nwinner: {summary['winner']['model']}")
+    if retrain.output().exists():
+        promotion = retrain.output().read_json("run.json")["promotion"]
+        print(f"promotion of {retrain.model!r}: {promotion['decision']}: {'; '.join(promotion['reasons'])}")
     built = sum(not v for v in before.values())
     print(f"root: {retrain.output().store.root_uri}")
     print(f"built {built}, reused {len(tasks) - built} in {elapsed:.1f} s" + ("" if built else ": nothing rebuilt"))

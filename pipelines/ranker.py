@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import logging
 from typing import Any
 
@@ -23,7 +22,7 @@ import luigi
 from caravan.artifacts import ArtifactTask
 from caravan.dataio import ParquetSource
 from caravan.promotion import PromoteModel
-from caravan.tasks import NomadJobTask
+from caravan.tasks import NomadJobTask, plain
 
 log = logging.getLogger("pipelines.ranker")
 
@@ -67,6 +66,7 @@ class PrepareDataset(DatasetParams, NomadJobTask):
     """Events of the window, split train/valid/test, with schema and column statistics."""
 
     job = "prepare-dataset"
+    path_params = ("window_days", "events", "split", "rows_per_day", "seed")
     valid_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the validation split.")
     test_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the test split.")
 
@@ -91,6 +91,7 @@ class ValidateData(DatasetParams, NomadJobTask):
     """Schema skew stops the run; value drift against the production model's data is measured."""
 
     job = "validate-data"
+    path_params = ("window_days", "events", "reference", "reference_model", "fail_on_drift")
     reference = luigi.Parameter(default="", description="Artifact id of a PrepareDataset to compare with; '' = the "
                                 "dataset of --reference-model's current model, read when the step runs.")
     reference_model = luigi.Parameter(default="ranker", description="Model whose current pointer names the "
@@ -102,9 +103,8 @@ class ValidateData(DatasetParams, NomadJobTask):
         return {"dataset": self.clone(PrepareDataset)}
 
     def hyperparameters(self) -> dict[str, Any]:
-        from caravan.ml.stats import table_schema
-
         from caravan.ml.simulate import SIMULATED_SCHEMA
+        from caravan.ml.stats import table_schema
 
         return {"expected_schema": table_schema(SIMULATED_SCHEMA.empty_table()), "non_nullable": NON_NULLABLE,
                 "reference": self.reference, "reference_model": self.reference_model,
@@ -116,6 +116,7 @@ class ProcessText(DatasetParams, TextParams, NomadJobTask):
     """Hashed text features, one artifact shared by every training on the same dataset."""
 
     job = "process-text"
+    path_params = ("text_columns", "n_features")
 
     def requires(self) -> dict[str, PrepareDataset]:
         return {"dataset": self.clone(PrepareDataset)}
@@ -135,14 +136,21 @@ class TrainParams(DatasetParams, TextParams):
     feature_fraction = luigi.FloatParameter(default=0.9, description="Share of features sampled per tree.")
     early_stopping_rounds = luigi.IntParameter(default=30, description="Stop when valid AUC has not improved "
                                                "for this many rounds.")
-    num_threads = luigi.IntParameter(default=2, description="Training threads (part of the identity: results "
-                                     "are bit-identical only for the same thread count).")
+    num_threads = luigi.IntParameter(default=1, description="Training threads (part of the identity: results "
+                                     "are bit-identical only for the same thread count). Keep threads x parallel "
+                                     "steps <= cores: OpenMP threads that share a core slow training ~10x.")
+
+
+#: What a model's path shows; the dataset's parameters are in its upstream id (and the digest).
+HYPERPARAMETERS = ("learning_rate", "num_leaves", "num_iterations", "min_data_in_leaf", "feature_fraction",
+                   "objective")
 
 
 class TrainRanker(TrainParams, NomadJobTask):
     """One LightGBM ranker trained with the given hyperparameters."""
 
     job = "train-lightgbm"
+    path_params = HYPERPARAMETERS
 
     def requires(self) -> dict[str, NomadJobTask]:
         return {"dataset": self.clone(PrepareDataset), "text": self.clone(ProcessText)}
@@ -159,6 +167,7 @@ class EvaluateRanker(TrainParams, NomadJobTask):
     """Test-split metrics (AUC, log loss, average precision, NDCG@k per user) and a plot."""
 
     job = "evaluate"
+    path_params = HYPERPARAMETERS
     k = luigi.IntParameter(default=10, description="Cut-off of NDCG@k.")
 
     def requires(self) -> dict[str, NomadJobTask]:
@@ -184,6 +193,7 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 class GridSearchRanker(TrainParams, ArtifactTask):
     """Train and evaluate every grid configuration (sharing one dataset and one text step); pick the best."""
 
+    path_params = ("grid", "metric", "window_days", "events")
     grid = luigi.DictParameter(default=DEFAULT_GRID, description="Hyperparameter name -> list of values.")
     metric = luigi.Parameter(default="valid_auc", description="Validation metric that picks the winner (higher "
                              "is better; prefix with '-' for lower-is-better, e.g. -valid_logloss).")
@@ -192,7 +202,7 @@ class GridSearchRanker(TrainParams, ArtifactTask):
         unknown = sorted(set(self.grid) - {name for name, _ in TrainRanker.get_params()})
         if unknown:
             raise ValueError(f"grid names parameters TrainRanker does not have: {unknown}")
-        return expand_grid(json.loads(json.dumps(self.grid, default=list)))
+        return expand_grid(plain(self.grid))
 
     def requires(self) -> list[EvaluateRanker]:
         return [self.clone(EvaluateRanker, **config) for config in self.configurations()]
@@ -219,6 +229,7 @@ class GridSearchRanker(TrainParams, ArtifactTask):
 class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
     """The periodic entry point: validate the new data, grid-search, and promote the winner through the gate."""
 
+    path_params = ("model", "window_days", "events")
     grid = luigi.DictParameter(default=DEFAULT_GRID, description="Hyperparameter name -> list of values.")
     model = luigi.Parameter(default="ranker", description="Model name whose pointer the winner may replace.")
     tolerance = luigi.FloatParameter(default=0.01, description="How much worse (holdout AUC) than the current "

@@ -64,7 +64,7 @@ class TabularTrainParams(TableParams):
     min_data_in_leaf = luigi.IntParameter(default=10, description="Minimum rows per leaf.")
     feature_fraction = luigi.FloatParameter(default=0.9, description="Share of features per tree.")
     early_stopping_rounds = luigi.IntParameter(default=30, description="Early stopping patience.")
-    num_threads = luigi.IntParameter(default=2, description="Training threads.")
+    num_threads = luigi.IntParameter(default=1, description="Training threads (see pipelines.ranker).")
 
     def data_inputs(self) -> dict[str, NomadJobTask]:
         inputs: dict[str, NomadJobTask] = {"dataset": self.clone(PrepareTable)}  # type: ignore[attr-defined]

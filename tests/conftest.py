@@ -83,6 +83,7 @@ def store_root(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
     """An empty artifact root on each backend in turn, made the configured root."""
     root = root_for(request.param, request, tmp_path)
     monkeypatch.setenv("CARAVAN_ARTIFACT_ROOT", root)
+    monkeypatch.setenv("CARAVAN_POINTER_ROOT", str(tmp_path / "pointers"))
     return root
 
 
@@ -91,6 +92,7 @@ def local_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty local artifact root, made the configured root."""
     root = str(tmp_path / "artifacts")
     monkeypatch.setenv("CARAVAN_ARTIFACT_ROOT", root)
+    monkeypatch.setenv("CARAVAN_POINTER_ROOT", str(tmp_path / "pointers"))
     return root
 
 

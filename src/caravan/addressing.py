@@ -69,6 +69,8 @@ class Address:
     upstream: Any = None
     code_version: str = "1"
     partition_key: str | None = None
+    #: Parameters the path shows (default: all); the digest covers every parameter regardless.
+    readable_keys: tuple[str, ...] | None = None
     digest: str = field(init=False)
     key: str = field(init=False)
 
@@ -84,7 +86,7 @@ class Address:
         readable = ",".join(
             f"{escape(name)}={escape(value)}"
             for name, value in sorted(self.params.items())
-            if name != self.partition_key
+            if name != self.partition_key and (self.readable_keys is None or name in self.readable_keys)
         )
         segments.append(f"{_shorten(readable)}--{digest}" if readable else digest)
         object.__setattr__(self, "key", "/".join(segments))
@@ -115,11 +117,14 @@ class Address:
 
     @classmethod
     def from_identity(cls, identity: Mapping[str, Any], partition_key: str | None = None) -> Address:
-        """Rebuild an address from :meth:`identity` output (e.g. a step checking its dispatch meta)."""
+        """Rebuild an address from :meth:`identity` output (e.g. a step checking its dispatch meta);
+        an optional ``path_params`` entry says which parameters the path shows."""
+        readable = identity.get("path_params")
         return cls(
             family=identity["family"],
             params={str(k): str(v) for k, v in identity["params"].items()},
             upstream=identity.get("upstream"),
             code_version=str(identity.get("code_version", "1")),
             partition_key=partition_key,
+            readable_keys=tuple(readable) if readable is not None else None,
         )

@@ -407,11 +407,15 @@ class ArtifactTask(luigi.Task):
 
     Subclasses set ``code_version`` (bump it when the code's output changes) and may set
     ``partition_by`` to name the date-like parameter that partitions their artifacts
-    (by default the parameter named ``date``, else the first date-typed parameter).
+    (by default the parameter named ``date``, else the first date-typed parameter), and
+    ``path_params`` to choose which parameters the path shows.
     """
 
     code_version: ClassVar[str] = "1"
     partition_by: ClassVar[str | None] = None
+    #: Parameters shown in the path (default: every significant one). The digest covers them all,
+    #: so a task with many parameters can show the few that tell its artifacts apart.
+    path_params: ClassVar[tuple[str, ...] | None] = None
 
     def address(self) -> Address:
         """The artifact address (computed once per task instance)."""
@@ -425,6 +429,7 @@ class ArtifactTask(luigi.Task):
                 upstream=_upstream_ids(self.requires()),
                 code_version=str(self.code_version),
                 partition_key=self._partition_key(),
+                readable_keys=self.path_params,
             )
             self.__dict__["_caravan_address"] = cached
         return cached

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -171,6 +172,13 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.app import serve
+
+    serve(args.model, host=args.host, port=args.port, pointer_kind=args.pointer)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caravan", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -206,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = models_sub.add_parser("rollback", help="go back to the model before the current one")
     rollback.add_argument("model")
     rollback.set_defaults(func=cmd_models_rollback)
+
+    serve = sub.add_parser("serve", help="serve the current model over HTTP, reloading it when the pointer moves")
+    serve.add_argument("--model", required=True)
+    serve.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
+    serve.add_argument("--port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "8080")))
+    serve.add_argument("--pointer", choices=["file", "consul"], help="pointer backend (default: configured)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

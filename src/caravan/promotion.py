@@ -27,6 +27,7 @@ class GateModel(NomadJobTask):
     """The gate's verdict on one candidate against one current model (``jobs/gate_model.py``)."""
 
     job = "gate-model"
+    path_params = ("tolerance", "metric")
     candidate = luigi.Parameter(description="Artifact id of the candidate model (a training artifact).")
     current = luigi.Parameter(default="", description="Artifact id of the current model ('' if none).")
     tolerance = luigi.FloatParameter(default=0.01, description="How much worse than current the candidate may be.")
@@ -37,6 +38,7 @@ class GateModel(NomadJobTask):
 class PromoteModel(ArtifactTask):
     """Make ``candidate`` the current model of ``model`` if the gate passes; record the verdict either way."""
 
+    path_params = ("model", "tolerance")
     model = luigi.Parameter(default="ranker", description="Model name: the pointer is caravan/models/<model>/current.")
     candidate = luigi.Parameter(description="Artifact id of the candidate model.")
     tolerance = luigi.FloatParameter(default=0.01, description="How much worse than current the candidate may be.")

@@ -106,7 +106,8 @@ class NomadJobTask(ArtifactTask):
         return {
             "caravan_output": artifact.uri,
             "caravan_artifact_id": artifact.id,
-            "caravan_identity": json.dumps(self.address().identity(), sort_keys=True),
+            "caravan_identity": json.dumps({**self.address().identity(), "path_params": self.path_params},
+                                           sort_keys=True),
             "caravan_inputs": json.dumps({k: t.output().uri for k, t in sorted(self.inputs().items())}),
             "caravan_params": json.dumps(self.hyperparameters(), sort_keys=True, allow_nan=False),
             "caravan_run_id": current_run_id(),

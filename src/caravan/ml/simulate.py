@@ -7,9 +7,9 @@ The world behind the log, fixed by ``seed`` (the same on every day):
 
 - a catalogue of 2,000 items, each in one latent category (electronics, books, kitchen, ...). The
   category is never a column: it shows only in the item's title words (and, by memorising, its id).
-  Categories differ in appeal, and a few title words (``bestseller``, ``refurbished``...) move the
-  click rate too. Prices depend on the category; popularity is heavy-tailed and partly reflects
-  the item's latent quality.
+  Categories differ in appeal; titles start with a made-up brand whose reputation, like a few other
+  title words (``bestseller``, ``refurbished``...), moves the click rate too. Prices depend on the
+  category; popularity is heavy-tailed and partly reflects the item's latent quality.
 - about ``rows / 20`` users with heavy-tailed (Zipf-like) activity, a latent preference over the
   categories and a price sensitivity.
 
@@ -52,6 +52,9 @@ EVENTS_PER_USER = 20
 MAX_POSITION = 20
 _ITEM_ID_BASE = 100_000
 _USER_ID_BASE = 1_000_000
+#: User ids are scattered by an odd multiplier modulo 2**23 (a bijection for up to 8.4 million users) and stay
+#: below 2**24, so they survive a cast to float32 exactly (feature matrices are float32).
+_USER_ID_MULTIPLIER, _USER_ID_MODULUS = 2_654_435_761 % (1 << 23), 1 << 23
 # Distinct streams of the seed sequence, so catalogue, users and daily events never share draws.
 _STREAM_CATALOGUE, _STREAM_USERS, _STREAM_EVENTS = 0xCA7A, 0x05E2, 0xE7E7
 
@@ -75,6 +78,13 @@ _CATEGORIES: dict[str, tuple[tuple[str, ...], float, float]] = {
                 "conditioner", "mascara", "sunscreen", "cleanser", "nail", "polish", "eyeliner", "balm",
                 "toner"), 16.0, 0.10),
 }
+#: Made-up brands per category (a title starts with its brand); brands differ in reputation.
+_BRANDS: dict[str, tuple[str, ...]] = {
+    "electronics": ("voltix", "sonara", "ampero"), "books": ("pagecraft", "inkwell", "foliant"),
+    "kitchen": ("chefline", "copperleaf", "kitchara"), "garden": ("greenthumb", "verdana", "bloomfield"),
+    "sports": ("stridex", "peakform", "athlon"), "toys": ("playnest", "tinkerly", "wondertoy"),
+    "fashion": ("urbanthread", "velora", "norrland"), "beauty": ("lumiere", "puressence", "glowlab"),
+}
 #: Neutral descriptive words any title may use.
 _GENERIC = ("premium", "classic", "new", "deluxe", "set", "pack", "large", "small", "black", "white", "blue",
             "red", "green", "grey", "mini", "pro", "ultra", "portable", "lightweight", "durable", "compact",
@@ -84,10 +94,11 @@ _GENERIC = ("premium", "classic", "new", "deluxe", "set", "pack", "large", "smal
 _SIGNAL_WORDS = {"bestseller": 1.0, "trending": 0.7, "official": 0.4, "refurbished": -1.0, "used": -0.8,
                  "generic": -0.5}
 #: Share of titles with one of the signal words.
-_SIGNAL_SHARE = 0.4
+_SIGNAL_SHARE = 0.5
 #: Click model (logit scale): intercept, weight of sqrt(user preference for the category), category appeal range.
-_BASE_LOGIT, _PREFERENCE_WEIGHT, _APPEAL = -1.1, 2.2, 1.5
-_PRICE_SIGMA = 0.55
+_BASE_LOGIT, _PREFERENCE_WEIGHT, _APPEAL = -0.6, 1.2, 2.0
+_PRICE_SIGMA = 0.7
+_BRAND_SPREAD = 1.0
 #: Relative traffic per hour of the day (UTC): quiet nights, an evening peak.
 _HOURLY = np.array([2, 1.5, 1, 1, 1, 1.5, 3, 5, 6, 6, 6, 6.5, 7, 6.5, 6, 6, 6.5, 7.5, 9, 10, 10, 8, 6, 4])
 
@@ -117,20 +128,25 @@ class _Catalogue:
         self.weight = weight / weight.sum()
         self.popularity = np.round(self.weight * N_ITEMS, 6)
         signal_words = list(_SIGNAL_WORDS)
+        # Title words with an effect of their own: brand reputation and the signal words.
         self.word_effect = np.zeros(N_ITEMS)
+        reputation = {c: rng.permutation(np.linspace(-_BRAND_SPREAD, _BRAND_SPREAD, len(_BRANDS[c]))) for c in names}
         titles = []
         for i in range(N_ITEMS):  # per item, not per row: 2,000 short titles
-            category_words = _CATEGORIES[names[self.category[i]]][0]
-            n_words = int(rng.integers(3, 9))
-            n_category = min(n_words - 1, int(rng.integers(2, 5)))
-            words = list(rng.choice(category_words, size=n_category, replace=False))
+            category = names[self.category[i]]
+            brand = int(rng.integers(len(_BRANDS[category])))
+            self.word_effect[i] = reputation[category][brand]
+            n_words = int(rng.integers(2, 8))  # besides the brand
+            n_category = min(n_words - 1, int(rng.integers(1, 4)))
+            words = list(rng.choice(_CATEGORIES[category][0], size=n_category, replace=False))
             if rng.random() < _SIGNAL_SHARE:
                 word = signal_words[int(rng.integers(len(signal_words)))]
                 words.append(word)
-                self.word_effect[i] = _SIGNAL_WORDS[word]
+                self.word_effect[i] += _SIGNAL_WORDS[word]
             words += list(rng.choice(_GENERIC, size=max(0, n_words - len(words)), replace=False))
             order = rng.permutation(len(words))
-            titles.append(" ".join(str(words[j]).capitalize() for j in order))
+            title = [_BRANDS[category][brand]] + [str(words[j]) for j in order]
+            titles.append(" ".join(word.capitalize() for word in title))
         self.titles = pa.array(titles, type=pa.string())
         # Items sorted by category, with the cumulative popularity inside each category mapped onto
         # [c, c + 1): one searchsorted then draws an item of a given category by popularity.
@@ -145,17 +161,26 @@ class _Catalogue:
 
 
 class _Users:
-    """The users: activity, category preference and price sensitivity (fixed by the seed and count)."""
+    """The users: activity, category preference and price sensitivity, fixed by the seed.
+
+    User ``i`` is the same person whatever the count: each attribute has its own random stream,
+    drawn in user order, so a smaller population is a prefix of a larger one.
+    """
 
     def __init__(self, seed: int, n_users: int, n_categories: int) -> None:
-        rng = np.random.default_rng(np.random.SeedSequence([_entropy(seed), n_users, _STREAM_USERS]))
-        activity = np.exp(rng.normal(0.0, 1.0, n_users))  # heavy tail: a few very active users
+        if n_users > _USER_ID_MODULUS:
+            raise ValueError(f"at most {_USER_ID_MODULUS} simulated users ({_USER_ID_MODULUS * EVENTS_PER_USER} rows)")
+
+        def stream(attribute: int) -> np.random.Generator:
+            return np.random.default_rng(np.random.SeedSequence([_entropy(seed), _STREAM_USERS, attribute]))
+
+        activity = np.exp(stream(0).normal(0.0, 1.0, n_users))  # heavy tail: a few very active users
         self.weight = activity / activity.sum()
-        self.activity = np.round(self.weight * n_users * EVENTS_PER_USER, 4)  # expected events per day
-        self.preference = rng.dirichlet(np.full(n_categories, 0.35), size=n_users)
+        self.activity = np.round(activity / np.exp(0.5) * EVENTS_PER_USER, 4)  # expected events per day
+        self.preference = stream(1).dirichlet(np.full(n_categories, 0.35), size=n_users)
         self.preference_cdf = np.cumsum(self.preference, axis=1)
-        self.price_sensitivity = rng.gamma(2.0, 0.35, n_users)
-        self.ids = _USER_ID_BASE + rng.permutation(n_users * 7)[:n_users].astype(np.int64)
+        self.price_sensitivity = stream(2).gamma(2.0, 0.35, n_users)
+        self.ids = _USER_ID_BASE + (np.arange(n_users, dtype=np.int64) * _USER_ID_MULTIPLIER) % _USER_ID_MODULUS
 
 
 def simulate_click_log(date: dt.date, rows: int, seed: int = 0) -> pa.Table:
@@ -196,9 +221,9 @@ def simulate_click_log(date: dt.date, rows: int, seed: int = 0) -> pa.Table:
     # Click: examination (position bias) x relevance.
     item_category = catalogue.category[item]
     log_price = np.log(catalogue.price[item]) - np.log(25.0)
-    relevance = (_BASE_LOGIT + _PREFERENCE_WEIGHT * np.sqrt(users.preference[user, item_category]) + catalogue.appeal[item_category]
-                 + catalogue.quality[item] + catalogue.word_effect[item]
-                 - users.price_sensitivity[user] * log_price - 0.15 * np.log(users.activity[user]))
+    relevance = (_BASE_LOGIT + _PREFERENCE_WEIGHT * np.sqrt(users.preference[user, item_category])
+                 + catalogue.appeal[item_category] + catalogue.quality[item] + catalogue.word_effect[item]
+                 - users.price_sensitivity[user] * log_price - 0.15 * np.log(np.maximum(users.activity[user], 1e-3)))
     examined = position.astype(np.float64) ** -0.55
     p_click = examined / (1.0 + np.exp(-relevance))
     clicked = (rng.random(rows) < p_click).astype(np.int8)

@@ -74,8 +74,9 @@ def judge(candidate: Artifact, current: Artifact | None, *, tolerance: float = 0
             # The current model cannot score the new holdout (e.g. its features changed): compare
             # the metric each recorded on its own test split instead, and say so.
             verdict["current_score"] = _recorded(current, metric)
-            verdict["note"] = f"current model could not score this holdout ({type(exc).__name__}); compared with " \
-                              "its recorded test metric"
+            verdict["note"] = (f"current model could not score this holdout ({type(exc).__name__}: {exc}); "
+                               + ("compared with its recorded metric" if verdict["current_score"] is not None
+                                  else "it has no readable metric, so only the candidate's soundness was judged"))
         if verdict["current_score"] is not None and \
                 verdict["candidate_score"] < verdict["current_score"] - tolerance:
             reasons.append(f"candidate {metric} {verdict['candidate_score']:.4f} is worse than the current model's "
@@ -90,8 +91,12 @@ def judge(candidate: Artifact, current: Artifact | None, *, tolerance: float = 0
 
 
 def _recorded(model: Artifact, metric: str) -> float | None:
+    try:
+        recorded = model.metrics
+    except Exception:  # the current model's artifact is gone or corrupt: nothing to compare with
+        return None
     for key in (f"test_{metric}", f"valid_{metric}"):
-        value = model.metrics.get(key)
+        value = recorded.get(key)
         if isinstance(value, (int, float)):
             return float(value)
     return None

@@ -1,0 +1,143 @@
+"""A loaded model, its request schema, and the holder that swaps models without a request noticing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import Artifact
+
+log = logging.getLogger("caravan.serving")
+
+_INTEGER_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+_FLOAT_TYPES = {"float", "double", "halffloat", "float16", "float32", "float64"}
+
+
+class RequestInvalid(ValueError):
+    """A prediction request that does not match the model's features; the message names the field."""
+
+    def __init__(self, message: str, *, field_name: str | None = None, row: int | None = None) -> None:
+        self.field_name = field_name
+        self.row = row
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input feature and how a request must give it."""
+
+    name: str
+    type: str
+
+    def value(self, raw: Any, row: int) -> float:
+        """The feature as a float, or a clear error naming the field (JSON null is a missing value)."""
+        if raw is None:
+            return math.nan
+        kind = self.type
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return float(raw)
+        elif isinstance(raw, bool):
+            pass  # true/false is not a number, whatever Python thinks
+        elif kind in _INTEGER_TYPES:
+            if isinstance(raw, int):
+                return float(raw)
+            if isinstance(raw, float) and raw.is_integer():
+                return raw
+        elif isinstance(raw, (int, float)) and (kind in _FLOAT_TYPES or kind.startswith(("float", "double"))):
+            if isinstance(raw, float) and not math.isfinite(raw):
+                raise RequestInvalid(f"row {row}: field {self.name!r} must be finite", field_name=self.name, row=row)
+            return float(raw)
+        expected = "boolean" if kind == "bool" else "integer" if kind in _INTEGER_TYPES else "number"
+        raise RequestInvalid(f"row {row}: field {self.name!r} must be a {expected} or null ({kind}), "
+                             f"got {type(raw).__name__}", field_name=self.name, row=row)
+
+
+@dataclass
+class LoadedModel:
+    """A booster ready to serve, with the artifact it came from."""
+
+    artifact_id: str
+    artifact_uri: str
+    booster: Any
+    features: list[Feature]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def matrix(self, rows: Sequence[Any]) -> np.ndarray:
+        """Rows (JSON objects) as a float matrix in feature order; unknown, missing or mistyped fields are refused."""
+        features = self.features
+        expected = {f.name for f in features}
+        out = np.empty((len(rows), len(features)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
+                                     row=i)
+            if len(row) != len(expected) or row.keys() != expected:
+                unknown = sorted(set(row) - expected)
+                missing = sorted(expected - set(row))
+                problem = "; ".join(part for part in (f"unknown fields {unknown}" if unknown else "",
+                                                      f"missing fields {missing}" if missing else "") if part)
+                first = (unknown or missing)[0]
+                raise RequestInvalid(f"row {i}: {problem}", field_name=str(first), row=i)
+            for j, feature in enumerate(features):
+                out[i, j] = feature.value(row[feature.name], i)
+        return out
+
+    def predict(self, rows: Sequence[Any]) -> list[float]:
+        return [float(x) for x in self.booster.predict(self.matrix(rows))]
+
+
+def load_model(artifact: Artifact) -> LoadedModel:
+    """Load a training artifact and check it on its stored sample: it must predict finite, varied scores."""
+    import lightgbm as lgb
+
+    schema = artifact.read_json("features.json")
+    booster = lgb.Booster(model_str=artifact.read_text("model.txt"))
+    features = [Feature(str(f["name"]), str(f["type"])) for f in schema["features"]]
+    if booster.num_feature() != len(features):
+        raise ValueError(f"model has {booster.num_feature()} features, features.json lists {len(features)}")
+    model = LoadedModel(artifact.id, artifact.uri, booster, features)
+    sample = artifact.read_json("sample.json") if "sample.json" in artifact.files() else None
+    rows = sample or [{f.name: 0 if f.type != "bool" else False for f in features}]
+    scores = np.asarray(model.predict(rows))
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("model gives non-finite scores on its stored sample")
+    if sample and len(rows) > 1 and float(np.std(scores)) < 1e-9:
+        raise ValueError("model gives the same score to every row of its stored sample")
+    return model
+
+
+class ModelHolder:
+    """Holds the model being served. Swapping is one reference assignment: a request that took the old
+    model finishes on it, the next one gets the new model, and none sees a mix."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self._lock = threading.Lock()
+
+    def swap(self, model: LoadedModel) -> None:
+        with self._lock:
+            self.current = model
+            self.reloads_ok += 1
+            self.last_error = None
+
+    def failed(self, artifact_id: str | None, error: BaseException) -> None:
+        with self._lock:
+            self.reloads_failed += 1
+            self.last_error = f"{artifact_id}: {type(error).__name__}: {error}"
+            self.last_error_at = time.time()
