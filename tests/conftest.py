@@ -177,3 +177,32 @@ def scheduler_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real luigi central scheduler."""
     with luigid(tmp_path_factory.mktemp("luigid")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def consul_address() -> Iterator[str]:
+    """Consul for the pointer contract: a real agent when CARAVAN_TEST_CONSUL_ADDR is set, else the KV double."""
+    real = os.environ.get("CARAVAN_TEST_CONSUL_ADDR")
+    if real:
+        yield real
+        return
+    from .doubles.consul import ConsulDouble
+
+    double = ConsulDouble(lock_delay_s=0.0)
+    yield double.start()
+    double.stop()
+
+
+@pytest.fixture(params=["file", "consul"])
+def pointer_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Each model pointer backend in turn, configured through the environment; a fresh model name each test."""
+    monkeypatch.setenv("CARAVAN_POINTER", request.param)
+    monkeypatch.setenv("CARAVAN_POINTER_ROOT", str(tmp_path / "pointers"))
+    if request.param == "consul":
+        monkeypatch.setenv("CONSUL_HTTP_ADDR", request.getfixturevalue("consul_address"))
+    return str(request.param)
+
+
+@pytest.fixture
+def model_name() -> str:
+    return f"m-{uuid.uuid4().hex[:8]}"

@@ -28,7 +28,7 @@ from luigi.task import flatten
 
 from . import __version__
 from .addressing import MANIFEST_NAME, Address
-from .config import artifact_root, caravan, section
+from .config import artifact_root
 from .errors import ArtifactCorruptError, ArtifactError, ArtifactExistsError, ArtifactNotFoundError
 from .storage import Store, open_store
 
@@ -324,15 +324,15 @@ class ArtifactWriter:
 class CompletionIndex:
     """Answers "is this artifact published?" cheaply for many artifacts at once.
 
-    Published artifacts are remembered for good (they are never unpublished). A listing
-    of a prefix answers for every artifact under it for ``[caravan] listing_cache_s``
-    seconds; after that, or without a listing, one artifact costs one request. Nothing
-    is ever run on a stale "missing": a step checks its output again before it starts.
+    Published artifacts are remembered for good: they are never unpublished, so a "yes" can
+    never go stale. A "no" can (another worker, or a forked luigi task process, may publish
+    meanwhile), so a remembered listing is never trusted for "no": ``is_complete`` checks a
+    missing artifact directly, and only ``complete_many`` answers "no" from the listing it
+    has just made.
     """
 
     def __init__(self) -> None:
         self._published: set[str] = set()
-        self._listings: dict[str, tuple[float, set[str]]] = {}
         self._lock = threading.Lock()
 
     def mark(self, artifact: Artifact) -> None:
@@ -347,35 +347,28 @@ class CompletionIndex:
     def forget(self) -> None:
         with self._lock:
             self._published.clear()
-            self._listings.clear()
 
-    def prefetch(self, artifacts: Iterable[Artifact]) -> None:
-        """List each distinct prefix of ``artifacts`` once."""
+    def prefetch(self, artifacts: Iterable[Artifact]) -> dict[str, set[str]]:
+        """List each distinct prefix of ``artifacts`` once; remember what is published; return the listings."""
         by_prefix: dict[str, tuple[Store, str]] = {}
         for artifact in artifacts:
             by_prefix.setdefault(artifact.store.uri(artifact.prefix), (artifact.store, artifact.prefix))
+        listings = {}
         for prefix_uri, (store, prefix) in by_prefix.items():
             names = store.children_with(prefix, MANIFEST_NAME)
+            listings[prefix_uri] = names
             with self._lock:
-                self._listings[prefix_uri] = (time.monotonic(), names)
+                self._published.update(f"{prefix_uri}{name}" for name in names)
+        return listings
 
     def is_complete(self, artifact: Artifact) -> bool:
-        with self._lock:
-            if artifact.uri in self._published:
-                return True
-            listing = self._listings.get(artifact.store.uri(artifact.prefix))
-        if listing is not None and time.monotonic() - listing[0] < section(caravan).listing_cache_s:
-            if artifact.name in listing[1]:
-                self.mark(artifact)
-                return True
-            return False
-        return artifact.exists()
+        return self.is_known(artifact) or artifact.exists()
 
     def complete_many(self, artifacts: Iterable[Artifact]) -> list[bool]:
         """Completeness of each artifact, listing every distinct prefix once."""
         artifacts = list(artifacts)
-        self.prefetch(a for a in artifacts if a.uri not in self._published)
-        return [self.is_complete(a) for a in artifacts]
+        listings = self.prefetch(a for a in artifacts if not self.is_known(a))
+        return [self.is_known(a) or a.name in listings.get(a.store.uri(a.prefix), set()) for a in artifacts]
 
 
 completion_index = CompletionIndex()

@@ -56,11 +56,6 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         default="",
         description="Where the local executor makes each step's working directory (default: the system temp dir).",
     )
-    listing_cache_s = luigi.FloatParameter(
-        default=5.0,
-        description="How long one listing of a prefix answers completeness checks for artifacts "
-        "found missing. Published artifacts are remembered for good (they are never unpublished).",
-    )
 
 
 @functools.cache
