@@ -74,7 +74,7 @@ def test_change_rereads_and_redecides_after_a_lost_race(pointer_kind, model_name
             other.set_if(model_name, doc("sneaky"), other.read(model_name))
         return doc(f"after-{state.artifact_id}")
 
-    state, written = pointer.change(model_name, decide)
+    state, _ = pointer.change(model_name, decide)
     assert calls == [None, "sneaky"]
     assert state.artifact_id == "after-sneaky"
     assert [h["artifact_id"] for h in pointer.history(model_name)] == ["sneaky", "after-sneaky"]
