@@ -1,0 +1,108 @@
+"""Promotion end to end: retrain on two dates, reject a bad candidate, roll back, race two promotions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import luigi
+import pytest
+
+from caravan.cli import main as caravan_cli
+from caravan.promotion import PromoteModel
+from caravan.registry import open_pointer
+from pipelines.ranker import RetrainRanker, TrainRanker
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY1, DAY2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
+SMALL = {"window_days": 2, "rows_per_day": 5000, "grid": {"learning_rate": [0.1], "num_leaves": [7, 15]}}
+
+
+def build(*tasks, workers: int = 2) -> bool:
+    return luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+
+
+def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model_name, local_root, test_specs,
+                                                             capsys):
+    pointer = open_pointer()
+    first = RetrainRanker(date=DAY1, model=model_name, **SMALL)
+    assert build(first)
+    run1 = first.output().read_json("run.json")
+    assert run1["promotion"]["decision"] == "promote"
+    assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
+
+    second = RetrainRanker(date=DAY2, model=model_name, **SMALL)
+    assert build(second)
+    run2 = second.output().read_json("run.json")
+    verdict = run2["promotion"]
+    current = pointer.read(model_name)
+    if verdict["decision"] == "promote":
+        assert current.artifact_id == run2["winner"]["model"]
+        assert current.document["previous_artifact_id"] == run1["winner"]["model"]
+    else:
+        assert current.artifact_id == run1["winner"]["model"]
+    assert verdict["current"] == run1["winner"]["model"], "the second run was judged against the first winner"
+
+    before = pointer.read(model_name)
+    bad = TrainRanker(date=DAY2, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
+                      num_leaves=2)
+    assert build(bad)
+    promote_bad = PromoteModel(model=model_name, candidate=bad.output().id)
+    assert build(promote_bad), "a rejection is a verdict, not a failure"
+    rejected = promote_bad.output().read_json("verdict.json")
+    assert rejected["decision"] == "reject"
+    assert any("degenerate" in r or "worse" in r for r in rejected["reasons"])
+    after = pointer.read(model_name)
+    assert (after.version, after.artifact_id) == (before.version, before.artifact_id), "pointer untouched"
+    history = pointer.history(model_name)
+    assert history[-1]["action"] == "reject" and history[-1]["artifact_id"] == bad.output().id
+
+    assert caravan_cli(["models", "history", model_name]) == 0
+    assert "reject" in capsys.readouterr().out
+    if verdict["decision"] == "promote":
+        assert caravan_cli(["models", "rollback", model_name]) == 0
+        assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
+        assert pointer.read(model_name).document["action"] == "rollback"
+    assert caravan_cli(["models", "current", model_name]) == 0
+    assert pointer.read(model_name).artifact_id in capsys.readouterr().out
+
+
+def test_concurrent_promotions_through_consul_leave_a_consistent_history(model_name, local_root, test_specs,
+                                                                        monkeypatch, consul_address):
+    monkeypatch.setenv("CARAVAN_POINTER", "consul")
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_address)
+    candidates = [TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=n)
+                  for n in (7, 15)]
+    assert build(*candidates)
+    luigi_bin = Path(sys.executable).parent / "luigi"
+    procs = [subprocess.Popen([str(luigi_bin), "--module", "caravan.promotion", "PromoteModel", "--model", model_name,
+                               "--candidate", c.output().id, "--tolerance", "1.0", "--local-scheduler"],
+                              cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in candidates]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    history = [h for h in open_pointer().history(model_name) if h["action"] != "reject"]
+    # Both were promoted, one after the other: each change names the one before it.
+    assert len(history) == 2
+    assert history[0]["previous_artifact_id"] is None
+    assert history[1]["previous_artifact_id"] == history[0]["artifact_id"]
+    assert open_pointer().read(model_name).artifact_id == history[1]["artifact_id"]
+
+
+def test_promote_through_the_cli_respects_the_gate_unless_forced(pointer_kind, model_name, local_root, test_specs,
+                                                                 capsys):
+    good = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30)
+    bad = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
+                      num_leaves=2)
+    assert build(good, bad)
+    assert caravan_cli(["models", "promote", model_name, good.output().uri]) == 0
+    assert caravan_cli(["models", "promote", model_name, bad.output().uri]) == 1
+    assert "gate rejected" in capsys.readouterr().err
+    assert open_pointer().read(model_name).artifact_id == good.output().id
+    assert caravan_cli(["models", "promote", model_name, bad.output().uri, "--force"]) == 0
+    assert open_pointer().read(model_name).document["action"] == "force"
+    with pytest.raises(SystemExit):
+        caravan_cli(["models", "promote"])
