@@ -11,8 +11,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
+
+
+def succeeded(result: Any) -> bool:
+    """Whether a ``luigi.build(..., detailed_summary=True)`` run did everything it was asked.
+
+    Plain ``luigi.build()`` returns True when scheduling worked, even if tasks failed.
+    """
+    import luigi.execution_summary
+
+    return bool(result.status in (luigi.execution_summary.LuigiStatusCode.SUCCESS,
+                                  luigi.execution_summary.LuigiStatusCode.SUCCESS_WITH_RETRY))
 
 
 def free_port() -> int:

@@ -376,6 +376,19 @@ completion_index = CompletionIndex()
 _DATE_TYPES: tuple[type, ...] = (luigi.parameter._DateParameterBase, luigi.parameter._DatetimeParameterBase)
 
 
+def canonical_value(param: luigi.Parameter, value: Any) -> str:
+    """A parameter value in the one form the command line and Python give alike.
+
+    ``FloatParameter`` keeps ``4`` as an int when a task is built in Python, but parses ``--x 4``
+    as ``4.0``: serialising, parsing and serialising again gives both the same text.
+    """
+    text = param.serialize(value)
+    try:
+        return str(param.serialize(param.parse(text)))
+    except (ValueError, TypeError):
+        return str(text)
+
+
 def _upstream_ids(struct: Any) -> Any:
     """Ids of what a task requires, in the shape ``requires()`` returned them."""
     if struct is None:
@@ -414,7 +427,7 @@ class ArtifactTask(luigi.Task):
         """The artifact address (computed once per task instance)."""
         cached: Address | None = self.__dict__.get("_caravan_address")
         if cached is None:
-            params = {name: param.serialize(getattr(self, name))
+            params = {name: canonical_value(param, getattr(self, name))
                       for name, param in self.get_params() if param.significant}
             cached = Address(
                 family=self.get_task_family(),

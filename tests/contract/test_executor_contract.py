@@ -19,6 +19,7 @@ from caravan import JobSpecError, StepFailed, open_store
 from caravan.artifacts import LOGS_DIR
 from pipelines.example import MakeNumbers, Summarize
 
+from ..servers import succeeded
 from ..steps.tasks import Echo, Fail, Sleep, WithUnknownMeta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +28,11 @@ DAY = dt.date(2026, 11, 22)
 
 def build(tasks, scheduler_url: str | None = None, workers: int = 2) -> bool:
     if scheduler_url is None:
-        return luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING")
+        return succeeded(luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING",
+                                     detailed_summary=True))
     url = urlparse(scheduler_url)
-    return luigi.build(tasks, scheduler_host=url.hostname, scheduler_port=url.port, workers=workers,
-                       log_level="WARNING")
+    return succeeded(luigi.build(tasks, scheduler_host=url.hostname, scheduler_port=url.port, workers=workers,
+                                 log_level="WARNING", detailed_summary=True))
 
 
 def dispatches(nomad_server, job: str) -> int:
@@ -44,9 +46,11 @@ def step_runs(task) -> int:
 
 
 def test_two_step_pipeline_runs_through_the_central_scheduler(executor, scheduler_url, request):
-    tasks = [Summarize(date=DAY, power=p) for p in (1, 2)]
+    # luigid remembers finished task ids for a while: each case gets task ids of its own.
+    day = DAY + dt.timedelta(days=10 if executor == "nomad" else 20)
+    tasks = [Summarize(date=day, power=p) for p in (1, 2)]
     assert build(tasks, scheduler_url)
-    shared = MakeNumbers(date=DAY)
+    shared = MakeNumbers(date=day)
     assert shared.complete() and all(t.complete() for t in tasks)
     assert step_runs(shared) == 1, "the shared step ran exactly once"
     if executor == "nomad" and request.getfixturevalue("nomad_server").double is not None:
@@ -197,5 +201,5 @@ def test_a_killed_worker_reattaches_instead_of_dispatching_again(double, local_r
     restarted = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert dispatches(nomad_server, "sleep") == before + 1, "one dispatch in total"
-    assert Sleep(date=DAY, seconds=4).output().exists()
+    assert Sleep(date=DAY, seconds=4).output().exists(), restarted.stderr[-3000:]
     assert json.loads(open_store(local_root).read(Sleep(date=DAY, seconds=4).output().manifest_key))["files"]

@@ -16,13 +16,16 @@ from caravan.promotion import PromoteModel
 from caravan.registry import open_pointer
 from pipelines.ranker import RetrainRanker, TrainRanker
 
+from ..servers import succeeded
+
 ROOT = Path(__file__).resolve().parents[2]
 DAY1, DAY2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
 SMALL = {"window_days": 2, "rows_per_day": 5000, "grid": {"learning_rate": [0.1], "num_leaves": [7, 15]}}
 
 
 def build(*tasks, workers: int = 2) -> bool:
-    return luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+    return succeeded(luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING",
+                                 detailed_summary=True))
 
 
 def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model_name, local_root, test_specs,

@@ -14,6 +14,8 @@ from caravan import StepFailed
 from pipelines.ranker import EvaluateRanker, GridSearchRanker, PrepareDataset, RetrainRanker, TrainRanker, ValidateData
 from pipelines.tabular import EvaluateTabular
 
+from ..servers import succeeded
+
 DAY = dt.date(2026, 11, 22)
 SMALL = {"date": DAY, "window_days": 2, "rows_per_day": 6000}
 GRID = {"learning_rate": [0.1, 0.2], "num_leaves": [7]}
@@ -22,7 +24,8 @@ AUC_FLOOR = 0.62
 
 
 def build(tasks, workers: int = 2) -> bool:
-    return luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING")
+    return succeeded(luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING",
+                                 detailed_summary=True))
 
 
 def test_retrain_runs_end_to_end_and_picks_a_winner(executor):

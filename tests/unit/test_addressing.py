@@ -156,3 +156,17 @@ def test_identity_round_trips_through_json():
 def test_bad_partition_names_fail_clearly():
     with pytest.raises(ValueError, match="partition parameter 'nope'"):
         Address("F", {"a": "1"}, partition_key="nope")
+
+
+class Typed(ArtifactTask):
+    x = luigi.FloatParameter()
+    n = luigi.IntParameter(default=1)
+    d = luigi.DictParameter(default={})
+
+
+@given(st.integers(min_value=-10**9, max_value=10**9))
+def test_python_and_command_line_values_give_one_address(value):
+    from_python = Typed(x=value).output().id
+    from_cli = Typed.from_str_params({"x": str(value)}).output().id
+    from_float = Typed(x=float(value)).output().id
+    assert from_python == from_cli == from_float
