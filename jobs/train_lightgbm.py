@@ -39,8 +39,9 @@ def train(ctx: StepContext) -> None:
             scores = ", ".join(f"{name} {metric} {value:.4f}" for name, metric, value, _ in env.evaluation_result_list)
             ctx.log.info("iteration %d/%d: %s", env.iteration + 1, total, scores)
 
-    booster = lgb.train(params, dtrain, num_boost_round=total, valid_sets=[dtrain, dvalid],
-                        valid_names=["train", "valid"],
+    # The curve is the validation metrics per round. Scoring the training set every round as well
+    # (a full AUC sort of it) more than doubled the training time on 500k rows.
+    booster = lgb.train(params, dtrain, num_boost_round=total, valid_sets=[dvalid], valid_names=["valid"],
                         callbacks=[lgb.early_stopping(int(p["early_stopping_rounds"]), verbose=False),
                                    lgb.record_evaluation(curve), progress])
     best = booster.best_iteration or total
