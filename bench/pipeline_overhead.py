@@ -55,11 +55,11 @@ def plain_script(dataset_dir: Path, text_dir: Path, params: dict) -> float:
     start = time.perf_counter()
     x_train, y_train, names = load("train")
     x_valid, y_valid, _ = load("valid")
-    booster = lgb.train({**params, "verbosity": -1, "metric": ["auc", "binary_logloss"], "deterministic": True,
-                         "force_row_wise": True},
-                        lgb.Dataset(x_train, y_train, feature_name=names),
-                        num_boost_round=params["num_iterations"],
-                        valid_sets=[lgb.Dataset(x_valid, y_valid)],
+    from jobs.train_lightgbm import booster_params  # the very same LightGBM configuration
+
+    dtrain = lgb.Dataset(x_train, y_train, feature_name=names)
+    booster = lgb.train(booster_params(params), dtrain, num_boost_round=params["num_iterations"],
+                        valid_sets=[lgb.Dataset(x_valid, y_valid, reference=dtrain)],
                         callbacks=[lgb.early_stopping(params["early_stopping_rounds"], verbose=False)])
     auc = roc_auc(y_valid, booster.predict(x_valid, num_iteration=booster.best_iteration))
     Path(tempfile.mkdtemp(), "model.txt").write_text(booster.model_to_string(num_iteration=booster.best_iteration))

@@ -16,6 +16,15 @@ BOOSTER_PARAMS = ("objective", "learning_rate", "num_leaves", "min_data_in_leaf"
                   "lambda_l2", "num_threads")
 
 
+def booster_params(p: dict[str, Any]) -> dict[str, Any]:
+    """LightGBM's parameters for the step's hyperparameters: seeded and deterministic."""
+    params: dict[str, Any] = {k: p[k] for k in BOOSTER_PARAMS if k in p}
+    params.update(seed=int(p["seed"]), deterministic=True, force_row_wise=True, verbosity=-1,
+                  metric=["auc", "binary_logloss"], feature_fraction_seed=int(p["seed"]),
+                  bagging_seed=int(p["seed"]), data_random_seed=int(p["seed"]))
+    return params
+
+
 def train(ctx: StepContext) -> None:
     import lightgbm as lgb
 
@@ -24,10 +33,7 @@ def train(ctx: StepContext) -> None:
     train_table, valid_table = load_split(dataset, text, "train"), load_split(dataset, text, "valid")
     features = list(p.get("features") or numeric_columns(train_table.schema, exclude=p.get("exclude") or ()))
     features = [f for f in features if f != p["label"]]
-    params: dict[str, Any] = {k: p[k] for k in BOOSTER_PARAMS if k in p}
-    params.update(seed=int(p["seed"]), deterministic=True, force_row_wise=True, verbosity=-1,
-                  metric=["auc", "binary_logloss"], feature_fraction_seed=int(p["seed"]),
-                  bagging_seed=int(p["seed"]), data_random_seed=int(p["seed"]))
+    params = booster_params(p)
     dtrain = lgb.Dataset(feature_matrix(train_table, features), labels(train_table, p["label"]),
                          feature_name=features, free_raw_data=True)
     dvalid = lgb.Dataset(feature_matrix(valid_table, features), labels(valid_table, p["label"]), reference=dtrain)

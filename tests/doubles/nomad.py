@@ -9,7 +9,7 @@ subprocess, whatever the driver, so that pipelines run end to end through HTTP:
   ``/summary`` (``Children`` for parents), ``/allocations`` (``all``), ``/evaluations``, stop and purge
   (``DELETE``), ``/dispatch`` (N1's validation order and 500 texts, ``?idempotency_token=``),
   ``/periodic/force``; ``POST /v1/jobs/parse`` through the same HCL conversion as :meth:`load_hcl`.
-* allocations, evaluations (``related``), ``/v1/client/fs/logs/:alloc`` (plain or framed, ``origin``,
+* allocations, evaluations, ``/v1/client/fs/logs/:alloc`` (plain or framed, ``origin``,
   ``offset``, ``follow``), ``/v1/status/leader``.
 * one Raft-like index for every write; ``X-Nomad-Index``/``KnownLeader``/``LastContact`` headers;
   blocking queries (``index``/``wait``, clamped to 300 s, ``wait/16`` jitter) on a condition variable.
@@ -137,12 +137,14 @@ def _b64decode(text: str) -> bytes:
 
 
 def _alloc_terminal(alloc: dict[str, Any]) -> bool:
-    return alloc["DesiredStatus"] in ("stop", "evict") or alloc["ClientStatus"] in ("complete", "failed", "lost")
+    server_says = alloc["DesiredStatus"] in ("stop", "evict")
+    return server_says or alloc["ClientStatus"] in ("complete", "failed", "lost")
 
 
 def _is_parent(job: dict[str, Any]) -> bool:
     """IsParameterized() or IsPeriodic(): jobs that only launch children."""
-    return (job.get("ParameterizedJob") is not None and not job.get("Dispatched")) or job.get("Periodic") is not None
+    parameterized = job.get("ParameterizedJob") is not None and not job.get("Dispatched")
+    return parameterized or job.get("Periodic") is not None
 
 
 class HTTPError(Exception):
@@ -278,11 +280,14 @@ class NomadDouble:
         if isinstance(path_or_text, os.PathLike) or ("\n" not in text and Path(text).is_file()):
             text = Path(path_or_text).read_text()
         job = hcl_to_job(text, variables)
-        job["Namespace"] = namespace
-        self._register(job, namespace)
+        try:
+            self._register(job, namespace)
+        except HTTPError as exc:  # what `nomad job run` would print
+            raise JobSpecError(exc.reason) from None
         return str(job["ID"])
 
-    def load_specs(self, directory: str | os.PathLike[str], variables: dict[str, str] | None = None) -> list[str]:
+    def load_specs(self, directory: str | os.PathLike[str],
+                   variables: dict[str, str] | None = None) -> list[str]:
         """:meth:`load_hcl` every ``*.nomad.hcl`` in ``directory`` (sorted); return the job ids."""
         return [self.load_hcl(path, variables) for path in sorted(Path(directory).glob("*.nomad.hcl"))]
 
@@ -311,7 +316,8 @@ class NomadDouble:
         self._tables[name] = idx
 
     def _job_allocs(self, key: tuple[str, str]) -> list[_AllocRec]:
-        return sorted((a for a in self._allocs.values() if a.key == key), key=lambda a: a.alloc["CreateIndex"])
+        mine = (a for a in self._allocs.values() if a.key == key)
+        return sorted(mine, key=lambda a: a.alloc["CreateIndex"])
 
     def _job_evals(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         return sorted((e for e in self._evals.values() if (e["Namespace"], e["JobID"]) == key),
@@ -377,7 +383,8 @@ class NomadDouble:
 
     # -- registering, dispatching, stopping ------------------------------------------------------------
 
-    def _register(self, job: dict[str, Any], namespace: str, enforce_index: int | None = None) -> dict[str, Any]:
+    def _register(self, job: dict[str, Any], namespace: str,
+                  enforce_index: int | None = None) -> dict[str, Any]:
         canonicalize(job)
         job["Namespace"] = namespace
         problems = validate_job(job)
@@ -402,8 +409,9 @@ class NomadDouble:
             idx = self._bump()
             changed = old is None or _spec(old.job) != _spec(job)
             version = 0 if old is None else old.job["Version"] + (1 if changed else 0)
-            job.update(Version=version, SubmitTime=_now_ns(), CreateIndex=old.job["CreateIndex"] if old else idx,
-                       ModifyIndex=idx, JobModifyIndex=idx, Status="running" if _is_parent(job) else "pending")
+            job.update(Version=version, SubmitTime=_now_ns(), ModifyIndex=idx, JobModifyIndex=idx,
+                       CreateIndex=old.job["CreateIndex"] if old else idx,
+                       Status="running" if _is_parent(job) else "pending")
             if old is None:
                 rec = _JobRec(job=job, summary_index=idx)
                 self._jobs[key] = rec
@@ -436,8 +444,9 @@ class NomadDouble:
         fields = {k.lower(): v for k, v in body.items()}
         meta = fields.get("meta") or {}
         if not isinstance(meta, dict) or any(not isinstance(v, str | None) for v in meta.values()):
-            bad = meta if not isinstance(meta, dict) else next(v for v in meta.values() if not isinstance(v, str))
-            target = "Meta" if not isinstance(meta, dict) else "Meta of type string"
+            bad = meta if not isinstance(meta, dict) else next(v for v in meta.values()
+                                                                if not isinstance(v, str))
+            target = "Meta of type map[string]string" if not isinstance(meta, dict) else "Meta of type string"
             raise HTTPError(400, f"json: cannot unmarshal {_go_type(bad)} into Go struct field "
                                  f"JobDispatchRequest.{target}")
         meta = {k: v or "" for k, v in meta.items()}
@@ -467,11 +476,12 @@ class NomadDouble:
             allowed = set(params.get("MetaRequired") or []) | set(params.get("MetaOptional") or [])
             unpermitted = sorted(set(meta) - allowed)
             if unpermitted:
-                raise HTTPError(500, f"Dispatch request included unpermitted metadata keys: [{' '.join(unpermitted)}]")
+                raise HTTPError(500, "Dispatch request included unpermitted metadata keys: "
+                                     f"[{' '.join(unpermitted)}]")
             missing = [k for k in params.get("MetaRequired") or [] if k not in meta]
             if missing:
                 raise HTTPError(500, f"Dispatch did not provide required meta keys: [{' '.join(missing)}]")
-            if not isinstance(priority, int) or priority != 0 and not 1 <= priority <= 100:
+            if not isinstance(priority, int) or (priority != 0 and not 1 <= priority <= 100):
                 raise HTTPError(500, "dispatch job priority must be between [1, 100]")
             if token:
                 for child in self._children(namespace, job_id):
@@ -496,7 +506,7 @@ class NomadDouble:
                 if ns == namespace and rec.job["ParentID"] == parent_id]
 
     def _launch(self, child: dict[str, Any], triggered_by: str) -> tuple[str, int]:
-        """Store a child job and, unless it is itself periodic, its eval; schedule it. Returns (eval, index)."""
+        """Store a child job and, unless it is itself periodic, its eval; schedule it: (eval id, index)."""
         idx = self._bump()
         key = (child["Namespace"], child["ID"])
         child.update(Version=0, Stop=False, SubmitTime=_now_ns(), CreateIndex=idx, ModifyIndex=idx,
@@ -565,13 +575,14 @@ class NomadDouble:
             for alloc in doomed:
                 self._start(self._kill_alloc, alloc)
             self._cond.notify_all()
-        return Reply({"EvalID": ev["ID"] if ev else "", "EvalCreateIndex": idx if ev else 0, "JobModifyIndex": idx,
-                      "Index": idx}, index=idx, read=False)
+        return Reply({"EvalID": ev["ID"] if ev else "", "EvalCreateIndex": idx if ev else 0,
+                      "JobModifyIndex": idx, "Index": idx}, index=idx, read=False)
 
     # -- the scheduler ---------------------------------------------------------------------------------
 
     def _start(self, target: Callable[..., None], *args: Any) -> None:
-        threading.Thread(target=target, args=args, daemon=True, name=f"nomad-double-{target.__name__}").start()
+        name = f"nomad-double-{target.__name__}"
+        threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
     def _schedule(self, eval_id: str, replace: str | None, delay_s: float, place: bool) -> None:
         """Process one eval: place the job's allocs (or one replacement), or block, then start the client."""
@@ -602,8 +613,8 @@ class NomadDouble:
                             self._start(self._kill_alloc, old)
                     for group in rec.job["TaskGroups"]:
                         for i in range(group["Count"]):
-                            placed.append(self._place(rec, ev, group["Name"], f"{rec.job['ID']}.{group['Name']}[{i}]",
-                                                      idx, None))
+                            name = f"{rec.job['ID']}.{group['Name']}[{i}]"
+                            placed.append(self._place(rec, ev, group["Name"], name, idx, None))
                 rec.queued = {g["Name"]: 0 for g in rec.job["TaskGroups"]}
                 self._update_eval(ev, idx, Status="complete", QueuedAllocations=dict(rec.queued))
             if rec is not None:
@@ -622,12 +633,14 @@ class NomadDouble:
                 "NodesInPool": 0 if batch else 1, "NodesEvaluated": 0 if batch else 1,
                 "NodesFiltered": 0 if batch else 1, "NodesAvailable": {DATACENTER: 0 if batch else 1},
                 "ClassFiltered": None, "ConstraintFiltered": None if batch else {"missing drivers": 1},
-                "NodesExhausted": 0, "ClassExhausted": None, "DimensionExhausted": None, "QuotaExhausted": None,
+                "NodesExhausted": 0, "ClassExhausted": None, "DimensionExhausted": None,
+                "QuotaExhausted": None,
                 "ResourcesExhausted": None, "Scores": None, "ScoreMetaData": None, "AllocationTime": 25000,
                 "CoalescedFailures": group["Count"] - 1}
         rec.queued = {g["Name"]: g["Count"] for g in rec.job["TaskGroups"]}
-        blocked = self._new_eval(rec.job, idx, "queued-allocs", Status="blocked", StatusDescription=BLOCKED_DESC,
-                                 PreviousEval=ev["ID"], ClassEligibility={}, EscapedComputedClass=False)
+        blocked = self._new_eval(rec.job, idx, "queued-allocs", Status="blocked",
+                                 StatusDescription=BLOCKED_DESC, PreviousEval=ev["ID"], ClassEligibility={},
+                                 EscapedComputedClass=False)
         self._update_eval(ev, idx, Status="complete", FailedTGAllocs=failed, BlockedEval=blocked["ID"],
                           QueuedAllocations=dict(rec.queued))
 
@@ -643,8 +656,8 @@ class NomadDouble:
                            "Delay": group["ReschedulePolicy"]["Delay"]})
             tracker = {"Events": events}
         alloc = {
-            "ID": alloc_id, "Namespace": job["Namespace"], "EvalID": ev["ID"], "Name": name, "NodeID": NODE_ID,
-            "NodeName": NODE_NAME, "JobID": job["ID"], "JobType": job["Type"], "JobVersion": job["Version"],
+            "ID": alloc_id, "Namespace": job["Namespace"], "EvalID": ev["ID"], "Name": name,
+            "NodeID": NODE_ID, "NodeName": NODE_NAME, "JobID": job["ID"], "JobType": job["Type"], "JobVersion": job["Version"],
             "TaskGroup": group_name,
             "AllocatedResources": {"Tasks": {t["Name"]: {"Cpu": {"CpuShares": t["Resources"]["CPU"]},
                                                          "Memory": {"MemoryMB": t["Resources"]["MemoryMB"]}}
@@ -659,7 +672,8 @@ class NomadDouble:
             "PreviousAllocation": previous.alloc["ID"] if previous else "", "NextAllocation": "",
             "DeploymentID": "", "DeploymentStatus": None, "RescheduleTracker": tracker, "NetworkStatus": None,
             "FollowupEvalID": "", "PreemptedAllocations": None, "PreemptedByAllocation": "",
-            "CreateIndex": idx, "ModifyIndex": idx, "AllocModifyIndex": idx, "CreateTime": now, "ModifyTime": now,
+            "CreateIndex": idx, "ModifyIndex": idx, "AllocModifyIndex": idx, "CreateTime": now,
+            "ModifyTime": now,
         }
         fault = rec.fault if rec.fault in ("fail", "hang") else None
         if rec.fault == "lose" and previous is None:
@@ -720,10 +734,12 @@ class NomadDouble:
 
     # -- the client ------------------------------------------------------------------------------------
 
-    def _task_event(self, rec: _AllocRec, task: str, kind: str, message: str, idx: int, **fields: Any) -> None:
+    def _task_event(self, rec: _AllocRec, task: str, kind: str, message: str, idx: int,
+                    **fields: Any) -> None:
         state = rec.alloc["TaskStates"][task]
         event = {"Type": kind, "Time": _now_ns(), "DisplayMessage": message, "Details": {}, "Message": "",
-                 "FailsTask": False, "RestartReason": "", "SetupError": "", "DriverError": "", "DriverMessage": "",
+                 "FailsTask": False, "RestartReason": "", "SetupError": "", "DriverError": "",
+                 "DriverMessage": "",
                  "ExitCode": 0, "Signal": 0, "KillReason": "", "KillTimeout": 0, "KillError": "",
                  "StartDelay": 0, "DownloadError": "", "ValidationError": "", "FailedSibling": "",
                  "VaultError": "", "TaskSignalReason": "", "TaskSignal": "", "GenericSource": ""}
@@ -770,7 +786,8 @@ class NomadDouble:
                              Message="Building Task Directory")
             payload = rec.job.get("Payload")
             if run.spec.get("DispatchPayload") and payload:
-                (task_dir / "local" / run.spec["DispatchPayload"]["File"]).write_bytes(base64.b64decode(payload))
+                target = task_dir / "local" / run.spec["DispatchPayload"]["File"]
+                target.write_bytes(base64.b64decode(payload))
             self._cond.notify_all()
         window_start, restarts_in_window = time.monotonic(), 0
         while True:
@@ -800,10 +817,8 @@ class NomadDouble:
                     self._task_event(rec, task, "Not Restarting", reason, idx, FailsTask=True, RestartReason=reason,
                                      Details={"fails_task": "true", "restart_reason": reason})
                     self._set_task(rec, task, idx, State="dead", Failed=True, FinishedAt=_rfc3339(_now_ns()))
-                    for sibling in rec.tasks.values():
-                        if sibling is not run and sibling.proc is not None and sibling.proc.poll() is None:
-                            rec.kill.set()
-                            self._start(self._kill_alloc, rec)
+                    if any(other is not run and not other.exited.is_set() for other in rec.tasks.values()):
+                        self._start(self._kill_alloc, rec)  # a failed task takes its siblings down
                     self._cond.notify_all()
                     return
                 message = f"Task restarting in {format_duration(delay_ns)}"
@@ -833,6 +848,8 @@ class NomadDouble:
             return None, 0
         with self._cond:
             run.proc = proc
+            if self._closing.is_set():  # stop() ran while this process was starting
+                _signal(proc, signal.SIGKILL)
             self.processes_started += 1
             idx = self._bump()
             self._task_event(rec, run.name, "Started", "Task started by client", idx)
@@ -940,11 +957,8 @@ class NomadDouble:
         return stub
 
     @staticmethod
-    def _alloc_stub(rec: _AllocRec, task_states: bool = True) -> dict[str, Any]:
-        stub = {k: copy.deepcopy(rec.alloc.get(k)) for k in _STUB_FIELDS}
-        if not task_states:
-            stub["TaskStates"] = None
-        return stub
+    def _alloc_stub(rec: _AllocRec) -> dict[str, Any]:
+        return {k: copy.deepcopy(rec.alloc.get(k)) for k in _STUB_FIELDS}
 
     def _blocking(self, req: _Request, query: Callable[[], tuple[Any, int, Any]]) -> tuple[Any, int]:
         """Run ``query`` (body, index, watch) under the lock; block while index <= ?index, up to ?wait."""
@@ -966,48 +980,47 @@ class NomadDouble:
                         break
         return body, index
 
-    def _get_job(self, req: _Request, ns: str, job_id: str) -> Reply:
-        def query() -> tuple[Any, int, Any]:
-            rec = self._jobs.get((ns, job_id))
-            if rec is None:
-                return None, self._tables["jobs"], None
-            return copy.deepcopy(rec.job), rec.job["ModifyIndex"], rec.job["ModifyIndex"]
+    def _read(self, req: _Request, query: Callable[[], tuple[Any, int]], missing: str = "",
+              watch: Callable[[], Any] | None = None) -> Reply:
+        """A blocking read: ``query`` gives (body, or None when missing, index) under the lock; ``watch``
+        what the query depends on (default: the index of the object read), as Nomad's watch sets do."""
+        def watched() -> tuple[Any, int, Any]:
+            body, index = query()
+            return body, index, watch() if watch else (index if body is not None else None)
 
-        body, index = self._blocking(req, query)
+        body, index = self._blocking(req, watched)
         if body is None:
-            raise HTTPError(404, "job not found", index=index)
+            raise HTTPError(404, missing, index=index)
         return Reply(body, index)
+
+    def _get_job(self, req: _Request, ns: str, job_id: str) -> Reply:
+        def query() -> tuple[Any, int]:
+            rec = self._jobs.get((ns, job_id))
+            return (copy.deepcopy(rec.job), rec.job["ModifyIndex"]) if rec else (None, self._tables["jobs"])
+
+        return self._read(req, query, "job not found")
 
     def _get_summary(self, req: _Request, ns: str, job_id: str) -> Reply:
-        def query() -> tuple[Any, int, Any]:
+        def query() -> tuple[Any, int]:
             rec = self._jobs.get((ns, job_id))
-            if rec is None:
-                return None, self._tables["job_summary"], None
-            return self._summary(rec), rec.summary_index, rec.summary_index
+            return (self._summary(rec), rec.summary_index) if rec else (None, self._tables["job_summary"])
 
-        body, index = self._blocking(req, query)
-        if body is None:
-            raise HTTPError(404, "job not found", index=index)
-        return Reply(body, index)
+        return self._read(req, query, "job not found")
 
     def _get_job_allocs(self, req: _Request, ns: str, job_id: str) -> Reply:
         include_all = _parse_bool(req.query["all"], "all") if req.query.get("all") else False
 
-        def query() -> tuple[Any, int, Any]:
+        def allocs() -> list[_AllocRec]:
             rec = self._jobs.get((ns, job_id))
-            allocs = [a for a in self._job_allocs((ns, job_id))
-                      if include_all or rec is None or a.job["CreateIndex"] == rec.job["CreateIndex"]]
-            watch = tuple((a.alloc["ID"], a.alloc["ModifyIndex"]) for a in allocs)
-            return [self._alloc_stub(a) for a in allocs], max(1, self._tables["allocs"]), watch
+            return [a for a in self._job_allocs((ns, job_id))
+                    if include_all or rec is None or a.job["CreateIndex"] == rec.job["CreateIndex"]]
 
-        return Reply(*self._blocking(req, query))
+        return self._read(req, lambda: ([self._alloc_stub(a) for a in allocs()], self._tables["allocs"]),
+                          watch=lambda: [(a.alloc["ID"], a.alloc["ModifyIndex"]) for a in allocs()])
 
     def _get_job_evals(self, req: _Request, ns: str, job_id: str) -> Reply:
-        def query() -> tuple[Any, int, Any]:
-            evals = self._job_evals((ns, job_id))
-            return copy.deepcopy(evals), self._tables["evals"], tuple((e["ID"], e["ModifyIndex"]) for e in evals)
-
-        return Reply(*self._blocking(req, query))
+        return self._read(req, lambda: (copy.deepcopy(self._job_evals((ns, job_id))), self._tables["evals"]),
+                          watch=lambda: [(e["ID"], e["ModifyIndex"]) for e in self._job_evals((ns, job_id))])
 
     def _list_jobs(self, req: _Request, ns: str) -> Reply:
         if req.query.get("filter"):
@@ -1015,74 +1028,28 @@ class NomadDouble:
         prefix = req.query.get("prefix", "")
         with_meta = bool(req.query.get("meta")) and _parse_bool(req.query["meta"], "meta")
 
-        def query() -> tuple[Any, int, Any]:
+        def query() -> tuple[Any, int]:
             stubs = [self._stub(rec, with_meta) for (job_ns, job_id), rec in sorted(self._jobs.items())
                      if (ns == "*" or job_ns == ns) and job_id.startswith(prefix)]
-            index = max(self._tables["jobs"], self._tables["job_summary"])
-            return stubs, index, index
+            return stubs, max(self._tables["jobs"], self._tables["job_summary"])
 
-        return Reply(*self._blocking(req, query))
+        return self._read(req, query)
 
     def _get_alloc(self, req: _Request, alloc_id: str) -> Reply:
-        def query() -> tuple[Any, int, Any]:
+        def query() -> tuple[Any, int]:
             rec = self._allocs.get(alloc_id)
             if rec is None:
-                return None, self._tables["allocs"], None
-            alloc = copy.deepcopy(rec.alloc)
-            alloc["Job"] = copy.deepcopy(rec.job)
-            return alloc, rec.alloc["ModifyIndex"], rec.alloc["ModifyIndex"]
+                return None, self._tables["allocs"]
+            return {**copy.deepcopy(rec.alloc), "Job": copy.deepcopy(rec.job)}, rec.alloc["ModifyIndex"]
 
-        body, index = self._blocking(req, query)
-        if body is None:
-            raise HTTPError(404, "alloc not found", index=index)
-        return Reply(body, index)
-
-    def _list_allocs(self, req: _Request, ns: str) -> Reply:
-        prefix = req.query.get("prefix", "")
-        states = _parse_bool(req.query["task_states"], "task_states") if req.query.get("task_states") else True
-
-        def query() -> tuple[Any, int, Any]:
-            allocs = sorted((a for a in self._allocs.values() if a.alloc["ID"].startswith(prefix)
-                             and (ns == "*" or a.alloc["Namespace"] == ns)), key=lambda a: a.alloc["ID"])
-            return [self._alloc_stub(a, states) for a in allocs], self._tables["allocs"], self._tables["allocs"]
-
-        return Reply(*self._blocking(req, query))
+        return self._read(req, query, "alloc not found")
 
     def _get_eval(self, req: _Request, eval_id: str) -> Reply:
-        related = _parse_bool(req.query["related"], "related") if req.query.get("related") else False
-
-        def query() -> tuple[Any, int, Any]:
+        def query() -> tuple[Any, int]:
             ev = self._evals.get(eval_id)
-            if ev is None:
-                return None, self._tables["evals"], None
-            body = copy.deepcopy(ev)
-            if related:
-                body["RelatedEvals"] = [self._eval_stub(e) for e in self._related(ev)]
-            return body, ev["ModifyIndex"], ev["ModifyIndex"]
+            return (copy.deepcopy(ev), ev["ModifyIndex"]) if ev else (None, self._tables["evals"])
 
-        body, index = self._blocking(req, query)
-        if body is None:
-            raise HTTPError(404, "eval not found", index=index)
-        return Reply(body, index)
-
-    def _related(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
-        seen, todo = {ev["ID"]}, [ev]
-        while todo:
-            current = todo.pop()
-            links = [current["NextEval"], current["PreviousEval"], current["BlockedEval"]]
-            links += [e["ID"] for e in self._evals.values() if current["ID"] in (e["PreviousEval"], e["NextEval"])]
-            for link in links:
-                if link and link not in seen and link in self._evals:
-                    seen.add(link)
-                    todo.append(self._evals[link])
-        return sorted((self._evals[i] for i in seen - {ev["ID"]}), key=lambda e: e["CreateIndex"])
-
-    @staticmethod
-    def _eval_stub(ev: dict[str, Any]) -> dict[str, Any]:
-        keys = ("ID", "Namespace", "Priority", "Type", "TriggeredBy", "JobID", "NodeID", "DeploymentID", "Status",
-                "StatusDescription", "WaitUntil", "NextEval", "PreviousEval", "BlockedEval", "CreateIndex",
-                "ModifyIndex", "CreateTime", "ModifyTime")
-        return {k: ev[k] for k in keys}
+        return self._read(req, query, "eval not found")
 
     def _logs(self, req: _Request, alloc_id: str) -> Reply:
         """``/v1/client/fs/logs/:alloc``: Nomad's checks in its order, then the bytes (plain or framed)."""
@@ -1162,7 +1129,7 @@ class NomadDouble:
 
             try:
                 raw = hcl2.loads(fields["variables"])
-            except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            except Exception as exc:
                 raise HTTPError(400, f"Failed to parse job: {exc}") from None
             variables = {k: v[1:-1] if isinstance(v, str) and v[:1] == '"' else v for k, v in raw.items()
                          if not k.startswith("__")}
@@ -1224,9 +1191,6 @@ class NomadDouble:
             return self._parse(req)
         if path.startswith("/v1/job/"):
             return self._route_job(req, ns, path[len("/v1/job/"):])
-        if path == "/v1/allocations":
-            _methods(method, "GET")
-            return self._list_allocs(req, ns)
         if path.startswith("/v1/allocation/"):
             alloc_id = path[len("/v1/allocation/"):]
             if "/" in alloc_id:
@@ -1245,7 +1209,7 @@ class NomadDouble:
         if path.startswith("/v1/client/fs/logs/"):
             _methods(method, "GET")
             return self._logs(req, path[len("/v1/client/fs/logs/"):])
-        raise HTTPError(404, "404 page not found")
+        raise HTTPError(404, "404 page not found\n")
 
     def _route_job(self, req: _Request, ns: str, rest: str) -> Reply:
         suffix = next((s for s in JOB_SUFFIXES if rest.endswith(s) and len(rest) > len(s)), "")
@@ -1392,5 +1356,5 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
+    def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nomad
 import pytest
 import requests
 from nomad.api import exceptions as nx
+
+import nomad
 
 from ..doubles.nomad import NomadDouble
 
