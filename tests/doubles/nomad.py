@@ -657,7 +657,8 @@ class NomadDouble:
             tracker = {"Events": events}
         alloc = {
             "ID": alloc_id, "Namespace": job["Namespace"], "EvalID": ev["ID"], "Name": name,
-            "NodeID": NODE_ID, "NodeName": NODE_NAME, "JobID": job["ID"], "JobType": job["Type"], "JobVersion": job["Version"],
+            "NodeID": NODE_ID, "NodeName": NODE_NAME, "JobID": job["ID"], "JobType": job["Type"],
+            "JobVersion": job["Version"],
             "TaskGroup": group_name,
             "AllocatedResources": {"Tasks": {t["Name"]: {"Cpu": {"CpuShares": t["Resources"]["CPU"]},
                                                          "Memory": {"MemoryMB": t["Resources"]["MemoryMB"]}}
@@ -814,16 +815,18 @@ class NomadDouble:
                 restart, delay_ns, reason, window_start, restarts_in_window = _restart_decision(
                     policy, window_start, restarts_in_window)
                 if not restart:
-                    self._task_event(rec, task, "Not Restarting", reason, idx, FailsTask=True, RestartReason=reason,
-                                     Details={"fails_task": "true", "restart_reason": reason})
+                    details = {"fails_task": "true", "restart_reason": reason}
+                    self._task_event(rec, task, "Not Restarting", reason, idx, FailsTask=True,
+                                     RestartReason=reason, Details=details)
                     self._set_task(rec, task, idx, State="dead", Failed=True, FinishedAt=_rfc3339(_now_ns()))
                     if any(other is not run and not other.exited.is_set() for other in rec.tasks.values()):
                         self._start(self._kill_alloc, rec)  # a failed task takes its siblings down
                     self._cond.notify_all()
                     return
                 message = f"Task restarting in {format_duration(delay_ns)}"
-                self._task_event(rec, task, "Restarting", message, idx, RestartReason=reason, StartDelay=delay_ns,
-                                 Details={"restart_reason": reason, "start_delay": delay_ns})
+                details = {"restart_reason": reason, "start_delay": delay_ns}
+                self._task_event(rec, task, "Restarting", message, idx, RestartReason=reason,
+                                 StartDelay=delay_ns, Details=details)
                 state = rec.alloc["TaskStates"][task]
                 self._set_task(rec, task, idx, State="pending", Restarts=state["Restarts"] + 1,
                                LastRestart=_rfc3339(_now_ns()))
@@ -837,7 +840,8 @@ class NomadDouble:
             argv, env = self._command(rec, run)
         run.exited.clear()
         try:
-            with open(logs / f"{run.name}.stdout.0", "ab") as out, open(logs / f"{run.name}.stderr.0", "ab") as err:
+            with open(logs / f"{run.name}.stdout.0", "ab") as out, \
+                    open(logs / f"{run.name}.stderr.0", "ab") as err:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                         cwd=rec.root / run.name, start_new_session=True)
         except (OSError, ValueError) as exc:
@@ -876,7 +880,8 @@ class NomadDouble:
             "NOMAD_ALLOC_INDEX": name[name.rindex("[") + 1:-1], "NOMAD_GROUP_NAME": group["Name"],
             "NOMAD_TASK_NAME": run.name, "NOMAD_JOB_ID": job["ID"], "NOMAD_JOB_NAME": job["Name"],
             "NOMAD_NAMESPACE": job["Namespace"], "NOMAD_REGION": REGION, "NOMAD_DC": DATACENTER,
-            "NOMAD_CPU_LIMIT": str(task["Resources"]["CPU"]), "NOMAD_MEMORY_LIMIT": str(task["Resources"]["MemoryMB"]),
+            "NOMAD_CPU_LIMIT": str(task["Resources"]["CPU"]),
+            "NOMAD_MEMORY_LIMIT": str(task["Resources"]["MemoryMB"]),
         }
         if job["ParentID"]:
             runtime["NOMAD_JOB_PARENT_ID"] = job["ParentID"]
@@ -884,8 +889,8 @@ class NomadDouble:
         for key, value in meta.items():
             clean = _ENV_UNSAFE.sub("_", key)
             runtime[f"NOMAD_META_{clean}"] = runtime[f"NOMAD_META_{clean.upper()}"] = value
-        view = {**runtime, "node.unique.id": NODE_ID, "node.unique.name": NODE_NAME, "node.datacenter": DATACENTER,
-                "node.region": REGION, "attr.kernel.name": sys.platform}
+        view = {**runtime, "node.unique.id": NODE_ID, "node.unique.name": NODE_NAME,
+                "node.datacenter": DATACENTER, "node.region": REGION, "attr.kernel.name": sys.platform}
         task_env = {k: _interpolate(str(v), view) for k, v in (task.get("Env") or {}).items()}
         view.update(task_env)
         env = {**os.environ, **self.env, **task_env, **runtime}
@@ -893,7 +898,8 @@ class NomadDouble:
         if rec.fault in ("hang", "lose"):
             return [self.python, "-c", "import time\nwhile True:\n    time.sleep(60)"], env
         if rec.fault == "fail":
-            return [self.python, "-c", "import sys; sys.stderr.write('injected failure\\n'); sys.exit(3)"], env
+            fail = "import sys; sys.stderr.write('injected failure\\n'); sys.exit(3)"
+            return [self.python, "-c", fail], env
         command = _interpolate(str(config.get("command") or ""), view)
         if os.path.basename(command) in ("python", "python3"):
             command = self.python
@@ -914,8 +920,9 @@ class NomadDouble:
                 if run.proc is not None and run.proc.poll() is None and not run.exited.is_set():
                     timeout_s = min(run.spec["KillTimeout"] / 1e9, self.kill_timeout_s)
                     timeout = format_duration(int(timeout_s * 1e9))
-                    self._task_event(rec, run.name, "Killing", f"Sent interrupt. Waiting {timeout} before force killing",
-                                     self._bump(), KillTimeout=int(timeout_s * 1e9), Details={"kill_timeout": timeout})
+                    message = f"Sent interrupt. Waiting {timeout} before force killing"
+                    self._task_event(rec, run.name, "Killing", message, self._bump(),
+                                     KillTimeout=int(timeout_s * 1e9), Details={"kill_timeout": timeout})
                     live.append((run, timeout_s))
             self._cond.notify_all()
         for run, timeout_s in live:
@@ -927,8 +934,9 @@ class NomadDouble:
 
     def _summary(self, rec: _JobRec) -> dict[str, Any]:
         job = rec.job
-        groups = {g["Name"]: {"Queued": rec.queued.get(g["Name"], 0), "Complete": 0, "Failed": 0, "Running": 0,
-                              "Starting": 0, "Lost": 0, "Unknown": 0} for g in job["TaskGroups"]}
+        groups = {g["Name"]: {"Queued": rec.queued.get(g["Name"], 0), "Complete": 0, "Failed": 0,
+                              "Running": 0, "Starting": 0, "Lost": 0, "Unknown": 0}
+                  for g in job["TaskGroups"]}
         column = {"pending": "Starting", "running": "Running", "complete": "Complete", "failed": "Failed",
                   "lost": "Lost", "unknown": "Unknown"}
         for alloc in self._job_allocs((job["Namespace"], job["ID"])):
@@ -944,8 +952,9 @@ class NomadDouble:
 
     def _stub(self, rec: _JobRec, with_meta: bool) -> dict[str, Any]:
         job = rec.job
-        stub = {"ID": job["ID"], "ParentID": job["ParentID"], "Name": job["Name"], "Namespace": job["Namespace"],
-                "Datacenters": job["Datacenters"], "Multiregion": job.get("Multiregion"), "Type": job["Type"],
+        stub = {"ID": job["ID"], "ParentID": job["ParentID"], "Name": job["Name"],
+                "Namespace": job["Namespace"], "Datacenters": job["Datacenters"],
+                "Multiregion": job.get("Multiregion"), "Type": job["Type"],
                 "Priority": job["Priority"], "Periodic": job.get("Periodic") is not None,
                 "ParameterizedJob": job.get("ParameterizedJob") is not None and not job["Dispatched"],
                 "Stop": job["Stop"], "Status": job["Status"], "StatusDescription": job["StatusDescription"],
@@ -1070,8 +1079,8 @@ class NomadDouble:
         try:
             offset = int(q.get("offset") or 0)
         except ValueError:
-            raise HTTPError(400, f'error parsing offset: strconv.ParseInt: parsing "{q["offset"]}": invalid syntax') \
-                from None
+            text = f'error parsing offset: strconv.ParseInt: parsing "{q["offset"]}": invalid syntax'
+            raise HTTPError(400, text) from None
         with self._cond:
             rec = self._allocs.get(alloc_id)
             if rec is None:
@@ -1100,7 +1109,8 @@ class NomadDouble:
                             for end, piece in items)
 
         if not follow:
-            return Reply(raw=encode(chunks(start)), content_type="text/plain" if plain else "application/json")
+            return Reply(raw=encode(chunks(start)),
+                         content_type="text/plain" if plain else "application/json")
 
         def stream(write: Callable[[bytes], None]) -> None:
             position = start
@@ -1151,14 +1161,16 @@ class NomadDouble:
             rest = text.lstrip()
             if exc.pos >= len(rest):
                 raise HTTPError(400, "unexpected EOF") from None
-            raise HTTPError(400, f"invalid character {rest[exc.pos]!r} looking for beginning of value") from None
+            text = f"invalid character {rest[exc.pos]!r} looking for beginning of value"
+            raise HTTPError(400, text) from None
 
-    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], Reply]:
+    def handle(self, method: str, raw_path: str, headers: Any,
+               body: bytes) -> tuple[int, dict[str, str], Reply]:
         """Answer one request: (status, extra headers, reply); errors become text/plain replies."""
         self.requests.append((method, raw_path))
         parts = urlsplit(raw_path)
-        req = _Request(method, unquote(parts.path), dict(reversed(parse_qsl(parts.query, keep_blank_values=True))),
-                       headers, body)
+        query = dict(reversed(parse_qsl(parts.query, keep_blank_values=True)))  # the first value wins
+        req = _Request(method, unquote(parts.path), query, headers, body)
         try:
             reply = self._route(req)
         except HTTPError as exc:
@@ -1203,7 +1215,8 @@ class NomadDouble:
             if eval_id.endswith("/allocations"):
                 eval_id = eval_id[: -len("/allocations")]
                 with self._cond:
-                    stubs = [self._alloc_stub(a) for a in self._allocs.values() if a.alloc["EvalID"] == eval_id]
+                    mine = (a for a in self._allocs.values() if a.alloc["EvalID"] == eval_id)
+                    stubs = [self._alloc_stub(a) for a in mine]
                     return Reply(stubs, self._tables["allocs"])
             return self._get_eval(req, eval_id)
         if path.startswith("/v1/client/fs/logs/"):
@@ -1295,7 +1308,8 @@ def _blocking_params(query: dict[str, str]) -> tuple[int, float]:
     return index, wait_s
 
 
-def _restart_decision(policy: dict[str, Any], window_start: float, count: int) -> tuple[bool, int, str, float, int]:
+def _restart_decision(policy: dict[str, Any], window_start: float,
+                      count: int) -> tuple[bool, int, str, float, int]:
     """client/allocrunner/taskrunner/restarts: (restart?, delay ns, reason, window start, count)."""
     attempts, interval_ns, delay_ns = policy["Attempts"], policy["Interval"], policy["Delay"]
     if attempts == 0:
@@ -1330,6 +1344,9 @@ def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Go's net/http (Nomad) sets TCP_NODELAY; without it, headers and body in two writes meet
+    # delayed ACKs and every response waits ~40 ms.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         double: NomadDouble = self.server.double  # type: ignore[attr-defined]
@@ -1354,7 +1371,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve  # noqa: N815 - the stdlib's naming
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -101,7 +101,8 @@ class _Scope:
                 self.values["var"][name] = self.value(body["default"])
             else:
                 raise JobSpecError(f'Failed to parse job: Required variable "{name}" is not set')
-        pending = {k: v for block in doc.get("locals") or [] for k, v in block.items() if not k.startswith("__")}
+        pending = {k: v for block in doc.get("locals") or [] for k, v in block.items()
+                   if not k.startswith("__")}
         for _ in range(len(pending) + 1):  # locals may refer to each other, in any order
             for name, raw in list(pending.items()):
                 try:
@@ -155,7 +156,8 @@ class _Scope:
         kind, name, indexes = match.groups()
         if name not in self.values[kind]:
             what = "variable" if kind == "var" else "local value"
-            raise JobSpecError(f'Failed to parse job: Unsupported attribute; there is no {what} named "{name}"')
+            raise JobSpecError(f"Failed to parse job: Unsupported attribute; there is no {what} "
+                               f'named "{name}"')
         value = self.values[kind][name]
         for index in re.findall(r"\[([^\]]+)\]", indexes):
             key = index.strip().strip('"')
@@ -194,7 +196,8 @@ def _typed(given: Any, type_: Any) -> Any:
     try:
         return _Scope({}, {}).value(hcl2.loads(f"v = {given}\n", serialization_options=_OPTIONS)["v"])
     except Exception as exc:
-        raise JobSpecError(f"Failed to parse job: invalid value {given!r} for a {kind} variable: {exc}") from None
+        message = f"Failed to parse job: invalid value {given!r} for a {kind} variable: {exc}"
+        raise JobSpecError(message) from None
 
 
 _OPTIONS = SerializationOptions(with_comments=False)
@@ -438,8 +441,8 @@ def validate_job(job: dict[str, Any]) -> list[str]:
             errors.append(f'Task group {name} validation failed: Missing tasks for task group')
         for task in group.get("Tasks") or []:
             if not task.get("Driver"):
-                errors.append(f'Task group {name} validation failed: Task {task.get("Name")} validation failed: '
-                              "Missing task driver")
+                errors.append(f"Task group {name} validation failed: "
+                              f'Task {task.get("Name")} validation failed: Missing task driver')
     return errors
 
 

@@ -56,7 +56,8 @@ def allocs_of(n: nomad.Nomad, job_id: str) -> list[dict]:
 def wait_alloc(n: nomad.Nomad, alloc_id: str, done: tuple[str, ...], timeout_s: float = 15) -> dict:
     index, deadline = 0, time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        response = n.allocation.request(alloc_id, method="get", params={"index": index, "wait": "5s"}, timeout=10)
+        params = {"index": index, "wait": "5s"}
+        response = n.allocation.request(alloc_id, method="get", params=params, timeout=10)
         index = int(response.headers["X-Nomad-Index"])
         if response.json()["ClientStatus"] in done:
             return response.json()
@@ -105,7 +106,7 @@ def test_dispatch_round_trip_runs_the_task_with_nomads_environment(n, double):
     assert env["NOMAD_META_mixed_Case.key"] == env["NOMAD_META_MIXED_CASE.KEY"] == "v"
     assert env["NOMAD_JOB_ID"] == child and env["NOMAD_JOB_PARENT_ID"] == "echo-meta"
     assert env["NOMAD_ALLOC_ID"] == alloc["ID"] and env["NOMAD_ALLOC_INDEX"] == "0"
-    assert env["NOMAD_TASK_NAME"] == "t" and env["NOMAD_GROUP_NAME"] == "g" and env["NOMAD_NAMESPACE"] == "default"
+    assert (env["NOMAD_TASK_NAME"], env["NOMAD_GROUP_NAME"], env["NOMAD_NAMESPACE"]) == ("t", "g", "default")
     assert Path(env["NOMAD_TASK_DIR"], "payload.txt").read_bytes() == b"hello"
     assert lines[1] == "arg=s3://b/k", "args are interpolated"
     evaluation = n.evaluation.get_evaluation(reply["EvalID"])
@@ -132,14 +133,17 @@ def test_dispatch_refusals_are_500_with_nomads_text(n, job, meta, text):
 
 def test_other_dispatch_refusals_follow_the_validation_order(n, double):
     response = error_of(lambda: n.job.dispatch_job("sleepy", meta={"seconds": "0"}, payload="aGk="))
-    assert (response.status_code, response.text) == (500, "Payload provided but forbidden by parameterized job")
+    assert response.status_code == 500
+    assert response.text == "Payload provided but forbidden by parameterized job"
     bad = error_of(lambda: n.job.dispatch_job("sleepy", meta={"seconds": "0"}, payload="A28C3=="))
     assert (bad.status_code, bad.text) == (400, "illegal base64 data at input byte 4")
     big = base64.b64encode(b"x" * 20000).decode()
     response = error_of(lambda: n.job.dispatch_job("echo-meta", meta={"input": "x"}, payload=big))
     assert response.text == "Payload exceeds maximum size; 20000 > 16384"
-    response = error_of(lambda: n.job.request("sleepy", "dispatch", json={"Meta": {"seconds": 1}}, method="post"))
+    response = error_of(lambda: n.job.request("sleepy", "dispatch", json={"Meta": {"seconds": 1}},
+                                              method="post"))
     assert response.status_code == 400
+    assert response.text.startswith("json: cannot unmarshal number into Go struct field")
     response = error_of(lambda: n.job.request("sleepy", "dispatch", method="post"))
     assert (response.status_code, response.text) == (400, "Request body is empty")
     response = error_of(lambda: n.job.request("sleepy", "dispatch", data="{nope", method="post"))
@@ -195,7 +199,8 @@ def test_a_blocking_query_returns_promptly_when_the_job_turns_dead(n):
     returned_at = time.time()
     assert response.json()["Status"] == "dead"
     assert int(response.headers["X-Nomad-Index"]) > index
-    assert response.headers["X-Nomad-KnownLeader"] == "true" and response.headers["X-Nomad-LastContact"] == "0"
+    assert response.headers["X-Nomad-KnownLeader"] == "true"
+    assert response.headers["X-Nomad-LastContact"] == "0"
     (alloc,) = allocs_of(n, child)
     finished = dt.datetime.fromisoformat(alloc["TaskStates"]["t"]["FinishedAt"].replace("Z", "+00:00"))
     assert returned_at - finished.timestamp() < 0.5
@@ -214,7 +219,8 @@ def test_a_blocking_query_times_out_with_the_same_index(n):
 
 
 def test_blocking_parameters_are_validated(n):
-    for params, text in (({"index": "1", "wait": "soon"}, "Invalid wait time"), ({"index": "x"}, "Invalid index")):
+    cases = (({"index": "1", "wait": "soon"}, "Invalid wait time"), ({"index": "x"}, "Invalid index"))
+    for params, text in cases:
         response = error_of(lambda params=params: n.job.request("sleepy", method="get", params=params))
         assert (response.status_code, response.text) == (400, text)
 
@@ -240,9 +246,8 @@ def test_logs_plain_framed_and_from_the_end(n):
     (alloc,) = allocs_of(n, child)
     text = stdout(n, alloc["ID"])
     assert text.endswith("arg=logs\n")
-    tail = n.client.stream_logs.request(alloc["ID"], method="get",
-                                        params={"task": "t", "type": "stdout", "plain": "true", "origin": "end",
-                                                "offset": 9})
+    params = {"task": "t", "type": "stdout", "plain": "true", "origin": "end", "offset": 9}
+    tail = n.client.stream_logs.request(alloc["ID"], method="get", params=params)
     assert tail.text == "arg=logs\n" and tail.headers["Content-Type"].startswith("text/plain")
     framed = n.client.stream_logs.stream(alloc["ID"], "t", "stdout", offset=0, origin="start", plain=False)
     frame, _ = json.JSONDecoder().raw_decode(framed)
@@ -365,7 +370,8 @@ def test_restart_then_reschedule_policies_are_honoured(n, double, tmp_path):
     assert second["ClientStatus"] == "complete" and second["TaskStates"]["t"]["Restarts"] == 1
     assert second["RescheduleTracker"]["Events"][0]["PrevAllocID"] == first["ID"]
     assert double.processes_started - before == 4
-    triggers = [e["TriggeredBy"] for e in sorted(n.job.get_evaluations(child), key=lambda e: e["CreateIndex"])]
+    evals = sorted(n.job.get_evaluations(child), key=lambda e: e["CreateIndex"])
+    triggers = [e["TriggeredBy"] for e in evals]
     assert triggers == ["job-register", "alloc-failure"]
 
 
@@ -408,8 +414,20 @@ def test_hcl_is_canonicalized_with_nomads_defaults(n):
 
 
 def test_register_and_parse_over_http_run_a_plain_batch_job(n):
-    hcl = ('job "once" {\n  type = "batch"\n  group "g" {\n    task "t" {\n      driver = "raw_exec"\n'
-           '      config {\n        command = "python"\n        args = ["-c", "print(42)"]\n      }\n    }\n  }\n}\n')
+    hcl = """
+job "once" {
+  type = "batch"
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "python"
+        args    = ["-c", "print(42)"]
+      }
+    }
+  }
+}
+"""
     job = n.jobs.parse(hcl, canonicalize=True)
     assert job["ID"] == "once" and job["TaskGroups"][0]["ReschedulePolicy"]["Attempts"] == 1
     reply = n.jobs.register_job({"Job": job})
