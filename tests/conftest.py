@@ -20,7 +20,7 @@ from caravan.artifacts import completion_index  # noqa: E402
 from caravan.executors.base import reset_executors  # noqa: E402
 from caravan.storage import clear_store_cache  # noqa: E402
 
-from .servers import luigid, moto_s3  # noqa: E402
+from .servers import luigid, moto_s3, openbao  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "s3", "hdfs"]
@@ -191,6 +191,14 @@ def consul_address() -> Iterator[str]:
     double = ConsulDouble(lock_delay_s=0.0)
     yield double.start()
     double.stop()
+
+
+@pytest.fixture(scope="session")
+def vault_server() -> Iterator[tuple[str, str]]:
+    """A real OpenBao dev server: (address, root token). The root token is for test set-up only."""
+    root_token = f"root-{uuid.uuid4().hex}"
+    with openbao(root_token) as address:
+        yield address, root_token
 
 
 @pytest.fixture(params=["file", "consul"])

@@ -93,3 +93,22 @@ def luigid(workdir: Path) -> Iterator[str]:
             "--state-path", str(workdir / "luigi-state.pickle"), "--logdir", str(workdir)]
     with process(args, f"{url}/api/task_list", cwd=workdir):
         yield url
+
+
+@contextlib.contextmanager
+def openbao(root_token: str) -> Iterator[str]:
+    """A real OpenBao dev server (in memory, unsealed, KV v2 at ``secret/``); yields its address.
+
+    ``-dev-no-store-token`` and a throwaway HOME: the dev server must not leave a root token in
+    ``~/.vault-token``, where hvac would pick it up for every later client.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bao = Path(sys.executable).parent / "bao"
+    with tempfile.TemporaryDirectory(prefix="caravan-bao-") as home:
+        args = [str(bao), "server", "-dev", "-dev-no-store-token", f"-dev-root-token-id={root_token}",
+                f"-dev-listen-address=127.0.0.1:{port}"]
+        with process(args, f"{url}/v1/sys/health", env={"HOME": home}) as proc:
+            yield url
+        if (Path(home) / ".vault-token").exists():
+            raise AssertionError(f"the OpenBao dev server (pid {proc.pid}) left a token file behind")
