@@ -15,7 +15,7 @@ for _name in list(os.environ):
     if _name.startswith(("NOMAD_", "CONSUL_", "VAULT_", "BAO_", "CARAVAN_", "AWS_")) or _name == "HADOOP_USER_NAME":
         del os.environ[_name]
 
-from caravan import config  # noqa: E402
+from caravan import config, secrets  # noqa: E402
 from caravan.artifacts import completion_index  # noqa: E402
 from caravan.executors.base import reset_executors  # noqa: E402
 from caravan.storage import clear_store_cache  # noqa: E402
@@ -57,10 +57,10 @@ def webhdfs_url() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
-    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors):
+    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors, secrets.reset):
         reset()
     yield
-    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors):
+    for reset in (clear_store_cache, completion_index.forget, config.reload, reset_executors, secrets.reset):
         reset()
 
 

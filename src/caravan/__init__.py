@@ -27,6 +27,7 @@ from .errors import (
     ConfigurationError,
     JobSpecError,
     PointerConflict,
+    SecretAccessDenied,
     SecretNotFound,
     StepFailed,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "JobSpecError",
     "PointerConflict",
+    "SecretAccessDenied",
     "SecretNotFound",
     "StepFailed",
     "Store",

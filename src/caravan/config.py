@@ -52,6 +52,11 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         description="Folder of the steps' Nomad job specs (<job>.nomad.hcl); default ./nomad, else the "
         "project's nomad/ beside jobs/. Env CARAVAN_JOBSPEC_DIR wins.",
     )
+    secrets = luigi.ChoiceParameter(
+        default="env", choices=["env", "vault"],
+        description="Where secrets come from: the environment (what Nomad templates render) or Vault "
+        "([vault] section). An environment variable that carries a secret always wins. Env CARAVAN_SECRETS wins.",
+    )
     local_workdir = luigi.Parameter(
         default="",
         description="Where the local executor makes each step's working directory (default: the system temp dir).",

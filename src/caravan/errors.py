@@ -83,6 +83,9 @@ class StepFailed(CaravanError):
 
     def __init__(self, message: str, *, job_id: str = "", alloc_ids: tuple[str, ...] = (),
                  exit_code: int | None = None, stderr_tail: str = "", artifact: str = "") -> None:
+        from .secrets import redact  # a step's stderr may quote a secret this process also knows
+
+        stderr_tail = redact(stderr_tail)
         self.job_id = job_id
         self.alloc_ids = tuple(alloc_ids)
         self.exit_code = exit_code
@@ -114,3 +117,15 @@ class SecretNotFound(CaravanError):
         self.key = key
         what = f"{path}#{key}" if key else path
         super().__init__(f"secret {what} not found" + (f" in {source}" if source else ""))
+
+
+class SecretAccessDenied(CaravanError):
+    """The secret source refused: bad or expired credentials, or a policy that does not cover the path.
+
+    The message names the source, its address and the path, never a token or a value.
+    """
+
+    def __init__(self, message: str, *, path: str = "", source: str = "") -> None:
+        self.path = path
+        self.source = source
+        super().__init__(message)

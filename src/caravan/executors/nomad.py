@@ -65,6 +65,8 @@ class NomadExecutor(Executor):
         # package wins over that namespace folder at run time, but type checkers resolve the folder.
         python_nomad: Any = importlib.import_module("nomad")
 
+        from ..secrets import get_secret
+
         cfg = section(nomad)
         address = setting("NOMAD_ADDR", cfg.address)
         check_address(address)
@@ -75,7 +77,7 @@ class NomadExecutor(Executor):
         self.timeout_s = float(cfg.request_timeout_s)
         self.client = python_nomad.Nomad(
             address=address,
-            token=setting("NOMAD_TOKEN", "") or None,
+            token=get_secret("nomad", "token"),
             namespace=self.namespace,
             region=setting("NOMAD_REGION", cfg.region) or None,
             timeout=self.timeout_s,

@@ -45,6 +45,10 @@ class ConsulPointer(ModelPointer):
 
     def __init__(self, address: str | None = None, token: str | None = None) -> None:
         self.address = address or setting("CONSUL_HTTP_ADDR", section(consul).address)
+        if token is None:
+            from ..secrets import get_secret
+
+            token = get_secret("consul", "token")
         self.client = _client(self.address, token)
         self.wait_s = int(section(consul).watch_wait_s)
 

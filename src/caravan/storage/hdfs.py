@@ -34,6 +34,10 @@ class HdfsStore(Store):
         import hdfs  # imported here so that `import caravan` stays cheap without HDFS
 
         url = f"{http}://{parsed.netloc}"
+        if token is None:
+            from ..secrets import get_secret
+
+            token = get_secret("storage", "webhdfs_token")
         self.client: Any
         if token:
             self.client = hdfs.TokenClient(url, token)

@@ -37,7 +37,14 @@ class S3Store(Store):
         import boto3  # imported here so that `import caravan` stays cheap without S3
 
         endpoint = setting("AWS_ENDPOINT_URL_S3", setting("AWS_ENDPOINT_URL", config.s3_endpoint_url)) or None
-        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        from ..secrets import get_secret
+
+        # Keys from the secret source (AWS_* env, or Vault); none given = boto3's own chain (instance roles).
+        key_id = get_secret("storage", "aws_access_key_id")
+        secret_key = get_secret("storage", "aws_secret_access_key") if key_id else None
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=key_id if secret_key else None,
+            aws_secret_access_key=secret_key)
         self.client.meta.events.register("before-send.s3.*", self._on_send)
         self.conditional = config.s3_conditional_writes
 
