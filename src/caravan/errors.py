@@ -109,6 +109,10 @@ class PointerConflict(CaravanError):
     """A model pointer changed between read and check-and-set write."""
 
 
+class PromotionLocked(PointerConflict):
+    """Another run held the model's promotion lock for longer than this one would wait."""
+
+
 class SecretNotFound(CaravanError):
     """A secret is missing at its path. The message names the path and key, never a value."""
 

@@ -46,39 +46,55 @@ class PromoteModel(ArtifactTask):
                                    description="Holdout metric the gate compares.")
     max_attempts = luigi.IntParameter(default=5, significant=False,
                                       description="Lost check-and-set races before giving up.")
+    lock_timeout_s = luigi.FloatParameter(default=600.0, significant=False,
+                                          description="Longest wait for another run's promotion lock.")
 
     def run(self):  # type: ignore[no-untyped-def]
         pointer = open_pointer()
         for _ in range(self.max_attempts):
             state = pointer.read(self.model)
-            if state.artifact_id == self.candidate:
-                self._write({"decision": "already current", "reasons": [f"{self.candidate} is already current"]},
-                            state.document)
-                return
-            gate = GateModel(candidate=self.candidate, current=state.artifact_id or "", tolerance=self.tolerance,
-                             metric=self.metric)
-            yield gate  # a dynamic dependency: judged against the pointer as it is now
-            verdict = gate.output().read_json("verdict.json")
-            if verdict["decision"] != "promote":
-                entry = {"action": "reject", "artifact_id": self.candidate, "reasons": verdict["reasons"],
-                         "current_artifact_id": state.artifact_id, "promoted_by": current_run_id(),
-                         "promoted_at": utc_now(), "change_id": new_change_id()}
-                pointer.record(self.model, entry)
-                log.warning("model %s: candidate %s rejected: %s", self.model, self.candidate,
-                            "; ".join(verdict["reasons"]))
-                self._write(verdict, state.document)
-                return
-            candidate = Artifact(self.output().store, self.candidate)
-            document = {"artifact_uri": candidate.uri, "artifact_id": candidate.id, "action": "promote",
-                        "metrics": {**candidate.metrics, "gate_" + self.metric: verdict.get("candidate_score")},
-                        "promoted_by": current_run_id(), "reason": "; ".join(verdict["reasons"])}
-            if pointer.set_if(self.model, document, state):
-                log.info("model %s now serves %s", self.model, candidate.id)
-                self._write(verdict, document)
-                return
+            gate = None
+            if state.artifact_id != self.candidate:
+                gate = GateModel(candidate=self.candidate, current=state.artifact_id or "", tolerance=self.tolerance,
+                                 metric=self.metric)
+                yield gate  # a dynamic dependency: judged against the pointer as it is now
+            # One decision at a time: an overlapping run for the same slot waits here, then finds this
+            # task's artifact published and records nothing twice.
+            with pointer.lock(self.model, holder=current_run_id(), timeout_s=self.lock_timeout_s):
+                if self.output().exists():
+                    log.info("model %s: another run already decided on %s", self.model, self.candidate)
+                    return
+                if self._decide(pointer, state, gate):
+                    return
             log.warning("model %s: the pointer moved while the candidate was judged; judging again", self.model)
         raise PointerConflict(f"model {self.model!r}: lost {self.max_attempts} check-and-set races promoting "
                               f"{self.candidate}")
+
+    def _decide(self, pointer: Any, state: Any, gate: GateModel | None) -> bool:
+        """Under the lock: record a rejection, or check-and-set the pointer. False: it moved, judge again."""
+        if gate is None:
+            self._write({"decision": "already current", "reasons": [f"{self.candidate} is already current"]},
+                        state.document)
+            return True
+        verdict = gate.output().read_json("verdict.json")
+        if verdict["decision"] != "promote":
+            entry = {"action": "reject", "artifact_id": self.candidate, "reasons": verdict["reasons"],
+                     "current_artifact_id": state.artifact_id, "promoted_by": current_run_id(),
+                     "promoted_at": utc_now(), "change_id": new_change_id()}
+            pointer.record(self.model, entry)
+            log.warning("model %s: candidate %s rejected: %s", self.model, self.candidate,
+                        "; ".join(verdict["reasons"]))
+            self._write(verdict, state.document)
+            return True
+        candidate = Artifact(self.output().store, self.candidate)
+        document = {"artifact_uri": candidate.uri, "artifact_id": candidate.id, "action": "promote",
+                    "metrics": {**candidate.metrics, "gate_" + self.metric: verdict.get("candidate_score")},
+                    "promoted_by": current_run_id(), "reason": "; ".join(verdict["reasons"])}
+        if pointer.set_if(self.model, document, state) is None:
+            return False
+        log.info("model %s now serves %s", self.model, candidate.id)
+        self._write(verdict, document)
+        return True
 
     def _write(self, verdict: dict[str, Any], pointer_document: dict[str, Any] | None) -> None:
         with self.output().writer() as writer:

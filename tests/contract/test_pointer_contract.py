@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from caravan import ConfigurationError, PointerConflict
+from caravan import ConfigurationError, PointerConflict, PromotionLocked
 from caravan.registry import open_pointer
 from caravan.registry.base import PointerState, current_key
 
@@ -118,6 +118,56 @@ def test_watch_wakes_on_a_change_and_times_out_otherwise(pointer_kind, model_nam
     changed = pointer.watch(model_name, state, timeout_s=20)
     assert changed.artifact_id == "B"
     assert time.monotonic() - start < 5
+
+
+def test_the_promotion_lock_is_exclusive_and_passes_on_when_released(pointer_kind, model_name):
+    first, second = open_pointer(), open_pointer()
+    order: list[str] = []
+    with first.lock(model_name, holder="run-1", timeout_s=5):
+        with pytest.raises(PromotionLocked):
+            with second.lock(model_name, holder="run-2", timeout_s=0.3):
+                order.append("run-2 too early")
+        waiter_done = threading.Event()
+
+        def waiter() -> None:
+            with second.lock(model_name, holder="run-2", timeout_s=20):
+                order.append("run-2")
+            waiter_done.set()
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.3)
+        order.append("run-1")
+    start = time.monotonic()
+    assert waiter_done.wait(10), "the waiting holder never got the released lock"
+    thread.join()
+    assert order == ["run-1", "run-2"]
+    assert time.monotonic() - start < 5
+    with first.lock(model_name, holder="run-3", timeout_s=1):  # free again after both blocks
+        pass
+
+
+def test_a_consul_lock_whose_session_dies_is_freed_and_reported(model_name, consul_address, monkeypatch):
+    import consul as py_consul
+
+    from caravan.registry.base import lock_key
+
+    monkeypatch.setenv("CARAVAN_POINTER", "consul")
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_address)
+    pointer = open_pointer()
+    host, port = consul_address.split("//")[1].split(":")
+    admin = py_consul.Consul(host=host, port=int(port))
+    with pytest.raises(PointerConflict, match="lost"):
+        with pointer.lock(model_name, holder="run-1", timeout_s=5):
+            _, entry = admin.kv.get(lock_key(model_name))
+            assert entry["Session"] and entry["Value"] == b"run-1"
+            admin.session.destroy(entry["Session"])  # what a TTL expiry or a node failure does
+            _, entry = admin.kv.get(lock_key(model_name))
+            assert entry is None, "behaviour=delete: an invalidated holder's lock key is gone"
+            time.sleep(6)  # the renewer (every TTL/3 = 5 s) notices
+    with pointer.lock(model_name, holder="run-2", timeout_s=30):
+        _, entry = admin.kv.get(lock_key(model_name))
+        assert entry["Value"] == b"run-2"
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,13 +6,15 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import luigi
 import pytest
 
 from caravan.cli import main as caravan_cli
-from caravan.promotion import PromoteModel
+from caravan.promotion import GateModel, PromoteModel
 from caravan.registry import open_pointer
 from pipelines.ranker import RetrainRanker, TrainRanker
 
@@ -93,6 +95,81 @@ def test_concurrent_promotions_through_consul_leave_a_consistent_history(model_n
     assert history[0]["previous_artifact_id"] is None
     assert history[1]["previous_artifact_id"] == history[0]["artifact_id"]
     assert open_pointer().read(model_name).artifact_id == history[1]["artifact_id"]
+
+
+def test_overlapping_runs_promoting_the_same_candidate_decide_once(model_name, local_root, test_specs, monkeypatch,
+                                                                   consul_address):
+    """Two runs for the same schedule slot: the Consul lock lets one decide; the other finds it done."""
+    monkeypatch.setenv("CARAVAN_POINTER", "consul")
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_address)
+    candidate = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=7)
+    assert build(candidate)
+    luigi_bin = Path(sys.executable).parent / "luigi"
+    args = [str(luigi_bin), "--module", "caravan.promotion", "PromoteModel", "--model", model_name,
+            "--candidate", candidate.output().id, "--tolerance", "1.0", "--local-scheduler",
+            "--no-lock"]  # luigi's pid lock only sees this machine; overlapping runs on two nodes do not share it
+    procs = [subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    history = open_pointer().history(model_name)
+    assert [h["action"] for h in history] == ["promote"], history
+    assert open_pointer().read(model_name).artifact_id == candidate.output().id
+    promotion = PromoteModel(model=model_name, candidate=candidate.output().id, tolerance=1.0)
+    assert promotion.output().read_json("verdict.json")["decision"] == "promote"
+
+
+def test_the_lock_keeps_two_overlapping_decisions_from_recording_a_rejection_twice(
+        pointer_kind, model_name, local_root, test_specs, monkeypatch):
+    """The decision window made wide (a slow history write): without the lock both runs would record it."""
+    import caravan.promotion
+
+    better = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=15)
+    worse = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=3)
+    assert build(better, worse)
+    pointer = open_pointer()
+    pointer.set_if(model_name, {"artifact_id": better.output().id, "artifact_uri": better.output().uri,
+                                "action": "promote"}, pointer.read(model_name))
+    demanding = -1.0  # the candidate would have to beat the current model by a whole AUC point: rejected
+    assert build(GateModel(candidate=worse.output().id, current=better.output().id, tolerance=demanding))
+
+    class SlowHistory:
+        def __init__(self) -> None:
+            self.inner = open_pointer()
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def record(self, model: str, entry: dict) -> None:
+            time.sleep(0.5)
+            self.inner.record(model, entry)
+
+    monkeypatch.setattr(caravan.promotion, "open_pointer", SlowHistory)
+    task = PromoteModel(model=model_name, candidate=worse.output().id, tolerance=demanding)
+    errors: list[BaseException] = []
+
+    def drive() -> None:  # what a luigi worker does with run()'s dynamic dependencies, minus the scheduler
+        try:
+            steps = task.run()
+            dependency = next(steps)
+            while True:
+                assert dependency.complete()
+                dependency = steps.send(dependency.output())
+        except StopIteration:
+            pass
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    rejections = [h for h in open_pointer().history(model_name) if h["action"] == "reject"]
+    assert len(rejections) == 1, rejections
+    assert open_pointer().read(model_name).artifact_id == better.output().id
+    assert task.output().read_json("verdict.json")["decision"] == "reject"
 
 
 def test_promote_through_the_cli_respects_the_gate_unless_forced(pointer_kind, model_name, local_root, test_specs,

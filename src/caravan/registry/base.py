@@ -14,6 +14,7 @@ written by the next change or ``repair_history``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 import json
 import re
@@ -45,6 +46,11 @@ def history_prefix(model: str) -> str:
 
 def history_key(model: str, change_id: str) -> str:
     return f"{history_prefix(model)}{change_id}"
+
+
+def lock_key(model: str) -> str:
+    """The key of the promotion lock: inside the model's prefix, so the pipeline's ACL covers it."""
+    return f"caravan/models/{check_model_name(model)}/lock"
 
 
 def new_change_id() -> str:
@@ -98,6 +104,16 @@ class ModelPointer(abc.ABC):
     @abc.abstractmethod
     def watch(self, model: str, state: PointerState, timeout_s: float) -> PointerState:
         """Block until the pointer differs from ``state`` or ``timeout_s`` passes; return what is there then."""
+
+    @abc.abstractmethod
+    def lock(self, model: str, holder: str, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the model's promotion lock for the block: one promotion decision at a time.
+
+        Check-and-set already keeps the pointer consistent; the lock keeps two overlapping runs
+        from both deciding (and both recording) the same promotion. Waits up to ``timeout_s``
+        for another holder, then raises :class:`PromotionLocked`. A holder that dies loses the
+        lock on its own (a Consul session TTL, a file lock closed by the kernel).
+        """
 
     def set_if(self, model: str, document: dict[str, Any], state: PointerState) -> PointerState | None:
         """Write ``document`` if the pointer is still as ``state`` saw it; record it in the history.

@@ -6,17 +6,22 @@ Address from ``CONSUL_HTTP_ADDR`` (wins) or ``[consul] address``; the token from
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import luigi
 
 from ..config import section, setting
-from ..errors import BackendRejected, BackendUnavailable, ConfigurationError
-from .base import ModelPointer, PointerState, current_key, encode, history_key, history_prefix
+from ..errors import BackendRejected, BackendUnavailable, ConfigurationError, PointerConflict, PromotionLocked
+from .base import ModelPointer, PointerState, current_key, encode, history_key, history_prefix, lock_key
+
+log = logging.getLogger(__name__)
 
 
 class consul(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
@@ -25,6 +30,10 @@ class consul(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sect
     address = luigi.Parameter(default="http://127.0.0.1:8500", description="Consul HTTP API address.")
     cacert = luigi.Parameter(default="", description="CA bundle for Consul's TLS certificate (CONSUL_CACERT wins).")
     watch_wait_s = luigi.IntParameter(default=60, description="Longest single blocking query of a watch.")
+    lock_ttl_s = luigi.IntParameter(default=15, description="TTL of the promotion lock's session (10-86400 s); "
+                                    "renewed every third of it while held.")
+    lock_delay_s = luigi.IntParameter(default=15, description="Consul lock-delay after a holder's session "
+                                      "is invalidated (a crashed holder's lock waits this long).")
 
 
 def _client(address: str, token: str | None = None) -> Any:
@@ -95,6 +104,71 @@ class ConsulPointer(ModelPointer):
         prefix = history_prefix(model)
         _, entries = self._call(f"GET {prefix}?recurse", self.client.kv.get, prefix, recurse=True)
         return [json.loads(e["Value"]) for e in sorted(entries or [], key=lambda e: e["Key"]) if e.get("Value")]
+
+    @contextlib.contextmanager
+    def lock(self, model: str, holder: str, timeout_s: float) -> Iterator[None]:
+        """A Consul lock: a TTL session (renewed in the background) acquires ``caravan/models/M/lock``.
+
+        The session's behaviour is ``delete``: if the holder dies and stops renewing, Consul
+        invalidates the session after its TTL and deletes the key, and the next holder gets the
+        lock after the lock-delay. Waiting for a held lock is a blocking query on the key.
+        """
+        cfg = section(consul)
+        key = lock_key(model)
+        ttl = max(10, min(int(cfg.lock_ttl_s), 86400))
+        session = self._call("PUT /v1/session/create", self.client.session.create, name=f"caravan-promote-{model}",
+                             behavior="delete", ttl=ttl, lock_delay=max(0, int(cfg.lock_delay_s)))
+        lost = threading.Event()
+        stop = threading.Event()
+        renewer: threading.Thread | None = None
+        try:
+            self._acquire(key, session, holder, timeout_s)
+
+            def renew() -> None:
+                while not stop.wait(ttl / 3):
+                    try:
+                        self._call(f"PUT /v1/session/renew/{session}", self.client.session.renew, session)
+                    except (BackendRejected, BackendUnavailable) as exc:
+                        if "404" in str(exc) or isinstance(exc, BackendRejected):
+                            log.error("model %s: lost the promotion lock %s (%s)", model, key, exc)
+                            lost.set()
+                            return
+                        log.warning("model %s: renewing the lock session failed, retrying: %s", model, exc)
+
+            renewer = threading.Thread(target=renew, name=f"consul-lock-{model}", daemon=True)
+            renewer.start()
+            yield
+            if lost.is_set():
+                raise PointerConflict(f"model {model!r}: the promotion lock {key} was lost while held "
+                                      "(session invalidated); the decision made under it is suspect")
+        finally:
+            stop.set()
+            if renewer is not None:
+                renewer.join(timeout=5)
+            try:
+                self._call(f"PUT {key}?release", self.client.kv.put, key, holder, release=session)
+            finally:
+                self._call(f"PUT /v1/session/destroy/{session}", self.client.session.destroy, session)
+
+    def _acquire(self, key: str, session: str, holder: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        index = 0
+        while not self._call(f"PUT {key}?acquire", self.client.kv.put, key, holder, acquire=session):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _, data = self._call(f"GET {key}", self.client.kv.get, key)
+                by = (data or {}).get("Value") or b"?"
+                raise PromotionLocked(f"the promotion lock {key} is held by {by.decode(errors='replace')} "
+                                      f"for longer than {timeout_s:g} s")
+            new_index, data = self._call(f"GET {key}?index={index}", self.client.kv.get, key, index=index or None,
+                                         wait=f"{max(1, int(min(self.wait_s, remaining)))}s")
+            if data is None or not data.get("Session"):
+                # Free but refused: the lock-delay of an invalidated session. Do not spin.
+                time.sleep(min(1.0, max(0.05, remaining)))
+                index = 0
+            else:
+                new = int(new_index or 0)
+                index = 0 if new < index else new
 
     def watch(self, model: str, state: PointerState, timeout_s: float) -> PointerState:
         key = current_key(model)

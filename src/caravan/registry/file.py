@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .base import ModelPointer, PointerState, current_key, history_key, history_prefix
+from ..errors import PromotionLocked
+from .base import ModelPointer, PointerState, current_key, history_key, history_prefix, lock_key
 
 
 class FilePointer(ModelPointer):
@@ -39,6 +40,30 @@ class FilePointer(ModelPointer):
         with open(lock, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def lock(self, model: str, holder: str, timeout_s: float) -> Iterator[None]:
+        """flock on ``<model>/lock`` (the same name as the Consul key); the kernel drops it if we die."""
+        path = self._path(lock_key(model))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
+        with open(path, "a+b") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise PromotionLocked(f"model {model!r}: the promotion lock {path} is still held after "
+                                              f"{timeout_s:g} s") from None
+                    time.sleep(min(self.poll_s * 2, 0.2))
+            try:
+                handle.truncate(0)
+                handle.write(holder.encode())
+                handle.flush()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
