@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,13 @@ class Feature:
         """The feature as a float, or a clear error naming the field (JSON null is a missing value)."""
         if raw is None:
             return math.nan
+        try:
+            return self._number(raw, row)
+        except OverflowError:
+            raise RequestInvalid(f"row {row}: field {self.name!r} is too large for a 64-bit float",
+                                 field_name=self.name, row=row) from None
+
+    def _number(self, raw: Any, row: int) -> float:
         kind = self.type
         if kind == "bool":
             if isinstance(raw, bool):
@@ -74,11 +82,40 @@ class LoadedModel:
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        self._expected = set(names)
+        # One C-level call per row pulls every feature in model order (itemgetter of one key is no tuple).
+        getter = operator.itemgetter(*names)
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = \
+            getter if len(names) > 1 else (lambda row: (getter(row),))
+        # Type signatures (one Python type per feature) already known to be valid. Requests of a
+        # deployed model almost always share one or two signatures, so most rows are checked by one
+        # tuple lookup instead of one Python call per value.
+        self._valid_signatures: set[tuple[type, ...]] = set()
+
+    def _signature_is_valid(self, signature: tuple[type, ...]) -> bool:
+        """Whether every value of this signature passes :meth:`Feature.value` whatever it is (finiteness aside)."""
+        for kind, feature in zip(signature, self.features, strict=True):
+            if kind is type(None):
+                continue
+            if feature.type == "bool":
+                if kind is not bool:
+                    return False
+            elif feature.type in _INTEGER_TYPES:
+                if kind is not int:  # an integral float is valid, but that depends on the value
+                    return False
+            elif kind not in (int, float):
+                return False
+        return True
+
     def matrix(self, rows: Sequence[Any]) -> np.ndarray:
         """Rows (JSON objects) as a float matrix in feature order; unknown, missing or mistyped fields are refused."""
         features = self.features
-        expected = {f.name for f in features}
-        out = np.empty((len(rows), len(features)), dtype=np.float64)
+        expected = self._expected
+        pick = self._pick
+        valid = self._valid_signatures
+        values: list[tuple[Any, ...]] = []
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
@@ -90,8 +127,27 @@ class LoadedModel:
                                                       f"missing fields {missing}" if missing else "") if part)
                 first = (unknown or missing)[0]
                 raise RequestInvalid(f"row {i}: {problem}", field_name=str(first), row=i)
-            for j, feature in enumerate(features):
-                out[i, j] = feature.value(row[feature.name], i)
+            picked = pick(row)
+            signature = tuple(map(type, picked))
+            if signature not in valid:
+                for feature, raw in zip(features, picked, strict=True):
+                    feature.value(raw, i)  # raises, naming the field, if the value is not acceptable
+                if self._signature_is_valid(signature):
+                    valid.add(signature)
+            values.append(picked)
+        try:
+            out = np.array(values, dtype=np.float64).reshape(len(values), len(features))
+        except (OverflowError, ValueError, TypeError):
+            for i, picked in enumerate(values):  # let the exact check name the value at fault
+                for feature, raw in zip(features, picked, strict=True):
+                    feature.value(raw, i)
+            raise
+        finite = np.isfinite(out)
+        if not finite.all():
+            # null is a missing value (NaN) and fine; a NaN or infinite number is not: the exact check decides.
+            for bad in np.flatnonzero(~finite.all(axis=1)):
+                for feature, raw in zip(features, values[bad], strict=True):
+                    feature.value(raw, int(bad))
         return out
 
     def predict(self, rows: Sequence[Any]) -> list[float]:
