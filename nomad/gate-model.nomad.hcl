@@ -1,8 +1,9 @@
 # Step gate-model: judge a candidate model against the current one before promotion.
 # Inputs arrive only as dispatch meta (the caravan job contract, see caravan.step); payload is forbidden.
 variable "image" {
-  type    = string
-  default = "caravan:dev"
+  type        = string
+  default     = "caravan:dev"
+  description = "The project image; caravan publish sets <repository>:<release tag>."
 }
 
 variable "datacenters" {
@@ -10,8 +11,31 @@ variable "datacenters" {
   default = ["dc1"]
 }
 
+variable "namespace" {
+  type        = string
+  default     = "default"
+  description = "Nomad namespace: caravan in production, caravan-staging in staging."
+}
+
+variable "vault_role" {
+  type        = string
+  default     = "caravan-step"
+  description = "Vault role (workload identity) of every step: reads secret/data/caravan/storage only."
+}
+
+variable "cpu" {
+  type    = number
+  default = 500
+}
+
+variable "memory" {
+  type    = number
+  default = 2048
+}
+
 job "gate-model" {
   type        = "batch"
+  namespace   = var.namespace
   datacenters = var.datacenters
 
   parameterized {
@@ -45,9 +69,30 @@ job "gate-model" {
         CARAVAN_STEP_EXECUTOR = "nomad"
       }
 
+      # Secrets reach the step only through its environment, rendered from Vault (never through meta):
+      # caravan's env SecretSource reads them. A missing field fails the task instead of rendering "<no value>";
+      # the WebHDFS token is optional (S3-only sites leave it out).
+      vault {
+        role        = var.vault_role
+        change_mode = "restart"
+      }
+
+      template {
+        data                 = <<-EOT
+          {{ with secret "secret/data/caravan/storage" -}}
+          AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
+          AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
+          {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
+          {{ end -}}
+        EOT
+        destination          = "secrets/storage.env"
+        env                  = true
+        error_on_missing_key = true
+      }
+
       resources {
-        cpu    = 500
-        memory = 2048
+        cpu    = var.cpu
+        memory = var.memory
       }
     }
   }

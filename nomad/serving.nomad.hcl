@@ -2,8 +2,9 @@
 # The process follows the model pointer (caravan/models/<model>/current) itself, with Consul blocking
 # queries, and swaps models in memory: a new model never needs a new allocation.
 variable "image" {
-  type    = string
-  default = "caravan:dev"
+  type        = string
+  default     = "caravan:dev"
+  description = "The project image; caravan publish sets <repository>:<release tag>."
 }
 
 variable "datacenters" {
@@ -21,8 +22,37 @@ variable "count" {
   default = 2
 }
 
+variable "namespace" {
+  type        = string
+  default     = "default"
+  description = "Nomad namespace: caravan in production, caravan-staging in staging."
+}
+
+variable "vault_role" {
+  type        = string
+  default     = "caravan-serving"
+  description = "Vault role (workload identity): reads secret/data/caravan/storage and secret/data/caravan/serving."
+}
+
+variable "consul_addr" {
+  type        = string
+  default     = "http://$${attr.unique.network.ip-address}:8500"
+  description = "Consul HTTP address as seen from the task (default: the agent on the task's node)."
+}
+
+variable "cpu" {
+  type    = number
+  default = 1000
+}
+
+variable "memory" {
+  type    = number
+  default = 1024
+}
+
 job "serving" {
   type        = "service"
+  namespace   = var.namespace
   datacenters = var.datacenters
 
   update {
@@ -70,7 +100,8 @@ job "serving" {
       }
 
       env {
-        CARAVAN_POINTER = "consul"
+        CARAVAN_POINTER  = "consul"
+        CONSUL_HTTP_ADDR = var.consul_addr
       }
 
       # Renders the pointer for operators (`nomad alloc fs`) and makes the dependency visible.
@@ -83,9 +114,45 @@ job "serving" {
         change_mode = "noop"
       }
 
+      # The server reads secrets only from its environment, rendered by the templates below; they re-render
+      # when a secret changes, so a renewed or re-derived Vault token alone needs no restart.
+      vault {
+        role        = var.vault_role
+        change_mode = "noop"
+      }
+
+      # A rotated secret restarts the task (it reads its environment once); the splay spreads those
+      # restarts over a minute so that the servers never all go down together.
+      template {
+        data                 = <<-EOT
+          {{ with secret "secret/data/caravan/storage" -}}
+          AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
+          AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
+          {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
+          {{ end -}}
+        EOT
+        destination          = "secrets/storage.env"
+        env                  = true
+        error_on_missing_key = true
+        splay                = "60s"
+      }
+
+      # The token the server's pointer watch (Consul blocking queries on caravan/models/<model>/current) uses.
+      template {
+        data                 = <<-EOT
+          {{ with secret "secret/data/caravan/serving" -}}
+          CONSUL_HTTP_TOKEN={{ .Data.data.consul_token }}
+          {{ end -}}
+        EOT
+        destination          = "secrets/consul.env"
+        env                  = true
+        error_on_missing_key = true
+        splay                = "60s"
+      }
+
       resources {
-        cpu    = 1000
-        memory = 1024
+        cpu    = var.cpu
+        memory = var.memory
       }
     }
   }

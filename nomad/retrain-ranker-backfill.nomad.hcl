@@ -1,0 +1,160 @@
+# Retraining one chosen day: the same run as retrain-ranker.nomad.hcl (keep the two in step), dispatched on
+# demand for a date other than yesterday, e.g. to rebuild a day whose events arrived late.
+# Not a step: it is parameterized, but its only input is `date`; it is not read by caravan's job contract.
+variable "image" {
+  type        = string
+  default     = "caravan:dev"
+  description = "The project image; caravan publish sets <repository>:<release tag>."
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "namespace" {
+  type        = string
+  default     = "default"
+  description = "Nomad namespace: caravan in production, caravan-staging in staging. The steps are dispatched there too."
+}
+
+variable "vault_role" {
+  type        = string
+  default     = "caravan-retrain"
+  description = "Vault role (workload identity): reads the storage, consul and nomad secrets."
+}
+
+variable "artifact_root" {
+  type        = string
+  default     = ""
+  description = "CARAVAN_ARTIFACT_ROOT of the run, e.g. s3://bucket/caravan (empty: the image's luigi.cfg)."
+}
+
+variable "luigi_workers" {
+  type        = number
+  default     = 4
+  description = "Luigi workers: how many steps (Nomad jobs) the run keeps in flight at once."
+}
+
+variable "nomad_addr" {
+  type        = string
+  default     = "http://$${attr.unique.network.ip-address}:4646"
+  description = "Nomad HTTP address as seen from the task (default: the agent on the task's node)."
+}
+
+variable "consul_addr" {
+  type        = string
+  default     = "http://$${attr.unique.network.ip-address}:8500"
+  description = "Consul HTTP address as seen from the task (default: the agent on the task's node)."
+}
+
+variable "cpu" {
+  type    = number
+  default = 500
+}
+
+variable "memory" {
+  type    = number
+  default = 1024
+}
+
+job "retrain-ranker-backfill" {
+  type        = "batch"
+  namespace   = var.namespace
+  datacenters = var.datacenters
+
+  # `caravan trigger retrain --date D` dispatches it with -meta date=D (`nomad job dispatch -meta date=D
+  # retrain-ranker-backfill` does the same). Not a step: `date` is its only input.
+  parameterized {
+    payload       = "forbidden"
+    meta_required = ["date"]
+  }
+
+  group "retrain" {
+    # A failed run fails visibly (luigi exits non-zero, see luigi.cfg [retcode]); dispatching again is the
+    # retry, and it resumes from the artifacts already published.
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    task "retrain" {
+      driver = "docker"
+
+      # The date arrives as dispatch meta (NOMAD_META_date); luigi refuses a malformed one.
+      # Without a healthy central scheduler the run refuses to start rather than fall back to a local one,
+      # which would let two runs build the same artifacts at once.
+      config {
+        image   = var.image
+        command = "/bin/sh"
+        args = [
+          "-c",
+          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo 'caravan: no healthy caravan-luigid service in Consul' >&2; exit 1; }; exec luigi --module pipelines.ranker RetrainRanker --date \"$NOMAD_META_date\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\"",
+        ]
+      }
+
+      env {
+        CARAVAN_EXECUTOR      = "nomad"
+        CARAVAN_POINTER       = "consul"
+        CARAVAN_ARTIFACT_ROOT = var.artifact_root
+        CARAVAN_LUIGI_WORKERS = var.luigi_workers
+        NOMAD_ADDR            = var.nomad_addr
+        CONSUL_HTTP_ADDR      = var.consul_addr
+      }
+
+      kill_timeout = "60s" # time for the Nomad executor to stop the steps it dispatched
+
+      # The process reads secrets only from its environment, rendered by the templates below (which restart
+      # the run when a secret changes); a renewed or re-derived Vault token alone must not restart a pipeline.
+      vault {
+        role        = var.vault_role
+        change_mode = "noop"
+      }
+
+      template {
+        data                 = <<-EOT
+          {{ with secret "secret/data/caravan/storage" -}}
+          AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
+          AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
+          {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
+          {{ end -}}
+        EOT
+        destination          = "secrets/storage.env"
+        env                  = true
+        error_on_missing_key = true
+      }
+
+      # The pipeline moves the model pointer (Consul) and dispatches the steps (Nomad).
+      template {
+        data                 = <<-EOT
+          {{ with secret "secret/data/caravan/consul" }}CONSUL_HTTP_TOKEN={{ .Data.data.token }}{{ end }}
+          {{ with secret "secret/data/caravan/nomad" }}NOMAD_TOKEN={{ .Data.data.token }}{{ end }}
+        EOT
+        destination          = "secrets/cluster.env"
+        env                  = true
+        error_on_missing_key = true
+      }
+
+      # Healthy instances only. change_mode = "noop": the address is read once, at start; a health check
+      # flapping during a long run must not restart the run.
+      template {
+        data        = <<-EOT
+          {{ with service "caravan-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://{{ .Address }}:{{ .Port }}{{ end }}{{ end }}
+        EOT
+        destination = "local/scheduler.env"
+        env         = true
+        change_mode = "noop"
+      }
+
+      resources {
+        cpu    = var.cpu
+        memory = var.memory
+      }
+    }
+  }
+}

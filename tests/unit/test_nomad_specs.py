@@ -1,0 +1,179 @@
+"""The shipped job specs hold to the secrets contract, the step contract and the operating choices in them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from caravan.executors.jobspec import parse_spec
+from caravan.publish import read_spec
+
+from ..doubles.nomad_hcl import canonicalize, hcl_to_job
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "nomad"
+STEPS = ("simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
+         "gate-model", "make-numbers", "summarize")
+# The decided secrets contract: job -> (Vault role, the secret paths its templates read).
+SECRETS = {
+    **{step: ("caravan-step", {"storage"}) for step in STEPS},
+    "retrain-ranker": ("caravan-retrain", {"storage", "consul", "nomad"}),
+    "retrain-ranker-backfill": ("caravan-retrain", {"storage", "consul", "nomad"}),
+    "serving": ("caravan-serving", {"storage", "serving"}),
+    "luigid": (None, set()),
+}
+ENV_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CARAVAN_WEBHDFS_TOKEN", "CONSUL_HTTP_TOKEN", "NOMAD_TOKEN"}
+# cpu/memory before the resources became variables: the defaults must not have moved.
+RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "validate-data": (500, 4096),
+             "process-text": (1000, 4096), "train-lightgbm": (2000, 8192), "evaluate": (1000, 4096),
+             "gate-model": (500, 2048), "make-numbers": (200, 256), "summarize": (200, 256), "serving": (1000, 1024)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items() if not k.startswith("__")}
+    return value
+
+
+def tree(name: str) -> dict[str, Any]:
+    return _plain(hcl2.loads((SPECS / f"{name}.nomad.hcl").read_text()))
+
+
+def job_body(name: str) -> dict[str, Any]:
+    (job,) = tree(name)["job"]
+    return job[name]
+
+
+def tasks(name: str) -> list[dict[str, Any]]:
+    return [task for group in job_body(name)["group"] for body in group.values() for t in body["task"]
+            for task in t.values()]
+
+
+def variables(name: str) -> dict[str, Any]:
+    return {k: v for block in tree(name)["variable"] for k, v in block.items()}
+
+
+def test_the_specs_are_the_steps_and_the_four_others():
+    assert sorted(p.name.removesuffix(".nomad.hcl") for p in SPECS.glob("*.nomad.hcl")) == sorted(SECRETS)
+    steps = sorted(p.name.removesuffix(".nomad.hcl") for p in SPECS.glob("*.nomad.hcl")
+                   if "caravan_output" in p.read_text())
+    assert steps == sorted(STEPS)
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_every_spec_declares_its_variables_and_uses_the_namespace(name):
+    declared = read_spec(SPECS / f"{name}.nomad.hcl").variables
+    assert {"image", "datacenters", "namespace", "cpu", "memory"} <= set(declared)
+    assert ("vault_role" in declared) == (SECRETS[name][0] is not None)
+    assert variables(name)["namespace"]["default"] == "default"
+    body = job_body(name)
+    assert body["namespace"] == "${var.namespace}" and body["datacenters"] == "${var.datacenters}"
+    for task in tasks(name):
+        assert task["config"][0]["image"] == "${var.image}"
+        assert task["resources"][0] == {"cpu": "${var.cpu}", "memory": "${var.memory}"}
+    if name in RESOURCES:
+        assert (variables(name)["cpu"]["default"], variables(name)["memory"]["default"]) == RESOURCES[name]
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
+    role, paths = SECRETS[name]
+    (task,) = tasks(name)
+    templates = task.get("template") or []
+    read = {m for t in templates for m in re.findall(r'secret "secret/data/caravan/([a-z]+)"', t["data"])}
+    assert read == paths
+    if role is None:
+        assert "vault" not in task
+        return
+    assert variables(name)["vault_role"]["default"] == role
+    (vault,) = task["vault"]
+    assert vault["role"] == "${var.vault_role}"
+    for template in templates:
+        if "secret " not in template["data"]:
+            continue
+        assert template["env"] is True and template["error_on_missing_key"] is True
+        assert template["destination"].startswith("secrets/")
+        rendered = set(re.findall(r"([A-Z_]+)=\{\{", template["data"]))
+        assert rendered and rendered <= ENV_NAMES
+    storage = next(t for t in templates if "caravan/storage" in t["data"])
+    assert storage["destination"] == "secrets/storage.env"
+    assert "AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}" in storage["data"]
+    assert "AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}" in storage["data"]
+    # Optional: `index` gives "" for a missing key even with error_on_missing_key.
+    assert '{{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}' in storage["data"]
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_every_step_keeps_the_job_contract_and_restarts_on_new_credentials(name):
+    spec = parse_spec(name, SPECS / f"{name}.nomad.hcl")
+    assert spec.command == "python" and spec.env == {"CARAVAN_STEP_EXECUTOR": "nomad"}
+    (task,) = tasks(name)
+    assert task["vault"][0]["change_mode"] == "restart"
+
+
+def test_serving_gets_its_consul_token_and_restarts_spread_out():
+    (task,) = tasks("serving")
+    consul = next(t for t in task["template"] if "caravan/serving" in t["data"])
+    assert "CONSUL_HTTP_TOKEN={{ .Data.data.consul_token }}" in consul["data"]
+    assert all(t.get("splay") == "60s" for t in task["template"] if "secret " in t["data"])
+
+
+def test_the_retrain_job_finds_the_scheduler_through_consul():
+    (task,) = tasks("retrain-ranker")
+    scheduler = next(t for t in task["template"] if "LUIGI_SCHEDULER_URL" in t["data"])
+    assert '{{ with service "caravan-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://{{ .Address }}:' \
+           '{{ .Port }}{{ end }}{{ end }}' in scheduler["data"]
+    assert scheduler["env"] is True and scheduler["change_mode"] == "noop"
+    assert task["config"][0]["command"] == "/bin/sh"
+    assert variables("retrain-ranker")["schedule"]["default"] == "0 */3 * * *"
+    (periodic,) = job_body("retrain-ranker")["periodic"]
+    assert periodic == {"crons": ["${var.schedule}"], "prohibit_overlap": True, "time_zone": "UTC",
+                        "enabled": "${var.schedule_enabled}"}
+
+
+def test_the_backfill_is_the_retrain_run_with_a_date_from_meta():
+    (run,), (backfill,) = tasks("retrain-ranker"), tasks("retrain-ranker-backfill")
+    # python-hcl2 keeps the source form of the string: its quotes are escaped.
+    assert backfill["config"][0]["args"][1] == run["config"][0]["args"][1].replace(
+        '\\"$(date -u -d yesterday +%F)\\"', '\\"$NOMAD_META_date\\"')
+    assert {k: v for k, v in backfill.items() if k != "config"} == {k: v for k, v in run.items() if k != "config"}
+    (params,) = job_body("retrain-ranker-backfill")["parameterized"]
+    assert params == {"payload": "forbidden", "meta_required": ["date"]}
+    assert "periodic" not in job_body("retrain-ranker-backfill")
+
+
+def test_luigid_is_one_consul_service_on_a_host_volume():
+    body = job_body("luigid")
+    assert body["type"] == "service" and body["update"][0]["canary"] == 0
+    (group,) = [g for block in body["group"] for g in block.values()]
+    assert group["count"] == 1
+    assert group["volume"][0]["luigid-state"] == {"type": "host", "source": "${var.host_volume}", "read_only": False}
+    (service,) = group["service"]
+    assert (service["name"], service["provider"], service["port"]) == ("caravan-luigid", "consul", "http")
+    assert service["check"][0]["path"] == "/api/task_list?data=%7B%22status%22%3A%22RUNNING%22%7D"
+    (task,) = tasks("luigid")
+    assert task["volume_mount"][0] == {"volume": "luigid-state", "destination": "/var/lib/luigid"}
+    assert task["config"][0]["args"] == ["--port", "${NOMAD_PORT_http}", "--state-path",
+                                         "/var/lib/luigid/state.pickle"]
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_every_spec_renders_with_its_defaults(name):
+    job = canonicalize(hcl_to_job((SPECS / f"{name}.nomad.hcl").read_text(), {"namespace": "caravan"}))
+    assert job["ID"] == name and job["Namespace"] == "caravan" and job["Datacenters"] == ["dc1"]
+    for group in job["TaskGroups"]:
+        for task in group["Tasks"]:
+            assert task["Config"]["image"] == "caravan:dev"
+            env = task["Env"] or {}
+            # Runtime interpolations survive (Nomad's client fills them in), escaped in the variable defaults.
+            for key in ("NOMAD_ADDR", "CONSUL_HTTP_ADDR"):
+                if key in env:
+                    assert "${attr.unique.network.ip-address}" in env[key]
