@@ -179,6 +179,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish_command
+
+    return publish_command(args)
+
+
+def cmd_trigger_retrain(args: argparse.Namespace) -> int:
+    from .trigger import trigger_command
+
+    return trigger_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caravan", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -221,6 +233,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "8080")))
     serve.add_argument("--pointer", choices=["file", "consul"], help="pointer backend (default: configured)")
     serve.set_defaults(func=cmd_serve)
+
+    publish = sub.add_parser("publish", help="render every nomad/*.nomad.hcl with a release's image and register "
+                             "the jobs that changed", description="Parse every job spec through Nomad with the "
+                             "release's variables; register nothing unless all parse; register only created and "
+                             "changed jobs (check-and-set on their JobModifyIndex). Exit code 1 on any error.")
+    publish.add_argument("--version", required=True, metavar="TAG",
+                         help="image tag of the release: image = <[publish] image_repository>:TAG")
+    publish.add_argument("--dry-run", action="store_true", help="report what would change; register nothing")
+    publish.add_argument("--diff", action="store_true", help="print every changed field, values in full")
+    publish.add_argument("--var", action="append", metavar="NAME=VALUE",
+                         help="set a variable in every spec that declares it (lists: a,b or JSON); repeatable")
+    publish.add_argument("--jobs-dir", metavar="DIR", help="folder of the specs (default: the steps' jobspec dir)")
+    publish.add_argument("--only", nargs="+", action="extend", metavar="JOB", help="only these specs (file names)")
+    publish.set_defaults(func=cmd_publish)
+
+    trigger = sub.add_parser("trigger", help="start a run now")
+    trigger_sub = trigger.add_subparsers(dest="trigger_command", required=True)
+    retrain = trigger_sub.add_parser(
+        "retrain", help="force-launch the periodic retraining job, or retrain another day",
+        description="Without --date (or with yesterday's), force-launch the periodic job: its run retrains on "
+        "yesterday (UTC). With an earlier --date, dispatch the backfill job with -meta date=DATE. "
+        "Prints the child job id.")
+    retrain.add_argument("--date", metavar="YYYY-MM-DD", help="the day to retrain on (default: yesterday, UTC)")
+    retrain.add_argument("--job", default="retrain-ranker", help="the periodic job (default: retrain-ranker)")
+    retrain.add_argument("--backfill-job", metavar="JOB",
+                         help="the parameterized job for other days (default: <job>-backfill)")
+    retrain.set_defaults(func=cmd_trigger_retrain)
     return parser
 
 
