@@ -31,7 +31,10 @@ def bao(vault_server: tuple[str, str]) -> Iterator[tuple[str, hvac.Client]]:
 
 
 @pytest.fixture
-def storage_secret(bao: tuple[str, hvac.Client]) -> dict[str, str]:
+def storage_secret(bao: tuple[str, hvac.Client], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """caravan's storage secret in Vault; the environment's AWS keys (moto's fixture sets some) removed."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
     _, admin = bao
     value = {"aws_access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
              "aws_secret_access_key": f"sk-{uuid.uuid4().hex}"}

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_API = {
     "Address", "Artifact", "ArtifactCorruptError", "ArtifactError", "ArtifactExistsError",
     "ArtifactNotFoundError", "ArtifactTask", "ArtifactWriter", "BackendError", "BackendRejected",
-    "BackendUnavailable", "CaravanError", "ConfigurationError", "JobSpecError", "PointerConflict",
-    "SecretNotFound", "StepFailed", "Store", "complete_many", "current_run_id", "open_store",
+    "BackendUnavailable", "CaravanError", "ConfigurationError", "JobSpecError", "PointerConflict", "PromotionLocked",
+    "SecretAccessDenied", "SecretNotFound", "StepFailed", "Store", "complete_many", "current_run_id", "open_store",
 }
 
 
