@@ -1,13 +1,25 @@
-"""CI configuration is valid before CI ever sees it."""
+"""CI configuration is valid before CI ever sees it, releases in the decided order, and holds no secret."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["lint", "test", "build", "publish-staging", "staging-test", "publish"]
+GLOBAL_KEYWORDS = {"default", "variables", "stages", "cache", "include", "workflow", "image", "services",
+                   "before_script", "after_script"}
 
 
 def test_gitlab_ci_validates_against_gitlabs_schema():
@@ -23,3 +35,257 @@ def test_ci_entry_point_runs_make_test_and_fails_on_failure():
     assert "set -euo pipefail" in script
     assert "make test" in script
     assert "|| true" not in script
+
+
+# -- the pipeline as GitLab resolves it ------------------------------------------------------------------
+
+
+def load() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+
+
+def merge(base: Any, override: Any) -> Any:
+    """GitLab's `extends`: hashes merge deeply, anything else (arrays included) is replaced."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def resolved(ci: Mapping[str, Any], name: str) -> dict[str, Any]:
+    body = ci[name]
+    parents = body.get("extends", [])
+    out: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        out = merge(out, resolved(ci, parent))
+    return merge(out, {k: v for k, v in body.items() if k != "extends"})
+
+
+def jobs(ci: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    ci = load() if ci is None else ci
+    return {name: resolved(ci, name) for name in ci if name not in GLOBAL_KEYWORDS and not name.startswith(".")}
+
+
+def script_lines(job: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key in ("before_script", "script", "after_script"):
+        for entry in job.get(key, []):
+            lines.extend(line.strip() for line in str(entry).splitlines() if line.strip())
+    return lines
+
+
+def test_stages_run_in_release_order_and_every_job_is_in_one():
+    ci = load()
+    assert ci["stages"] == STAGES
+    for name, job in jobs(ci).items():
+        assert job.get("stage", "test") in STAGES, name
+
+
+def test_the_checks_before_a_release_are_all_there():
+    all_jobs = jobs()
+    assert {"lint", "test", "integration", "build-image", "terraform", "hadolint"} <= set(all_jobs)
+    assert "make lint typecheck" in script_lines(all_jobs["lint"])
+    assert "make test" in script_lines(all_jobs["test"])
+    assert ".venv/bin/pytest tests/contract" in script_lines(all_jobs["integration"])
+    terraform = " ".join(script_lines(all_jobs["terraform"]))
+    assert "fmt -check" in terraform and "validate" in terraform
+    pushed = script_lines(all_jobs["build-image"])
+    assert any(re.search(r'docker push "\$IMAGE:\$CI_COMMIT_TAG"', line) for line in pushed)
+
+
+RELEASE_STAGES = {"publish-staging", "staging-test", "publish"}
+
+
+def release_jobs() -> dict[str, dict[str, Any]]:
+    return {name: job for name, job in jobs().items() if job.get("stage") in RELEASE_STAGES}
+
+
+def runs_only_on_tags(job: Mapping[str, Any]) -> bool:
+    if "only" in job or "except" in job or not job.get("rules"):
+        return False
+    return all(re.fullmatch(r"\$CI_COMMIT_TAG( && .+)?", str(rule.get("if", ""))) and "||" not in rule["if"]
+               and rule.get("when") != "always" for rule in job["rules"])
+
+
+def test_release_jobs_run_only_on_tags():
+    releases = release_jobs()
+    assert set(releases) == {"publish-staging", "staging-test", "publish-production"}
+    for name, job in releases.items():
+        assert runs_only_on_tags(job), name
+        assert job.get("interruptible") is False, f"{name}: a newer pipeline must not cancel a release halfway"
+    for name, job in jobs().items():
+        if name not in releases:
+            assert not any("caravan publish" in line for line in script_lines(job)), name
+
+
+@pytest.mark.parametrize("rules", [
+    None, [{"if": "$CI_COMMIT_BRANCH"}], [{"if": "$CI_COMMIT_TAG || $CI_COMMIT_BRANCH == 'main'"}],
+    [{"if": "$CI_COMMIT_TAG"}, {"when": "manual"}], [{"if": "$CI_COMMIT_TAG", "when": "always"}],
+])
+def test_the_tag_rule_check_rejects_other_triggers(rules):
+    job: dict[str, Any] = {"stage": "publish"}
+    if rules is not None:
+        job["rules"] = rules
+    assert not runs_only_on_tags(job)
+    assert not runs_only_on_tags({"only": ["tags", "branches"], "rules": [{"if": "$CI_COMMIT_TAG"}]})
+
+
+@pytest.mark.parametrize(("name", "stage", "namespace", "environment", "manual"), [
+    ("publish-staging", "publish-staging", "caravan-staging", "staging", False),
+    ("publish-production", "publish", "caravan", "production", True),
+])
+def test_each_environment_gets_the_release_in_its_own_namespace(name, stage, namespace, environment, manual):
+    job = jobs()[name]
+    assert job["stage"] == stage
+    assert job["variables"]["NOMAD_NAMESPACE"] == namespace
+    assert job["environment"]["name"] == environment
+    assert job["resource_group"] == environment, "one release at a time per environment"
+    assert any(rule.get("when") == "manual" for rule in job["rules"]) is manual
+    assert '.venv/bin/caravan publish --version "$CI_COMMIT_TAG"' in script_lines(job)
+    # The image caravan publish writes into the specs is the one build-image pushed for this tag.
+    assert job["variables"]["CARAVAN_IMAGE_REPOSITORY"] == "$IMAGE"
+    # caravan logs in to Vault with the CI AppRole and reads the Nomad token itself.
+    assert job["variables"]["CARAVAN_SECRETS"] == "vault"
+
+
+def test_staging_is_tested_between_the_two_publishes():
+    job = jobs()["staging-test"]
+    assert STAGES.index("publish-staging") < STAGES.index(job["stage"]) < STAGES.index("publish")
+    assert job["environment"] == {"name": "staging", "action": "verify"}
+    assert job["resource_group"] == "staging", "no other release of staging while it is being tested"
+    lines = script_lines(job)
+    assert any("CARAVAN_TEST_SERVING_URL" in line and ".ci/wait_healthy.py" in line for line in lines)
+    assert ".venv/bin/pytest tests/integration/test_serving.py" in lines
+    assert (ROOT / "tests/integration/test_serving.py").is_file()
+    (bench,) = [line for line in lines if "bench/serving.py" in line]
+    declared = set(re.findall(r'add_argument\("(--[\w-]+)"', (ROOT / "bench/serving.py").read_text()))
+    used = set(re.findall(r"(--[\w-]+)", bench))
+    assert used <= declared, f"bench/serving.py has no {sorted(used - declared)}"
+
+
+# -- no secret in the file, none printed -----------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET(_ID|_KEY)?$|SECRET_ACCESS_KEY|PASSWORD|PASSWD|PRIVATE_KEY|CREDENTIAL|API_KEY",
+                         re.IGNORECASE)
+CREDENTIAL = re.compile(r"\b(hvs|hvb|s|b)\.[A-Za-z0-9_-]{20,}|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                        r"[0-9a-f]{12}\b|\bAKIA[0-9A-Z]{16}\b|\bglpat-[A-Za-z0-9_-]{20}|-----BEGIN [A-Z ]*PRIVATE KEY")
+
+
+def strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+def secret_problems(ci: Mapping[str, Any]) -> list[str]:
+    """Secrets written into the pipeline, or lines that would print one into the job log."""
+    found = [f"credential-looking literal: {text[:40]}" for text in strings(ci) if CREDENTIAL.search(text)]
+    scopes = {"(global)": ci.get("variables", {})}
+    scopes.update({name: body.get("variables", {}) for name, body in ci.items() if isinstance(body, Mapping)})
+    for scope, variables in scopes.items():
+        for name in variables or {}:
+            if SECRET_NAME.search(name):
+                found.append(f"{scope}: {name} is set in the file; it must be a protected, masked CI variable")
+    for name, body in ci.items():
+        if not isinstance(body, Mapping):
+            continue
+        for line in script_lines(body):
+            if re.search(r"\bset\s+(-\w*x|-o\s+xtrace)", line):
+                found.append(f"{name}: `{line}` echoes every command with its expanded secrets")
+            if re.search(r"(^|[;&|]\s*)(printenv|env)\s*($|[;&>])", line):
+                found.append(f"{name}: `{line}` prints the environment")
+            for var in re.findall(r"\b(?:echo|printf|cat)\b[^|]*?\$\{?(\w+)", line):
+                if SECRET_NAME.search(var) and "|" not in line.split(var, 1)[1]:
+                    found.append(f"{name}: `{line}` prints {var}")
+            if re.search(r"\bexport\s+\w+=[\"']?\$\(", line):
+                found.append(f"{name}: `{line}`: export hides the command's failure; assign, then export")
+            for var, value in re.findall(r"\b(\w+)=(\S+)", line):
+                if SECRET_NAME.search(var) and not value.lstrip("\"'").startswith("$"):
+                    found.append(f"{name}: `{line}` sets {var} to a literal")
+            if re.search(r"\s(-p|--password)(\s|=)", line):
+                found.append(f"{name}: `{line}` puts a password on a command line (use --password-stdin)")
+            if "|| true" in line:
+                found.append(f"{name}: `{line}` hides a failure")
+    return found
+
+
+def test_no_secret_in_the_pipeline():
+    assert secret_problems(load()) == []
+
+
+@pytest.mark.parametrize(("bad", "expected"), [
+    ({"variables": {"VAULT_SECRET_ID": "$SOMETHING"}}, "VAULT_SECRET_ID is set in the file"),
+    ({"job": {"variables": {"CONSUL_HTTP_TOKEN": "0b6b1e5e-8c4f-4bd5-9d43-0c1a2b3c4d5e"}}}, "credential-looking"),
+    ({"job": {"script": ["export NOMAD_TOKEN=hvs.CAESIJ0123456789abcdefghijkl"]}}, "credential-looking"),
+    ({"job": {"script": ["NOMAD_TOKEN=letmein caravan publish --version v1"]}}, "sets NOMAD_TOKEN to a literal"),
+    ({"job": {"script": ['echo "token is $NOMAD_TOKEN"']}}, "prints NOMAD_TOKEN"),
+    ({"job": {"script": ["set -x", "caravan publish"]}}, "echoes every command"),
+    ({"job": {"before_script": ["printenv"]}}, "prints the environment"),
+    ({"job": {"script": ['export NOMAD_TOKEN="$(vault kv get -field=token secret/caravan/nomad)"']}}, "export hides"),
+    ({"job": {"script": ['docker login -u me -p "$CI_REGISTRY_PASSWORD" registry']}}, "password on a command line"),
+    ({"job": {"script": ["make test || true"]}}, "hides a failure"),
+])
+def test_the_secret_checker_catches_each_leak(bad, expected):
+    problems = secret_problems(bad)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_piping_a_secret_into_a_command_is_not_printing_it():
+    ci = {"job": {"script": ['printf \'%s\' "$CI_REGISTRY_PASSWORD" | docker login --password-stdin registry',
+                             'NOMAD_TOKEN="$(cat /run/secrets/nomad)"', "export NOMAD_TOKEN"]}}
+    assert secret_problems(ci) == []
+
+
+# -- .ci/wait_healthy.py, which staging-test runs first ------------------------------------------------------
+
+
+def wait_healthy() -> Any:
+    spec = importlib.util.spec_from_file_location("wait_healthy", ROOT / ".ci" / "wait_healthy.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def model_server():
+    """A stand-in for a deployed server: /health answers 503 "loading" twice, then 200 "ok"."""
+    answers = [(503, b'{"status": "loading", "model": null}')] * 2 + [(200, b'{"status": "ok", "model": "m1"}')]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+            self.send_response(status if self.path == "/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_wait_healthy_waits_for_ok(model_server, capsys):
+    assert wait_healthy().main([model_server + "/", "--timeout-s", "5", "--interval-s", "0.01"]) == 0
+    assert "serving model m1" in capsys.readouterr().out
+
+
+def test_wait_healthy_gives_up_after_its_timeout(capsys):
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:
+        url = f"http://127.0.0.1:{closed.server_address[1]}"
+    assert wait_healthy().main([url, "--timeout-s", "0.2", "--interval-s", "0.05"]) == 1
+    assert "not healthy after" in capsys.readouterr().err
