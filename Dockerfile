@@ -34,8 +34,9 @@ RUN groupadd --system --gid 10001 caravan \
  && useradd --system --uid 10001 --gid caravan --home-dir /home/caravan --create-home \
     --shell /usr/sbin/nologin caravan
 
+# The virtualenv first on PATH: `python`, `caravan`, `luigi` and `luigid` are the installed ones.
+ENV PATH=/opt/caravan/bin:$PATH
 ENV VIRTUAL_ENV=/opt/caravan \
-    PATH=/opt/caravan/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
