@@ -18,8 +18,27 @@ subprocess, whatever the driver, so that pipelines run end to end through HTTP:
 * job ids with ``/`` work raw and ``%2F``-escaped; errors are ``text/plain``; a wrong method is 405.
 
 The node runs batch and sysbatch work only: service and system jobs stay unplaced (a blocked eval with
-"missing drivers"), so a registered serving spec never starts a server. Templates are not rendered.
-Faults (:meth:`NomadDouble.inject`) stage what a real cluster does on a bad day.
+"missing drivers"), so a registered serving spec never starts a server. Faults (:meth:`NomadDouble.inject`)
+stage what a real cluster does on a bad day.
+
+Templates and Vault, as a client with Vault (and Consul) integration does it (N8, V3). Given ``vault_addr``
+and ``vault_token`` (the token the client would derive from the task's workload identity) or
+``consul_addr``, the client renders every task's ``Templates`` before the first start (``nomad_template``:
+``with secret``, ``.Data.data.x``, ``env``, ``key``, ``keyOrDefault``, ``keyExists``, ``index``; anything else
+fails the task with a message naming it). Secrets are read with hvac and Consul keys with py-consul, the real
+clients. Each template is written to its ``DestPath`` under the task directory (``local/``, ``secrets/``,
+``alloc/``) with its ``Perms``; ``Envvars`` files are read back as the task's environment (over the spec's
+``env``, under the runtime ``NOMAD_*`` variables). A task with a ``vault`` block also gets ``VAULT_TOKEN`` and
+``secrets/vault_token`` unless its block says ``env = false`` / ``disable_file = true``. Data that is not
+there (a missing secret or key, a 403, an unreachable server) gives a ``Template`` event "Missing:
+vault.read(path)"; after a short bounded retry (Nomad keeps retrying) the task is failed with a ``Killing``
+event "Template failed: ..." and never runs. So is a template using ``secret`` in a task without a ``vault``
+block, a missing field under ``error_on_missing_key`` (without it the field renders ``<no value>``), and a
+template the renderer does not support. Rendered values exist only in the task directory: events and
+messages name paths and keys, never values. Templates render once: a secret that changes later does not
+re-render or restart the task. Without ``vault_addr`` or ``consul_addr`` (or with
+``render_templates=False``) nothing is rendered, so the project's specs run secret-free steps on a client
+that has no Vault, as the executor contract needs.
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -58,6 +78,18 @@ from .nomad_hcl import (
     parse_duration_ns,
     validate_job,
 )
+from .nomad_template import (
+    EnvParseError,
+    MissingDependency,
+    SourceError,
+    Sources,
+    TemplateError,
+    parse_env,
+    render,
+)
+from .nomad_template import (
+    parse as parse_template,
+)
 
 REGION, DATACENTER = "global", "dc1"
 NODE_ID, NODE_NAME = "f2c4e1d0-7b3a-4c55-9e7f-0d1b2a3c4d5e", "nomad-double"
@@ -70,6 +102,9 @@ LOG_FRAME = 64 * 1024
 LOSE_AFTER_S = 0.2  # how long a doomed allocation runs before its node "goes down"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 FAULTS = ("fail", "hang", "lose", "block")
+TEMPLATE_ATTEMPTS = 4  # renders before a template that waits on data fails its task (Nomad retries far longer)
+TEMPLATE_BACKOFF_S = 0.1  # doubled after each failed render
+SERVICE_TIMEOUT_S = 5.0  # one Vault or Consul request from the template renderer
 JOB_SUFFIXES = ("/periodic/force", "/allocations", "/evaluations", "/summary", "/dispatch", "/versions",
                 "/deployments", "/deployment", "/plan", "/evaluate", "/revert", "/stable", "/scale",
                 "/services", "/submission")
@@ -190,6 +225,7 @@ class _TaskRun:
     spec: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
     exited: threading.Event = field(default_factory=threading.Event)
+    template_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,14 +248,28 @@ class NomadDouble:
     """A Nomad agent on a loopback port, with an in-memory state store and a client that runs tasks."""
 
     def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,
-                 acl_token: str | None = None, kill_timeout_s: float = 5.0) -> None:
+                 acl_token: str | None = None, kill_timeout_s: float = 5.0, vault_addr: str | None = None,
+                 vault_token: str | None = None, consul_addr: str | None = None,
+                 consul_token: str | None = None, render_templates: bool | None = None) -> None:
+        """``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a ``vault``
+        block; ``consul_addr``/``consul_token``: the client's Consul. ``render_templates`` defaults to whether
+        either is given."""
         self.env = dict(env or {})
         self.python = python
         self.acl_token = acl_token
         self.kill_timeout_s = kill_timeout_s
+        self.vault_addr = vault_addr
+        self.vault_token = vault_token
+        self.consul_addr = consul_addr
+        self.consul_token = consul_token
+        if render_templates is None:
+            render_templates = vault_addr is not None or consul_addr is not None
+        self.render_templates = render_templates
         self.address = ""
         self.dispatch_requests: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
+        # Test-only: called with (method, path, status, body bytes) for every response body (and stream chunk).
+        self.response_hook: Callable[[str, str, int, bytes], None] | None = None
         self.processes_started = 0
         self._cond = threading.Condition(threading.RLock())
         self._index = FIRST_INDEX
@@ -290,6 +340,11 @@ class NomadDouble:
                    variables: dict[str, str] | None = None) -> list[str]:
         """:meth:`load_hcl` every ``*.nomad.hcl`` in ``directory`` (sorted); return the job ids."""
         return [self.load_hcl(path, variables) for path in sorted(Path(directory).glob("*.nomad.hcl"))]
+
+    def task_dir(self, alloc_id: str, task: str) -> Path:
+        """The directory a task of an allocation runs in (``local/``, ``secrets/``, ``tmp/``)."""
+        with self._cond:
+            return self._allocs[alloc_id].root / task
 
     def inject(self, job_id: str, fault: str, count: int = 1) -> None:
         """Make the next ``count`` launches of ``job_id`` (dispatches, forced or plain runs) misbehave.
@@ -790,6 +845,8 @@ class NomadDouble:
                 target = task_dir / "local" / run.spec["DispatchPayload"]["File"]
                 target.write_bytes(base64.b64decode(payload))
             self._cond.notify_all()
+        if not self._prepare_secrets(rec, run):
+            return
         window_start, restarts_in_window = time.monotonic(), 0
         while True:
             if rec.kill.is_set() or self._closing.is_set() or rec.lost:
@@ -833,6 +890,176 @@ class NomadDouble:
                 self._cond.notify_all()
             rec.kill.wait(delay_ns / 1e9)
 
+    # -- the client's vault and template hooks -----------------------------------------------------------
+
+    def _vault_env(self, task: dict[str, Any]) -> dict[str, str]:
+        """VAULT_TOKEN (and VAULT_NAMESPACE) for a task whose ``vault`` block asks for them (V3)."""
+        vault = task.get("Vault")
+        if vault is None or self.vault_token is None or not vault.get("Env", True):
+            return {}
+        env = {"VAULT_TOKEN": self.vault_token}
+        if vault.get("Namespace"):
+            env["VAULT_NAMESPACE"] = vault["Namespace"]
+        return env
+
+    def _prepare_secrets(self, rec: _AllocRec, run: _TaskRun) -> bool:
+        """The vault and template prestart hooks: token file, then every template rendered (False: task failed).
+
+        Data a template waits for is retried TEMPLATE_ATTEMPTS times with a ``Template`` "Missing: ..." event
+        for each new set of missing dependencies; then, or at once for a template error, the task is failed
+        with a ``Killing`` event, as the template manager's Kill does, and never starts.
+        """
+        vault = run.spec.get("Vault")
+        if vault is not None and self.vault_token is not None and not vault.get("DisableFile"):
+            token_file = rec.root / run.name / "secrets" / "vault_token"
+            descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(self.vault_token)
+        if not self.render_templates or not run.spec.get("Templates"):
+            return True
+        backoff_s, missing_shown = TEMPLATE_BACKOFF_S, ""
+        for attempt in range(1, TEMPLATE_ATTEMPTS + 1):
+            try:
+                run.template_env = self._render_templates(rec, run)
+                return True
+            except MissingDependency as missing:
+                if not missing.retry or attempt == TEMPLATE_ATTEMPTS:
+                    return self._template_failed(rec, run, f"Template failed: {missing}")
+                if missing.dependency != missing_shown:
+                    missing_shown = missing.dependency
+                    with self._cond:
+                        self._task_event(rec, run.name, "Template", f"Missing: {missing.dependency}", self._bump())
+                        self._cond.notify_all()
+            except TemplateError as exc:
+                return self._template_failed(rec, run, f"Template failed: {exc}")
+            except EnvParseError as exc:
+                return self._template_failed(rec, run, f"Template failed to read environment variables: {exc}")
+            except Exception as exc:  # a bug in the renderer must fail the task, not hang it; no text (values)
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                where = f"{Path(frame.filename).name}:{frame.lineno}"
+                return self._template_failed(rec, run, f"Template failed: {type(exc).__name__} at {where}")
+            if rec.kill.wait(backoff_s) or self._closing.is_set() or rec.lost:
+                with self._cond:
+                    self._finish_killed(rec, run, None)
+                return False
+            backoff_s *= 2
+        return False  # not reached: the last attempt returns
+
+    def _template_failed(self, rec: _AllocRec, run: _TaskRun, message: str) -> bool:
+        with self._cond:
+            if rec.lost or self._closing.is_set():
+                return False
+            idx = self._bump()
+            self._task_event(rec, run.name, "Killing", message, idx, FailsTask=True,
+                             Details={"fails_task": "true"})
+            self._set_task(rec, run.name, idx, State="dead", Failed=True, FinishedAt=_rfc3339(_now_ns()))
+            run.exited.set()
+            if any(other is not run and not other.exited.is_set() for other in rec.tasks.values()):
+                self._start(self._kill_alloc, rec)
+            self._cond.notify_all()
+        return False
+
+    def _render_templates(self, rec: _AllocRec, run: _TaskRun) -> dict[str, str]:
+        """Render every template, then write them; the environment their ``Envvars`` files give the task."""
+        task = run.spec
+        with self._cond:
+            runtime, task_env, view = self._environment(rec, run)
+        # Templates see the task's environment only (Nomad masks the agent's own), with relative task dirs.
+        sources = Sources(env={**self.env, **task_env, **runtime, **self._vault_env(task)},
+                          secret=self._vault_reader(task), key=self._consul_reader())
+        relative = {**view, "NOMAD_ALLOC_DIR": "alloc", "NOMAD_TASK_DIR": "local", "NOMAD_SECRETS_DIR": "secrets"}
+        task_dir, rendered = rec.root / run.name, []
+        for template in task["Templates"]:
+            name = _interpolate(str(template.get("DestPath") or ""), relative)
+            dest = self._template_path(rec, task_dir, name, "destination")
+            text = template.get("EmbeddedTmpl") or ""
+            if not text and template.get("SourcePath"):
+                source = _interpolate(str(template["SourcePath"]), relative)
+                text = self._template_path(rec, task_dir, source, "source").read_text()
+            perms = str(template.get("Perms") or "0644")
+            try:
+                mode = int(perms, 8)
+            except ValueError:
+                raise TemplateError(f'Failed to parse "{perms}" as octal') from None
+            parsed = parse_template(text, name, template.get("LeftDelim") or "{{", template.get("RightDelim") or "}}")
+            output = render(parsed, sources, bool(template.get("ErrMissingKey")))
+            rendered.append((dest, output, mode, bool(template.get("Envvars"))))
+        env: dict[str, str] = {}
+        for dest, output, mode, envvars in rendered:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            partial.write_text(output)
+            partial.chmod(mode)
+            partial.replace(dest)
+            if envvars:
+                try:
+                    env.update(parse_env(output))
+                except EnvParseError as exc:
+                    raise EnvParseError(f'error parsing env template "{dest}": {exc}') from None
+        return env
+
+    @staticmethod
+    def _template_path(rec: _AllocRec, task_dir: Path, name: str, what: str) -> Path:
+        """A template path, always under the task dir (an absolute one too); ``alloc/`` is the shared alloc dir."""
+        parts = Path(name).parts[1:] if Path(name).is_absolute() else Path(name).parts
+        normalized = os.path.normpath(os.path.join(*parts)) if parts else "."
+        if normalized == "." or normalized == ".." or normalized.startswith("../"):
+            raise TemplateError(f"template {what} path escapes alloc directory")
+        relative = Path(normalized)
+        return rec.root / relative if relative.parts[0] == "alloc" else task_dir / relative
+
+    def _vault_reader(self, task: dict[str, Any]) -> Callable[[str], dict[str, Any] | None]:
+        """Reads a Vault path with hvac, with the token the client hands this task."""
+        vault = task.get("Vault")
+
+        def read(path: str) -> dict[str, Any] | None:
+            if self.vault_addr is None:
+                raise SourceError("Vault is not enabled on this Nomad client", retry=False)
+            if vault is None:
+                raise SourceError("the task has no vault block, so the client gives its templates no Vault token",
+                                  retry=False)
+            import hvac
+            import requests
+
+            client = hvac.Client(url=self.vault_addr, token=self.vault_token or "", timeout=SERVICE_TIMEOUT_S,
+                                 namespace=vault.get("Namespace") or None)
+            try:
+                response = client.read(path)
+            except hvac.exceptions.Forbidden:
+                raise SourceError("Code: 403. Errors: permission denied") from None
+            except hvac.exceptions.VaultError as exc:
+                raise SourceError(f"Vault answered {type(exc).__name__}") from None
+            except requests.RequestException:
+                raise SourceError(f"Vault at {self.vault_addr} is unreachable") from None
+            return response if isinstance(response, dict) else None
+
+        return read
+
+    def _consul_reader(self) -> Callable[[str], str | None] | None:
+        """Reads a Consul KV key with py-consul (None when the client has no Consul)."""
+        if self.consul_addr is None:
+            return None
+        import consul
+        import requests
+
+        parts = urlsplit(self.consul_addr if "://" in self.consul_addr else f"http://{self.consul_addr}")
+        client = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme,
+                               token=self.consul_token, connections_timeout=SERVICE_TIMEOUT_S)
+
+        def get(key: str) -> str | None:
+            try:
+                _, entry = client.kv.get(key)
+            except consul.ACLPermissionDenied:
+                raise SourceError("Code: 403. Errors: Permission denied") from None
+            except (consul.ConsulException, requests.RequestException):
+                raise SourceError(f"Consul at {self.consul_addr} is unreachable") from None
+            if entry is None:
+                return None
+            value = entry.get("Value")
+            return "" if value is None else bytes(value).decode("utf-8", errors="replace")
+
+        return get
+
     def _execute(self, rec: _AllocRec, run: _TaskRun) -> tuple[int | None, int]:
         """Start the task's process and wait for it; (exit code, signal), or (None, 0) if it did not start."""
         logs = rec.root / "alloc" / "logs"
@@ -868,8 +1095,9 @@ class NomadDouble:
         run.exited.set()
         return (128 - returncode, -returncode) if returncode < 0 else (returncode, 0)
 
-    def _command(self, rec: _AllocRec, run: _TaskRun) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment Nomad's client would give the task."""
+    def _environment(self, rec: _AllocRec,
+                     run: _TaskRun) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """(the runtime ``NOMAD_*`` variables, the task's ``env`` block interpolated, the interpolation view)."""
         job, group, task = rec.job, rec.group, run.spec
         alloc_dir, task_dir = rec.root / "alloc", rec.root / run.name
         name = rec.alloc["Name"]
@@ -893,8 +1121,14 @@ class NomadDouble:
                 "node.datacenter": DATACENTER, "node.region": REGION, "attr.kernel.name": sys.platform}
         task_env = {k: _interpolate(str(v), view) for k, v in (task.get("Env") or {}).items()}
         view.update(task_env)
-        env = {**os.environ, **self.env, **task_env, **runtime}
-        config = task.get("Config") or {}
+        return runtime, task_env, view
+
+    def _command(self, rec: _AllocRec, run: _TaskRun) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment Nomad's client would give the task."""
+        runtime, task_env, view = self._environment(rec, run)
+        view.update(run.template_env)
+        env = {**os.environ, **self.env, **task_env, **run.template_env, **runtime, **self._vault_env(run.spec)}
+        config = run.spec.get("Config") or {}
         if rec.fault in ("hang", "lose"):
             return [self.python, "-c", "import time\nwhile True:\n    time.sleep(60)"], env
         if rec.fault == "fail":
@@ -1353,6 +1587,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, extra, reply = double.handle(self.command, self.path, self.headers, body)
+        hook = double.response_hook
+
+        def sent(data: bytes) -> None:
+            if hook is not None:
+                hook(self.command, self.path, status, data)
+
         self.send_response(status)
         self.send_header("Content-Type", reply.content_type)
         for name, value in extra.items():
@@ -1362,11 +1602,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.close_connection = True
             try:
-                reply.stream(lambda data: (self.wfile.write(data), self.wfile.flush()))
+                reply.stream(lambda data: (sent(data), self.wfile.write(data), self.wfile.flush()))
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return
         data = reply.raw or b""
+        sent(data)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -5,9 +5,11 @@ blocks (defaults, overridden like ``-var k=v``), ``locals``, ``${var.x}`` / ``${
 escapes and heredocs. Runtime interpolations (``${NOMAD_META_x}``, ``${node.unique.name}``,
 ``${attr.kernel.name}``...) are left in place for the client, as Nomad's jobspec2 parser does.
 
-:func:`canonicalize` fills the defaults of ``api.Job.Canonicalize`` (restart/reschedule policies per job
-type as in ``nomad/structs`` and ``api/tasks.go``, Name = ID, ``optional`` payload, resources, log
-config, 5 s kill timeout); :func:`validate_job` returns the messages of ``structs.Job.Validate`` for
+Task ``template`` blocks become ``Templates`` and ``vault`` blocks ``Vault`` (a job or group block applies to
+every task without its own, as jobspec2 pushes it down). :func:`canonicalize` fills the defaults of
+``api.Job.Canonicalize`` (restart/reschedule policies per job type as in ``nomad/structs`` and
+``api/tasks.go``, Name = ID, ``optional`` payload, resources, log config, 5 s kill timeout, ``Vault`` and
+``Templates`` fields); :func:`validate_job` returns the messages of ``structs.Job.Validate`` for
 the rules a parameterized batch job can break. Durations in Job JSON are int64 nanoseconds.
 """
 
@@ -253,7 +255,28 @@ def hcl_to_job(text: str, variables: dict[str, Any] | None = None) -> dict[str, 
         "ParameterizedJob": _parameterized(_block(body, "parameterized")),
         "TaskGroups": [_group(name, group) for name, group in _labelled(body, "group")],
     }
+    _push_down_vault(job, _vault(_block(body, "vault")), body)
     return job
+
+
+def _vault(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``vault`` block as ``api.Vault`` (defaults are filled by :func:`canonicalize`)."""
+    if block is None:
+        return None
+    return {"Role": block.get("role"), "Policies": block.get("policies"), "Namespace": block.get("namespace"),
+            "Cluster": block.get("cluster"), "Env": block.get("env"), "DisableFile": block.get("disable_file"),
+            "ChangeMode": block.get("change_mode"), "ChangeSignal": block.get("change_signal"),
+            "AllowTokenExpiration": block.get("allow_token_expiration")}
+
+
+def _push_down_vault(job: dict[str, Any], job_vault: dict[str, Any] | None, body: dict[str, Any]) -> None:
+    """Job and group ``vault`` blocks apply to every task without its own, as jobspec2 does (API JSON has
+    ``Vault`` on tasks only)."""
+    for group, (_, group_body) in zip(job["TaskGroups"], _labelled(body, "group"), strict=True):
+        group_vault = _vault(_block(group_body, "vault")) or job_vault
+        for task in group["Tasks"]:
+            if task["Vault"] is None and group_vault is not None:
+                task["Vault"] = copy.deepcopy(group_vault)
 
 
 def _periodic(block: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -317,7 +340,7 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
         "LogConfig": None if logs is None else {"MaxFiles": logs.get("max_files"),
                                                 "MaxFileSizeMB": logs.get("max_file_size"),
                                                 "Disabled": logs.get("disabled")},
-        "Templates": templates or None,
+        "Templates": templates or None, "Vault": _vault(_block(body, "vault")),
         "DispatchPayload": None if payload is None else {"File": payload.get("file") or ""},
     }
 
@@ -377,6 +400,17 @@ _TASK_DEFAULTS: dict[str, Any] = {
     "Leader": False, "ShutdownDelay": 0, "Kind": "", "ScalingPolicies": None, "Identities": None,
 }
 
+# api.Vault.Canonicalize and api.Template.Canonicalize
+_VAULT_DEFAULTS: dict[str, Any] = {
+    "Role": "", "Policies": None, "Namespace": "", "Cluster": "default", "Env": True, "DisableFile": False,
+    "ChangeMode": "restart", "ChangeSignal": "SIGHUP", "AllowTokenExpiration": False,
+}
+_TEMPLATE_DEFAULTS: dict[str, Any] = {
+    "SourcePath": "", "DestPath": "", "EmbeddedTmpl": "", "ChangeMode": "restart", "ChangeSignal": "",
+    "Splay": 5 * SECOND_NS, "Perms": "0644", "LeftDelim": "{{", "RightDelim": "}}", "Envvars": False,
+    "Once": False, "ErrMissingKey": False,
+}
+
 
 def canonicalize(job: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults in place, as ``api.Job.Canonicalize`` does before a job reaches the state store."""
@@ -404,6 +438,10 @@ def canonicalize(job: dict[str, Any]) -> dict[str, Any]:
                                        task.get("Resources"))
             task["LogConfig"] = _merge({"MaxFiles": 10, "MaxFileSizeMB": 10, "Disabled": False},
                                        task.get("LogConfig"))
+            if task["Vault"] is not None:
+                _fill(task["Vault"], _VAULT_DEFAULTS)
+            for template in task["Templates"] or []:
+                _fill(template, _TEMPLATE_DEFAULTS)
     return job
 
 
