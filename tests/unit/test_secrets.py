@@ -53,8 +53,9 @@ def test_a_missing_secret_names_the_path_and_the_variable_never_a_value(monkeypa
 
 def test_unknown_source_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CARAVAN_SECRETS", "keychain")
+    monkeypatch.delenv("CARAVAN_SECRET_WAREHOUSE_PASSWORD", raising=False)
     with pytest.raises(ConfigurationError, match="keychain"):
-        secrets.get_secret("storage", "aws_access_key_id")
+        secrets.get_secret("warehouse", "password")
 
 
 secret_values = st.text(string.ascii_letters + string.digits + "+/=-_", min_size=secrets.MIN_REDACTED_LENGTH,
