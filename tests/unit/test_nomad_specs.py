@@ -9,7 +9,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from caravan.executors.jobspec import parse_spec
+from caravan.executors.jobspec import _unquote, parse_spec
 from caravan.publish import read_spec
 
 from ..doubles.nomad_hcl import canonicalize, hcl_to_job
@@ -33,18 +33,8 @@ RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "v
              "gate-model": (500, 2048), "make-numbers": (200, 256), "summarize": (200, 256), "serving": (1000, 1024)}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, str):
-        return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items() if not k.startswith("__")}
-    return value
-
-
 def tree(name: str) -> dict[str, Any]:
-    return _plain(hcl2.loads((SPECS / f"{name}.nomad.hcl").read_text()))
+    return _unquote(hcl2.loads((SPECS / f"{name}.nomad.hcl").read_text()))
 
 
 def job_body(name: str) -> dict[str, Any]:
@@ -124,6 +114,14 @@ def test_serving_gets_its_consul_token_and_restarts_spread_out():
     consul = next(t for t in task["template"] if "caravan/serving" in t["data"])
     assert "CONSUL_HTTP_TOKEN={{ .Data.data.consul_token }}" in consul["data"]
     assert all(t.get("splay") == "60s" for t in task["template"] if "secret " in t["data"])
+
+
+def test_serving_promotes_its_canary_by_itself_only_when_told():
+    (update,) = job_body("serving")["update"]
+    assert update["canary"] == 1 and update["auto_revert"] is True
+    assert update["auto_promote"] == "${var.auto_promote}"
+    declared = variables("serving")["auto_promote"]
+    assert (declared["type"], declared["default"]) == ("bool", False), "production promotes by hand"
 
 
 def test_the_retrain_job_finds_the_scheduler_through_consul():

@@ -33,13 +33,13 @@ _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
 def _unquote(value: Any) -> Any:
-    """python-hcl2 keeps string quotes (``'"batch"'``) and marks blocks; give plain Python values."""
+    """python-hcl2 keeps string quotes (``'"batch"'``) and adds ``__`` keys (block marks, comments): drop both."""
     if isinstance(value, str):
         return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
     if isinstance(value, list):
         return [_unquote(v) for v in value]
     if isinstance(value, dict):
-        return {_unquote(k): _unquote(v) for k, v in value.items() if k != "__is_block__"}
+        return {_unquote(k): _unquote(v) for k, v in value.items() if not k.startswith("__")}
     return value
 
 
