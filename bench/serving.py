@@ -1,6 +1,7 @@
 """Throughput and latency of ``POST /predict``: caravan's server vs a hand-written raw ASGI endpoint vs the floor.
 
-Run: ``.venv/bin/python bench/serving.py [--duration 6] [--rounds 3] [--connections 4]``
+Run: ``.venv/bin/python bench/serving.py [--duration 6] [--rounds 3] [--connections 4]``, or
+``.venv/bin/python bench/serving.py --url http://host:port [--duration 10] [--max-p99-ms 1000]``
 
 Trains a LightGBM model of realistic size in the script (``--features`` 20 numeric features,
 ``--trees`` 100 trees of ``--leaves`` 31 leaves), publishes it as an artifact and points a file
@@ -27,6 +28,14 @@ LightGBM predicts on OpenMP threads, one per core by default; this script sets `
 for itself and both servers unless the caller sets it (see the comment below the imports).
 
 Goal: caravan's throughput at least 80% of the baseline's, in both cases.
+
+With ``--url URL`` (CI's staging-test job), only the caravan server at that base URL is load-tested: no
+model is trained, no server started, no baseline. The rows are built from the server's ``GET /health``
+(its features and their types; the batch case is cut to its ``max_rows``), one request of each case is
+checked first, then the same load generator drives ``URL/predict`` (http, or https with the certificate
+checked against the system's store) and the script prints req/s, rows/s, p50/p99 and failed requests per
+case. It exits non-zero if any request failed or a case's p99 is above ``--max-p99-ms`` (default 1000).
+``--rounds`` defaults to 1 there; ``--features``, ``--trees`` and ``--leaves`` do not apply.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,43 +132,121 @@ def run_baseline(port: int, model_file: str) -> None:
 
 # -- the load generator -------------------------------------------------------------------------------------
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; one request in flight; responses must carry Content-Length."""
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes: a host and port, over TLS or not, with ``/predict`` under ``prefix``."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    host: str
+    port: int
+    tls: bool = False
+    prefix: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> Target:
+        """``http[s]://host[:port][/prefix]``; anything else is a clear error naming the URL."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise SystemExit(f"--url {url!r}: the scheme must be http or https, not {parts.scheme or 'none'!r}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise SystemExit(f"--url {url!r}: {exc}") from None
+        if not parts.hostname or parts.query or parts.fragment or parts.username:
+            raise SystemExit(f"--url {url!r}: expected http[s]://host[:port][/path], without query or credentials")
+        tls = parts.scheme == "https"
+        return cls(parts.hostname, port or (443 if tls else 80), tls, parts.path.rstrip("/"))
+
+    @property
+    def authority(self) -> str:
+        """The Host header: the host, and the port unless it is the scheme's default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.authority}{self.prefix}"
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (TLS for https, the certificate verified); one request in flight.
+
+    A response must carry Content-Length or be chunked; after a ``Connection: close`` answer (some proxies
+    send one) the next request opens a new connection.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.sock: socket.socket | None = self._connect()
         self.buffer = b""
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.target.host, self.target.port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.target.tls:
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.target.host)
+        return sock
+
     def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock, self.buffer = self._connect(), b""
         self.sock.sendall(raw)
         buffer = self.buffer
         while (end := buffer.find(b"\r\n\r\n")) < 0:
             buffer += self._recv()
         head = buffer[:end].lower()
         start = head.find(b"\r\ncontent-length:")
-        if start < 0:
-            raise ConnectionError(f"response without content-length: {head[:200]!r}")
-        stop = head.find(b"\r\n", start + 2)
-        total = end + 4 + int(head[start + 17:stop if stop >= 0 else len(head)])
-        while len(buffer) < total:
-            buffer += self._recv()
-        self.buffer = buffer[total:]
-        return int(head[9:12]), buffer[end + 4:total]
+        if start >= 0:
+            stop = head.find(b"\r\n", start + 2)
+            total = end + 4 + int(head[start + 17:stop if stop >= 0 else len(head)])
+            while len(buffer) < total:
+                buffer += self._recv()
+            body, self.buffer = buffer[end + 4:total], buffer[total:]
+        elif b"\r\ntransfer-encoding: chunked" in head:
+            body, self.buffer = self._chunked(buffer, end + 4)
+        else:
+            raise ConnectionError(f"response with neither content-length nor chunked encoding: {head[:200]!r}")
+        if b"\r\nconnection: close" in head or head.startswith(b"http/1.0"):
+            self.close()
+        return int(head[9:12]), body
+
+    def _chunked(self, buffer: bytes, pos: int) -> tuple[bytes, bytes]:
+        """The body of a chunked response starting at ``pos``, and what follows it."""
+        parts = []
+        while True:
+            while (eol := buffer.find(b"\r\n", pos)) < 0:
+                buffer += self._recv()
+            size = int(buffer[pos:eol].split(b";", 1)[0], 16)
+            pos = eol + 2
+            if size == 0:
+                break
+            while len(buffer) < pos + size + 2:
+                buffer += self._recv()
+            parts.append(buffer[pos:pos + size])
+            pos += size + 2
+        while True:  # trailer lines, up to an empty one
+            while (eol := buffer.find(b"\r\n", pos)) < 0:
+                buffer += self._recv()
+            line, pos = buffer[pos:eol], eol + 2
+            if not line:
+                return b"".join(parts), buffer[pos:]
 
     def _recv(self) -> bytes:
-        chunk = self.sock.recv(262144)
+        chunk = self.sock.recv(262144) if self.sock is not None else b""
         if not chunk:
             raise ConnectionError("the server closed the connection")
         return chunk
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
-def encode_post(port: int, body: bytes) -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+def encode_post(target: Target, body: bytes) -> bytes:
+    return (f"POST {target.prefix}/predict HTTP/1.1\r\nHost: {target.authority}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 @dataclass
@@ -184,46 +272,61 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(port: int, pid: int, bodies: list[bytes], connections: int, warmup: float, duration: float,
+def load(target: Target, pid: int | None, bodies: list[bytes], connections: int, warmup: float, duration: float,
          run: Run) -> None:
-    """Drive one server for warmup + duration seconds; add the measured window to ``run``."""
-    raws = [encode_post(port, body) for body in bodies]
+    """Drive one server for warmup + duration seconds; add the measured window to ``run``.
+
+    Latencies are those of the measured window; a failed request (not 200, or no answer) counts wherever it
+    falls. After a connection error a worker reconnects and goes on; after three in a row it gives up.
+    ``pid`` is the server's process, for its CPU time (None for a server elsewhere).
+    """
+    raws = [encode_post(target, body) for body in bodies]
     begin = time.perf_counter() + 0.2  # every connection is open before the clock starts
     measure_from, measure_to = begin + warmup, begin + warmup + duration
     results: list[tuple[list[float], int, str | None]] = []
 
     def worker(offset: int) -> None:
         latencies: list[float] = []
-        failed, error = 0, None
-        conn = Connection(port)
+        failed, error, in_a_row = 0, None, 0
+        conn = None
         try:
+            conn = Connection(target)
             time.sleep(max(0.0, begin - time.perf_counter()))
             n = offset
-            while True:
+            while in_a_row < 3:
                 sent = time.perf_counter()
                 if sent >= measure_to:
                     break
-                status, body = conn.request(raws[n % len(raws)])
-                done = time.perf_counter()
+                raw = raws[n % len(raws)]
                 n += 1
+                try:
+                    status, body = conn.request(raw)
+                except OSError as exc:
+                    failed, in_a_row = failed + 1, in_a_row + 1
+                    error = error or f"{type(exc).__name__}: {exc}"
+                    conn.close()  # the next request opens a new connection
+                    continue
+                in_a_row = 0
+                done = time.perf_counter()
                 if sent >= measure_from and done <= measure_to:
                     latencies.append(done - sent)
-                    if status != 200:
-                        failed += 1
-                        error = error or f"{status}: {body[:200]!r}"
+                if status != 200:
+                    failed += 1
+                    error = error or f"{status}: {body[:200]!r}"
         except OSError as exc:
-            failed, error = failed + 1, f"{type(exc).__name__}: {exc}"
+            failed, error = failed + 1, error or f"{type(exc).__name__}: {exc}"
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
             results.append((latencies, failed, error))
 
     threads = [threading.Thread(target=worker, args=(i * 7,), daemon=True) for i in range(connections)]
     for thread in threads:
         thread.start()
     time.sleep(max(0.0, measure_from - time.perf_counter()))
-    cpu_before, client_before = cpu_seconds(pid), time.process_time()
+    cpu_before, client_before = cpu_seconds(pid) if pid else 0.0, time.process_time()
     time.sleep(max(0.0, measure_to - time.perf_counter()))
-    cpu_after, client_after = cpu_seconds(pid), time.process_time()
+    cpu_after, client_after = cpu_seconds(pid) if pid else 0.0, time.process_time()
     for thread in threads:
         thread.join(timeout=60)
     count = sum(len(latencies) for latencies, _, _ in results)
@@ -236,7 +339,7 @@ def load(port: int, pid: int, bodies: list[bytes], connections: int, warmup: flo
     for latencies, _, error in results:
         run.latencies.extend(latencies)
         if error:
-            print(f"  failure on port {port}: {error}", flush=True)
+            print(f"  failure at {target.url}: {error}", flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -285,24 +388,128 @@ def per_call(fn: Callable[[], Any], seconds: float, slices: int = 10) -> float:
     return best
 
 
+# -- a server elsewhere (--url) -----------------------------------------------------------------------------
+
+def example_value(kind: str, rng: np.random.Generator) -> Any:
+    """A random JSON value a server accepts for a feature of this type (null, a missing value, for others)."""
+    if kind == "bool":
+        return bool(rng.integers(0, 2))
+    if kind.startswith(("int", "uint")):
+        return int(rng.integers(0, 20))
+    if kind.startswith(("float", "double", "half")):
+        return round(float(rng.normal()), 4)
+    return None
+
+
+def served_health(target: Target) -> dict[str, Any]:
+    """The server's ``GET /health`` (standard library: the same certificate store as the load generator's)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{target.url}/health", timeout=30) as response:  # noqa: S310
+            health: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"GET {target.url}/health answered {exc.code}: {exc.read()[:300]!r}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SystemExit(f"GET {target.url}/health failed: {type(exc).__name__}: {exc}") from None
+    if health.get("status") != "ok":
+        raise SystemExit(f"{target.url} is not healthy: {json.dumps(health)[:300]}")
+    return health
+
+
+def load_test_url(target: Target, args: argparse.Namespace) -> int:
+    """Load-test the server at ``target`` alone, with the two cases, on rows built from its ``/health``."""
+    health = served_health(target)
+    schema = health.get("schema")
+    if not schema:
+        print("its /health gives no feature types ('schema'): every value sent is null (a missing value)")
+        schema = [{"name": name, "type": "unknown"} for name in health["features"]]
+    batch = min(args.batch, int(health.get("max_rows", args.batch)))
+    rng = np.random.default_rng(7)
+
+    def row() -> dict[str, Any]:
+        return {feature["name"]: example_value(feature["type"], rng) for feature in schema}
+
+    cases = {"1 row": (1, [json.dumps(row()).encode() for _ in range(64)]),
+             f"{batch} rows": (batch, [json.dumps({"rows": [row() for _ in range(batch)]}).encode()
+                                       for _ in range(64)])}
+    print(f"{target.url}: model {health.get('model')}, {len(schema)} features", flush=True)
+    conn = None
+    try:  # one request of each case first: a server that refuses them is no load test
+        conn = Connection(target)
+        for case, (n_rows, bodies) in cases.items():
+            status, body = conn.request(encode_post(target, bodies[0]))
+            if status != 200:
+                raise SystemExit(f"POST {target.url}/predict ({case}) answered {status}: {body[:300]!r}")
+            data = json.loads(body)
+            got = [data["prediction"]] if n_rows == 1 else data["predictions"]
+            if len(got) != n_rows or not all(math.isfinite(x) for x in got):
+                raise SystemExit(f"POST {target.url}/predict ({case}): expected {n_rows} finite predictions, "
+                                 f"got {body[:300]!r}")
+    except OSError as exc:
+        raise SystemExit(f"POST {target.url}/predict failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+
+    rounds = 1 if args.rounds is None else args.rounds
+    runs = {case: Run() for case in cases}
+    for n in range(rounds):
+        for case, (_, bodies) in cases.items():
+            print(f"round {n + 1}/{rounds}: {case} ...", flush=True)
+            load(target, None, bodies, args.connections, args.warmup, args.duration, runs[case])
+
+    print(f"\nPOST {target.url}/predict: model {health.get('model')}, {len(schema)} features; "
+          f"{args.connections} keep-alive connections; {rounds} x {args.duration:g} s per case after "
+          f"{args.warmup:g} s of warm-up\n")
+    print(f"{'case':<10} {'req/s':>8} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'client CPU':>11} {'failed':>7}")
+    problems = []
+    for case, (n_rows, _) in cases.items():
+        run = runs[case]
+        p50, p99 = percentile(run.latencies, 50) * 1000, percentile(run.latencies, 99) * 1000
+        print(f"{case:<10} {run.rate:>8.0f} {run.rate * n_rows:>9.0f} {p50:>8.2f} {p99:>8.2f} "
+              f"{run.client_cpu / run.seconds:>11.0%} {run.failed:>7}")
+        if run.failed:
+            problems.append(f"{case}: {run.failed} failed requests")
+        if not run.latencies:
+            problems.append(f"{case}: no request completed in the measured window")
+        elif p99 > args.max_p99_ms:
+            problems.append(f"{case}: p99 {p99:.1f} ms above {args.max_p99_ms:g} ms")
+    print(f"\ngoal (no failed request, p99 <= {args.max_p99_ms:g} ms in every case): "
+          f"{'met' if not problems else 'NOT met: ' + '; '.join(problems)}")
+    return 1 if problems else 0
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per case, server and round")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating which server goes first")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds, alternating which server goes first (default 3; 1 with --url)")
     parser.add_argument("--connections", type=int, default=4, help="concurrent client connections (threads)")
     parser.add_argument("--batch", type=int, default=100, help="rows per request in the batch case")
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--leaves", type=int, default=31)
+    parser.add_argument("--url", metavar="URL",
+                        help="load-test only the caravan server at this base URL (http:// or https://); no baseline, "
+                             "no local servers, rows built from its /health")
+    parser.add_argument("--max-p99-ms", type=float, default=1000.0,
+                        help="with --url: exit non-zero when a case's p99 latency is above this")
     parser.add_argument("--baseline-server", nargs=2, metavar=("PORT", "MODEL_FILE"),
                         help="run the hand-written baseline server (used by the benchmark itself)")
     args = parser.parse_args()
     if args.baseline_server:
         run_baseline(int(args.baseline_server[0]), args.baseline_server[1])
         return 0
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.url is not None:  # an empty --url (an unset CI variable) is an error, not the side-by-side run
+        return load_test_url(Target.from_url(args.url), args)
+    rounds = 3 if args.rounds is None else args.rounds
 
     import requests
 
@@ -361,17 +568,18 @@ def main() -> int:
             check(servers, cases, served, names)
             runs = {(case, server): Run() for case in cases for server in servers}
             order = list(servers)
-            for n in range(args.rounds):
+            for n in range(rounds):
                 for case, (_, bodies) in cases.items():
                     for server in order if n % 2 == 0 else order[::-1]:
                         port, pid = servers[server]
-                        print(f"round {n + 1}/{args.rounds}: {case:<9} {server} ...", flush=True)
-                        load(port, pid, bodies, args.connections, args.warmup, args.duration, runs[case, server])
+                        print(f"round {n + 1}/{rounds}: {case:<9} {server} ...", flush=True)
+                        load(Target("127.0.0.1", port), pid, bodies, args.connections, args.warmup, args.duration,
+                             runs[case, server])
         failed = sum(run.failed for run in runs.values())
 
     print(f"\nPOST /predict: {len(names)} features, {booster.num_trees()} trees x {args.leaves} leaves; one uvicorn "
           f"worker per server (h11, asyncio); OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; "
-          f"{args.connections} keep-alive connections; {args.rounds} rounds x {args.duration:g} s per case and "
+          f"{args.connections} keep-alive connections; {rounds} rounds x {args.duration:g} s per case and "
           f"server; CPU 100% = one core\n")
     print(f"{'case':<10} {'server':<22} {'req/s':>8} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} "
           f"{'client CPU':>11} {'failed':>7}")
@@ -410,10 +618,11 @@ def check(servers: dict[str, tuple[int, int]], cases: dict[str, tuple[int, list[
           names: list[str]) -> None:
     """Both servers give the in-process booster's predictions for the same bodies."""
     for server, (port, _) in servers.items():
-        conn = Connection(port)
+        target = Target("127.0.0.1", port)
+        conn = Connection(target)
         try:
             for n_rows, bodies in cases.values():
-                status, body = conn.request(encode_post(port, bodies[0]))
+                status, body = conn.request(encode_post(target, bodies[0]))
                 if status != 200:
                     raise SystemExit(f"{server} answered {status}: {body[:300]!r}")
                 data = json.loads(body)

@@ -40,6 +40,12 @@ variable "consul_addr" {
   description = "Consul HTTP address as seen from the task (default: the agent on the task's node)."
 }
 
+variable "auto_promote" {
+  type        = bool
+  default     = false
+  description = "Promote the canary as soon as it is healthy. Staging sets true (caravan publish --var auto_promote=true) so its tests reach the new version; production keeps false: an operator promotes (nomad deployment promote)."
+}
+
 variable "cpu" {
   type    = number
   default = 1000
@@ -63,7 +69,7 @@ job "serving" {
     progress_deadline = "10m"
     health_check      = "checks"
     auto_revert       = true
-    auto_promote      = false
+    auto_promote      = var.auto_promote
   }
 
   group "server" {

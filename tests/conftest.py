@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 # A developer's own cluster settings must never leak into the tests (python-nomad, py-consul
-# and hvac all read these); the tests point each client at the server they started.
+# and hvac all read these); the tests point each client at the server they started. CARAVAN_TEST_* are
+# kept: they are the tests' own settings, naming a real server to test instead of a double (CI sets them).
 for _name in list(os.environ):
+    if _name.startswith("CARAVAN_TEST_"):
+        continue
     if _name.startswith(("NOMAD_", "CONSUL_", "VAULT_", "BAO_", "CARAVAN_", "AWS_")) or _name == "HADOOP_USER_NAME":
         del os.environ[_name]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -132,22 +133,42 @@ def test_the_tag_rule_check_rejects_other_triggers(rules):
     assert not runs_only_on_tags({"only": ["tags", "branches"], "rules": [{"if": "$CI_COMMIT_TAG"}]})
 
 
-@pytest.mark.parametrize(("name", "stage", "namespace", "environment", "manual"), [
-    ("publish-staging", "publish-staging", "caravan-staging", "staging", False),
-    ("publish-production", "publish", "caravan", "production", True),
+PUBLISH = '.venv/bin/caravan publish --version "$CI_COMMIT_TAG"'
+
+
+@pytest.mark.parametrize(("name", "stage", "namespace", "environment", "manual", "publish"), [
+    # Staging promotes its serving canary by itself, so that staging-test reaches the new version.
+    ("publish-staging", "publish-staging", "caravan-staging", "staging", False, f"{PUBLISH} --var auto_promote=true"),
+    ("publish-production", "publish", "caravan", "production", True, PUBLISH),
 ])
-def test_each_environment_gets_the_release_in_its_own_namespace(name, stage, namespace, environment, manual):
+def test_each_environment_gets_the_release_in_its_own_namespace(name, stage, namespace, environment, manual,
+                                                                 publish):
     job = jobs()[name]
     assert job["stage"] == stage
     assert job["variables"]["NOMAD_NAMESPACE"] == namespace
     assert job["environment"]["name"] == environment
     assert job["resource_group"] == environment, "one release at a time per environment"
     assert any(rule.get("when") == "manual" for rule in job["rules"]) is manual
-    assert '.venv/bin/caravan publish --version "$CI_COMMIT_TAG"' in script_lines(job)
+    assert [line for line in script_lines(job) if "caravan publish" in line] == [publish]
     # The image caravan publish writes into the specs is the one build-image pushed for this tag.
     assert job["variables"]["CARAVAN_IMAGE_REPOSITORY"] == "$IMAGE"
     # caravan logs in to Vault with the CI AppRole and reads the Nomad token itself.
     assert job["variables"]["CARAVAN_SECRETS"] == "vault"
+
+
+def test_every_publish_var_is_declared_by_a_spec_with_a_value_of_its_type():
+    from caravan.publish import coerce, read_spec
+
+    declared: dict[str, str] = {}
+    for path in sorted((ROOT / "nomad").glob("*.nomad.hcl")):
+        declared.update(read_spec(path).variables)
+    flags = [flag for job in release_jobs().values() for line in script_lines(job) if "caravan publish" in line
+             for flag in re.findall(r"--var[ =](\S+)", line)]
+    assert "auto_promote=true" in flags
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        assert name in declared, f"--var {flag}: no spec declares {name} (caravan publish would refuse it)"
+        coerce(name, value, declared[name])  # raises on a value of the wrong type
 
 
 def test_staging_is_tested_between_the_two_publishes():
@@ -156,13 +177,27 @@ def test_staging_is_tested_between_the_two_publishes():
     assert job["environment"] == {"name": "staging", "action": "verify"}
     assert job["resource_group"] == "staging", "no other release of staging while it is being tested"
     lines = script_lines(job)
-    assert any("CARAVAN_TEST_SERVING_URL" in line and ".ci/wait_healthy.py" in line for line in lines)
-    assert ".venv/bin/pytest tests/integration/test_serving.py" in lines
-    assert (ROOT / "tests/integration/test_serving.py").is_file()
-    (bench,) = [line for line in lines if "bench/serving.py" in line]
+    # Waiting first also fails the job on an empty URL, before a test could fall back to a server of its own.
+    (wait,) = [i for i, line in enumerate(lines) if ".ci/wait_healthy.py" in line]
+    assert 'python .ci/wait_healthy.py "$CARAVAN_TEST_SERVING_URL"' in lines[wait]
+    contract = lines.index(".venv/bin/pytest tests/integration/test_served_contract.py")
+    assert "CARAVAN_TEST_SERVING_URL" in (ROOT / "tests/integration/test_served_contract.py").read_text()
+    (bench,) = [i for i, line in enumerate(lines) if "bench/serving.py" in line]
+    assert wait < contract < bench
+    assert '--url "$CARAVAN_TEST_SERVING_URL"' in lines[bench], "the load test targets the staging server"
     declared = set(re.findall(r'add_argument\("(--[\w-]+)"', (ROOT / "bench/serving.py").read_text()))
-    used = set(re.findall(r"(--[\w-]+)", bench))
+    used = set(re.findall(r"(--[\w-]+)", lines[bench]))
     assert used <= declared, f"bench/serving.py has no {sorted(used - declared)}"
+
+
+def test_the_variables_naming_real_servers_reach_the_tests():
+    """tests/conftest.py clears a developer's CARAVAN_* settings, but not CI's CARAVAN_TEST_* ones."""
+    env = {**os.environ, "CARAVAN_TEST_SERVING_URL": "http://staging.example:8080", "CARAVAN_POINTER": "consul"}
+    code = ("import os, tests.conftest; "
+            "print(os.environ.get('CARAVAN_TEST_SERVING_URL'), os.environ.get('CARAVAN_POINTER'))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["http://staging.example:8080", "None"]
 
 
 # -- no secret in the file, none printed -----------------------------------------------------------------

@@ -212,6 +212,17 @@ def test_only_and_var_are_checked(double, capsys):
     assert len(registrations(double)) == 2  # luigid and serving, from the first call only
 
 
+def test_auto_promote_reaches_only_the_serving_spec_as_a_bool(double, capsys):
+    specs = {spec.path.name: spec for spec in find_specs(SPECS, ())}
+    assert variables_for(specs["serving.nomad.hcl"], {}, {"auto_promote": "true"}) == {"auto_promote": True}
+    assert "auto_promote = true" in render_var_file({"auto_promote": True})
+    assert [name for name, spec in specs.items() if "auto_promote" in spec.variables] == ["serving.nomad.hcl"]
+    code, out, _ = publish(capsys, "--version", "v1", "--var", "auto_promote=true", "--dry-run")
+    assert code == 0 and actions(out)["serving"] == "created"
+    code, _, err = publish(capsys, "--version", "v1", "--var", "auto_promote=yes")
+    assert code == 1 and "auto_promote='yes': not a bool" in err
+
+
 def test_the_nomad_token_is_sent_but_never_printed(capsys, monkeypatch):
     token = "f5c0a1c4-token-never-shown-0123456789ab"
     with NomadDouble(acl_token=token) as server:

@@ -192,8 +192,12 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
                    "pointer_version": watcher.state.version}
         if served is None:
             return JSONResponse({"status": "loading", "model": None, "details": details}, status_code=503)
+        # "schema" and "max_rows" let a client build valid requests from /health alone (the contract tests
+        # and the load test against a deployed server do); "features" stays for the clients that read it.
         return JSONResponse({"status": "ok", "model": served.artifact_id, "uri": served.artifact_uri,
-                             "features": served.names, "details": details})
+                             "features": served.names,
+                             "schema": [{"name": f.name, "type": f.type} for f in served.features],
+                             "max_rows": MAX_ROWS, "details": details})
 
     async def prometheus(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
