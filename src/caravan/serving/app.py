@@ -10,6 +10,7 @@ the watcher backs off and tries again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,6 +33,9 @@ from .model import LoadedModel, ModelHolder, RequestInvalid, load_model
 
 log = logging.getLogger("caravan.serving")
 MAX_ROWS = 10_000
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_JSON_LENIENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -139,15 +143,52 @@ def _rows(body: Any) -> tuple[list[Any], bool]:
     raise RequestInvalid(f"the body must be a JSON object or a list of objects, got {type(body).__name__}")
 
 
-def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s: float = 30.0) -> Starlette:
+class _FastPredict:
+    """The Starlette app, with ``POST /predict`` answered straight away: the hot path skips the router and
+    Starlette's middleware layers (``predict`` handles its own errors). Everything else goes to Starlette."""
+
+    def __init__(self, app: Starlette, predict: Callable[..., Awaitable[None]]) -> None:
+        self.app, self.predict = app, predict
+        self.state = app.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
+            await self.predict(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class _Asgi:
+    """Marks a function as a raw ASGI app for Starlette's router (it wraps plain functions as request handlers)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s: float = 30.0) -> _FastPredict:
     """The ASGI app serving ``model``; the watcher starts with the app and stops with it."""
     holder, metrics = ModelHolder(), Metrics()
     watcher = Watcher(pointer, model, holder, metrics, wait_s=wait_s)
     sentry = _sentry(holder)
 
-    async def predict(request: Request) -> Response:
+    requests_ok = metrics.requests.labels("200")
+    latency_ok = metrics.latency.labels("200")
+    ids = itertools.count(1)
+    id_prefix = uuid.uuid4().hex[:8]
+
+    async def predict(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """POST /predict as a plain ASGI endpoint: the hot path builds no Request or Response objects."""
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        if request_id is None:
+            request_id = f"{id_prefix}-{next(ids):x}"  # unique per server process, cheaper than a uuid per request
         served = holder.current  # this request's model, whatever a swap does meanwhile
         status: int = 200
         payload: dict[str, Any] = {}
@@ -155,8 +196,14 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
             if served is None:
                 status, payload = 503, {"error": "no model loaded yet"}
             else:
+                chunks = []
+                more = True
+                while more:
+                    message = await receive()
+                    chunks.append(message.get("body", b""))
+                    more = message.get("more_body", False)
                 try:
-                    body = json.loads(await request.body())
+                    body = json.loads(b"".join(chunks))
                 except ValueError as exc:
                     raise RequestInvalid(f"body is not JSON: {exc}") from None
                 rows, single = _rows(body)
@@ -166,24 +213,33 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
                     predictions = served.predict(rows)
                     payload = {"model": served.artifact_id,
                                "prediction" if single else "predictions": predictions[0] if single else predictions}
+            data = _JSON.encode(payload).encode()
         except RequestInvalid as exc:
             status, payload = 422, {"error": str(exc), "field": exc.field_name, "row": exc.row}
+            data = _JSON_LENIENT.encode(payload).encode()
         except Exception as exc:  # a genuine server fault: report it, keep the server up
-            status, payload = 500, {"error": f"internal error ({type(exc).__name__}); request id {request_id}"}
+            status = 500
+            data = json.dumps({"error": f"internal error ({type(exc).__name__}); request id {request_id}"}).encode()
             log.exception("predict failed", extra={"request_id": request_id})
             if sentry is not None:
                 sentry.capture_exception(exc)
         elapsed = time.perf_counter() - started
-        metrics.requests.labels(str(status)).inc()
-        metrics.latency.labels(str(status)).observe(elapsed)
-        headers = {"x-request-id": request_id}
+        if status == 200:
+            requests_ok.inc()
+            latency_ok.observe(elapsed)
+        else:
+            metrics.requests.labels(str(status)).inc()
+            metrics.latency.labels(str(status)).observe(elapsed)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                   (b"x-request-id", request_id.encode("latin-1"))]
         if served is not None:
-            headers["x-model-version"] = served.artifact_id
+            headers.append((b"x-model-version", served.artifact_id.encode("latin-1")))
         if status != 200 or log.isEnabledFor(logging.DEBUG):
             log.info("predict %s", status, extra={"request_id": request_id, "status": status, "path": "/predict",
                                                   "duration_ms": round(elapsed * 1000, 3),
                                                   "model": served.artifact_id if served else None})
-        return JSONResponse(payload, status_code=status, headers=headers)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
 
     async def health(request: Request) -> Response:
         served = holder.current
@@ -213,10 +269,10 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
         finally:
             watcher.stop()
 
-    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health),
+    app = Starlette(routes=[Route("/predict", _Asgi(predict), methods=["POST"]), Route("/health", health),
                             Route("/metrics", prometheus)], lifespan=lifespan)
     app.state.holder, app.state.watcher, app.state.metrics = holder, watcher, metrics
-    return app
+    return _FastPredict(app, predict)
 
 
 def _sentry(holder: ModelHolder) -> Any:

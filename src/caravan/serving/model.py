@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any
 
 import numpy as np
@@ -91,8 +92,17 @@ class LoadedModel:
             getter if len(names) > 1 else (lambda row: (getter(row),))
         # Type signatures (one Python type per feature) already known to be valid. Requests of a
         # deployed model almost always share one or two signatures, so most rows are checked by one
-        # tuple lookup instead of one Python call per value.
-        self._valid_signatures: set[tuple[type, ...]] = set()
+        # tuple lookup instead of one Python call per value. Each maps to a function picking the
+        # signature's float values, the only ones that can be NaN or infinite (None is a missing value).
+        self._valid_signatures: dict[tuple[type, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+
+    @staticmethod
+    def _floats_of(signature: tuple[type, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+        positions = [j for j, kind in enumerate(signature) if kind is float]
+        if not positions:
+            return lambda picked: ()
+        getter = operator.itemgetter(*positions)
+        return getter if len(positions) > 1 else (lambda picked: (getter(picked),))
 
     def _signature_is_valid(self, signature: tuple[type, ...]) -> bool:
         """Whether every value of this signature passes :meth:`Feature.value` whatever it is (finiteness aside)."""
@@ -117,7 +127,7 @@ class LoadedModel:
         valid = self._valid_signatures
         values: list[tuple[Any, ...]] = []
         for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
+            if type(row) is not dict and not isinstance(row, Mapping):  # JSON gives dicts: skip the ABC check
                 raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
                                      row=i)
             if len(row) != len(expected) or row.keys() != expected:
@@ -129,29 +139,27 @@ class LoadedModel:
                 raise RequestInvalid(f"row {i}: {problem}", field_name=str(first), row=i)
             picked = pick(row)
             signature = tuple(map(type, picked))
-            if signature not in valid:
+            floats = valid.get(signature)
+            if floats is None:
                 for feature, raw in zip(features, picked, strict=True):
                     feature.value(raw, i)  # raises, naming the field, if the value is not acceptable
                 if self._signature_is_valid(signature):
-                    valid.add(signature)
+                    valid[signature] = self._floats_of(signature)
+            elif not isfinite(sum(floats(picked))):  # a NaN or an infinity makes the sum non-finite
+                for feature, raw in zip(features, picked, strict=True):
+                    feature.value(raw, i)  # the exact check decides (a sum may also just overflow)
             values.append(picked)
         try:
-            out = np.array(values, dtype=np.float64).reshape(len(values), len(features))
+            # Numbers, bools and None (NaN: a missing value) only, each checked above.
+            return np.array(values, dtype=np.float64).reshape(len(values), len(features))
         except (OverflowError, ValueError, TypeError):
             for i, picked in enumerate(values):  # let the exact check name the value at fault
                 for feature, raw in zip(features, picked, strict=True):
                     feature.value(raw, i)
             raise
-        finite = np.isfinite(out)
-        if not finite.all():
-            # null is a missing value (NaN) and fine; a NaN or infinite number is not: the exact check decides.
-            for bad in np.flatnonzero(~finite.all(axis=1)):
-                for feature, raw in zip(features, values[bad], strict=True):
-                    feature.value(raw, int(bad))
-        return out
 
     def predict(self, rows: Sequence[Any]) -> list[float]:
-        return [float(x) for x in self.booster.predict(self.matrix(rows))]
+        return list(self.booster.predict(self.matrix(rows)).tolist())
 
 
 def load_model(artifact: Artifact) -> LoadedModel:
