@@ -64,4 +64,4 @@ def train(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    run_step(train, job="train-lightgbm")
+    run_step(train, job="train-lightgbm", track=True)

@@ -57,6 +57,11 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         description="Where secrets come from: the environment (what Nomad templates render) or Vault "
         "([vault] section). An environment variable that carries a secret always wins. Env CARAVAN_SECRETS wins.",
     )
+    mlflow_tracking_uri = luigi.Parameter(
+        default="",
+        description="If set (and mlflow is installed), every training is also recorded as an MLflow run "
+        "with its hyperparameters, metrics and artifact URI. Env MLFLOW_TRACKING_URI wins.",
+    )
     local_workdir = luigi.Parameter(
         default="",
         description="Where the local executor makes each step's working directory (default: the system temp dir).",

@@ -102,7 +102,8 @@ def executor_info(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def execute_step(fn: Callable[[StepContext], None], job: str, env: Mapping[str, str] | None = None) -> int:
+def execute_step(fn: Callable[[StepContext], None], job: str, env: Mapping[str, str] | None = None, *,
+                 track: bool = False) -> int:
     """Run one step function under the contract and return its exit code (see the module docstring)."""
     env = os.environ if env is None else env
     try:
@@ -130,6 +131,11 @@ def execute_step(fn: Callable[[StepContext], None], job: str, env: Mapping[str, 
         print(f"caravan step {job} failed for {output.id}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     log.info("%s: %s", output.uri, writer.outcome)
+    if track:
+        from .tracking import log_run
+
+        log_run(experiment=str(identity.get("family") or job), artifact_id=output.id, artifact_uri=output.uri,
+                params=params, metrics=writer.metrics, tags={"caravan.job": job, "caravan.run_id": context.run_id})
     return 0
 
 
@@ -153,8 +159,11 @@ def _flatten_ids(struct: Any) -> list[str]:
     return []
 
 
-def run_step(fn: Callable[[StepContext], None], *, job: str) -> NoReturn:
-    """Entry point for ``jobs/<step>.py``: run ``fn`` under the contract and exit with its code."""
+def run_step(fn: Callable[[StepContext], None], *, job: str, track: bool = False) -> NoReturn:
+    """Entry point for ``jobs/<step>.py``: run ``fn`` under the contract and exit with its code.
+
+    ``track``: also record the published artifact as an MLflow run when tracking is configured.
+    """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {job} %(levelname)s %(message)s")
-    sys.exit(execute_step(fn, job))
+    sys.exit(execute_step(fn, job, track=track))
