@@ -26,11 +26,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.doubles.nomad import NomadDouble  # noqa: E402
-
 from caravan.executors.base import StepRequest  # noqa: E402
 from caravan.executors.jobspec import load_spec  # noqa: E402
 from caravan.executors.nomad import DONE, NomadExecutor  # noqa: E402
+from tests.doubles.nomad import NomadDouble  # noqa: E402
 from tests.steps.tasks import Sleep  # noqa: E402
 
 

@@ -11,6 +11,7 @@ from .common import feature_matrix, labels, load_split
 
 def evaluate(ctx: StepContext) -> None:
     import lightgbm as lgb
+
     from caravan.ml import metrics
 
     p = ctx.params
