@@ -77,6 +77,7 @@ from .nomad_hcl import (
     multierror,
     parse_duration_ns,
     validate_job,
+    var_file_values,
 )
 from .nomad_template import (
     EnvParseError,
@@ -1369,14 +1370,10 @@ class NomadDouble:
             raise HTTPError(400, "Job spec is empty")
         variables: dict[str, Any] = {}
         if fields.get("variables"):
-            import hcl2
-
             try:
-                raw = hcl2.loads(fields["variables"])
-            except Exception as exc:
+                variables = var_file_values(fields["variables"])
+            except Exception as exc:  # python-hcl2 raises lark's many exception types
                 raise HTTPError(400, f"Failed to parse job: {exc}") from None
-            variables = {k: v[1:-1] if isinstance(v, str) and v[:1] == '"' else v for k, v in raw.items()
-                         if not k.startswith("__")}
         try:
             job = hcl_to_job(text, variables)
         except JobSpecError as exc:

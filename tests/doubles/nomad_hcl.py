@@ -205,6 +205,13 @@ def _typed(given: Any, type_: Any) -> Any:
 _OPTIONS = SerializationOptions(with_comments=False)
 
 
+def var_file_values(text: str) -> dict[str, Any]:
+    """The values of a var-file (``name = value`` lines in HCL), as plain Python values."""
+    raw = hcl2.loads(text, serialization_options=_OPTIONS)
+    scope = _Scope({}, {})
+    return {k: scope.value(v) for k, v in raw.items() if not k.startswith("__")}
+
+
 def _labelled(body: dict[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
     """Labelled blocks (``job "x" {}``) as (label, body) pairs, in order."""
     return [(_unquote(label), inner) for block in body.get(name) or [] if isinstance(block, dict)

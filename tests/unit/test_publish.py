@@ -94,6 +94,13 @@ def test_the_first_publish_creates_every_job_with_the_namespace_and_image(double
     assert all("namespace=caravan-staging" in raw for _, raw in registrations(double))
 
 
+def test_list_variables_reach_the_jobs_as_lists(double, capsys):
+    code, out, _ = publish(capsys, "--version", "v1", "--var", 'datacenters=["dc1", "dc2"]')
+    assert code == 0, out
+    n = client(double)
+    assert {tuple(n.job.get_job(job_id)["Datacenters"]) for job_id in JOB_IDS} == {("dc1", "dc2")}
+
+
 def test_the_same_tag_again_reports_every_job_unchanged_and_registers_nothing(double, capsys):
     assert publish(capsys, "--version", "v1")[0] == 0
     before = len(double.requests)
