@@ -7,6 +7,12 @@ variable "image" {
   description = "The project image; caravan publish sets <repository>:<release tag>."
 }
 
+variable "release" {
+  type        = string
+  default     = "dev"
+  description = "The release tag; caravan publish sets it, and /health reports it (CI waits for it in staging)."
+}
+
 variable "datacenters" {
   type    = list(string)
   default = ["dc1"]
@@ -108,6 +114,7 @@ job "serving" {
       env {
         CARAVAN_POINTER  = "consul"
         CONSUL_HTTP_ADDR = var.consul_addr
+        CARAVAN_RELEASE  = var.release
       }
 
       # Renders the pointer for operators (`nomad alloc fs`) and makes the dependency visible.

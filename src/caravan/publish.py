@@ -133,8 +133,9 @@ def hcl_string(text: str) -> str:
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
-    # `${` and `%{` open templates in HCL strings; `$${` and `%%{` are the literal texts.
-    return '"' + "".join(out).replace("${", "$${").replace("%{", "%%{") + '"'
+    # `${` and `%{` open templates in HCL strings. HCL's own escapes for them (`$${`, `%%{`) trip python-hcl2
+    # when no `}` follows; a \u escape is literal text to every HCL parser and never opens a template.
+    return '"' + "".join(out).replace("${", "\\u0024{").replace("%{", "\\u0025{") + '"'
 
 
 def hcl_value(value: Any) -> str:
@@ -443,7 +444,8 @@ def find_specs(directory: Path, only: Sequence[str]) -> list[Spec]:
 
 
 def common_variables(tag: str, namespace: str | None) -> dict[str, Any]:
-    """The variables every spec gets when it declares them: [publish] variables, datacenters, namespace, image."""
+    """The variables every spec gets when it declares them: [publish] variables, datacenters, namespace, image,
+    release (the tag itself)."""
     cfg = section(publish)
     common: dict[str, Any] = {str(k): _plain(v) for k, v in cfg.variables.items()}
     if cfg.datacenters:
@@ -451,6 +453,7 @@ def common_variables(tag: str, namespace: str | None) -> dict[str, Any]:
     if namespace:
         common["namespace"] = namespace
     common["image"] = image_for(tag)
+    common["release"] = tag  # for specs that report what they run (serving's /health)
     return common
 
 

@@ -170,13 +170,15 @@ def test_errors_name_the_field(client):
     assert "caravan_requests_total" in client.get("/metrics").text
 
 
-def test_health_is_503_before_a_model_is_loaded(tmp_path):
+def test_health_is_503_before_a_model_is_loaded_and_names_the_release(tmp_path, monkeypatch):
     from starlette.testclient import TestClient
 
     from caravan.serving.app import create_app
 
+    monkeypatch.setenv("CARAVAN_RELEASE", "v9.9.9")
     with TestClient(create_app(open_pointer("file"), "nothing-yet", watch=False)) as fresh:
-        assert fresh.get("/health").status_code == 503
+        health = fresh.get("/health")
+        assert health.status_code == 503 and health.json()["release"] == "v9.9.9"
         assert fresh.post("/predict", json=ROW).status_code == 503
 
 

@@ -180,6 +180,7 @@ def test_staging_is_tested_between_the_two_publishes():
     # Waiting first also fails the job on an empty URL, before a test could fall back to a server of its own.
     (wait,) = [i for i, line in enumerate(lines) if ".ci/wait_healthy.py" in line]
     assert 'python .ci/wait_healthy.py "$CARAVAN_TEST_SERVING_URL"' in lines[wait]
+    assert '--release "$CI_COMMIT_TAG"' in lines[wait], "an old allocation of the canary update answers ok too"
     contract = lines.index(".venv/bin/pytest tests/integration/test_served_contract.py")
     assert "CARAVAN_TEST_SERVING_URL" in (ROOT / "tests/integration/test_served_contract.py").read_text()
     (bench,) = [i for i, line in enumerate(lines) if "bench/serving.py" in line]
@@ -317,6 +318,42 @@ def model_server():
 def test_wait_healthy_waits_for_ok(model_server, capsys):
     assert wait_healthy().main([model_server + "/", "--timeout-s", "5", "--interval-s", "0.01"]) == 0
     assert "serving model m1" in capsys.readouterr().out
+
+
+@pytest.fixture
+def rolling_server():
+    """A deployment mid-update: healthy answers from release v1, then from v2 only."""
+    answers = [b'{"status": "ok", "model": "m1", "release": "v1"}'] * 3 + \
+        [b'{"status": "ok", "model": "m1", "release": "v2"}']
+    seen: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = answers.pop(0) if len(answers) > 1 else answers[0]
+            seen.append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_wait_healthy_waits_for_the_release_several_times_in_a_row(rolling_server, capsys):
+    url, seen = rolling_server
+    assert wait_healthy().main([url, "--release", "v2", "--consecutive", "3", "--timeout-s", "5",
+                                "--interval-s", "0.01"]) == 0
+    assert len(seen) == 6, "three old answers, then three in a row from the new release"
+    assert "release v2" in capsys.readouterr().out
+    assert wait_healthy().main([url, "--release", "v3", "--timeout-s", "0.3", "--interval-s", "0.05"]) == 1
+    assert "release 'v2' answered, not 'v3'" in capsys.readouterr().err
 
 
 def test_wait_healthy_gives_up_after_its_timeout(capsys):

@@ -241,17 +241,20 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
+    release = os.environ.get("CARAVAN_RELEASE") or None  # the published tag (serving.nomad.hcl sets it)
+
     async def health(request: Request) -> Response:
         served = holder.current
         details = {"reloads_ok": holder.reloads_ok, "reloads_failed": holder.reloads_failed,
                    "last_error": holder.last_error, "pointer_backend_error": watcher.backend_error,
                    "pointer_version": watcher.state.version}
         if served is None:
-            return JSONResponse({"status": "loading", "model": None, "details": details}, status_code=503)
+            return JSONResponse({"status": "loading", "model": None, "release": release, "details": details},
+                                status_code=503)
         # "schema" and "max_rows" let a client build valid requests from /health alone (the contract tests
         # and the load test against a deployed server do); "features" stays for the clients that read it.
         return JSONResponse({"status": "ok", "model": served.artifact_id, "uri": served.artifact_uri,
-                             "features": served.names,
+                             "release": release, "features": served.names,
                              "schema": [{"name": f.name, "type": f.type} for f in served.features],
                              "max_rows": MAX_ROWS, "details": details})
 
