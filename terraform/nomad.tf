@@ -37,6 +37,7 @@ locals {
   # The provider passes HCL2 variables as strings: lists in HCL syntax (jsonencode writes valid HCL).
   common_job_variables = merge(var.job_variables, {
     image       = "${var.image_repository}:${var.image_tag}"
+    release     = var.image_tag # what serving's /health reports, as with caravan publish
     datacenters = jsonencode(var.datacenters)
     namespace   = var.namespace
     model       = var.model
