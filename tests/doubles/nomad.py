@@ -251,11 +251,15 @@ class NomadDouble:
     def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,
                  acl_token: str | None = None, kill_timeout_s: float = 5.0, vault_addr: str | None = None,
                  vault_token: str | None = None, consul_addr: str | None = None,
-                 consul_token: str | None = None, render_templates: bool | None = None) -> None:
+                 consul_token: str | None = None, render_templates: bool | None = None,
+                 inherit_env: bool = True) -> None:
         """``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a ``vault``
         block; ``consul_addr``/``consul_token``: the client's Consul. ``render_templates`` defaults to whether
-        either is given."""
+        either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
+        that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
+        as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``."""
         self.env = dict(env or {})
+        self.inherit_env = inherit_env
         self.python = python
         self.acl_token = acl_token
         self.kill_timeout_s = kill_timeout_s
@@ -1128,7 +1132,9 @@ class NomadDouble:
         """The argv and environment Nomad's client would give the task."""
         runtime, task_env, view = self._environment(rec, run)
         view.update(run.template_env)
-        env = {**os.environ, **self.env, **task_env, **run.template_env, **runtime, **self._vault_env(run.spec)}
+        base = os.environ if self.inherit_env else \
+            {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+        env = {**base, **self.env, **task_env, **run.template_env, **runtime, **self._vault_env(run.spec)}
         config = run.spec.get("Config") or {}
         if rec.fault in ("hang", "lose"):
             return [self.python, "-c", "import time\nwhile True:\n    time.sleep(60)"], env

@@ -88,8 +88,12 @@ def cluster(vault_server: tuple[str, str], s3_endpoint: str, scheduler_url: str,
 
     consul = ConsulDouble(acl_token=markers["consul token"], lock_delay_s=0.0)
     consul_addr = consul.start()
-    double = NomadDouble(env={"PYTHONPATH": os.environ["PYTHONPATH"]}, acl_token=markers["nomad token"],
-                         vault_addr=vault_addr, vault_token=step_token)
+    # The steps inherit nothing from this process (as a Docker task does not): the S3 keys can only reach
+    # them through their job's vault/template blocks, or boto3 finds no credentials and the run fails.
+    double = NomadDouble(env={"PYTHONPATH": os.environ["PYTHONPATH"], "AWS_ENDPOINT_URL": s3_endpoint,
+                              "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path / "task-home")},
+                         acl_token=markers["nomad token"], vault_addr=vault_addr, vault_token=step_token,
+                         inherit_env=False)
     nomad_addr = double.start()
     double.load_specs(ROOT / "nomad")
 
@@ -121,7 +125,8 @@ def test_a_retraining_run_leaks_no_secret(cluster: dict, caplog: pytest.LogCaptu
                          log_level="INFO", detailed_summary=True)
     assert succeeded(result), result.summary_text
     # The run really used the credentials: the model was promoted through the token-guarded Consul,
-    # every step was dispatched through the token-guarded Nomad.
+    # every step was dispatched through the token-guarded Nomad, and the steps, which inherit no
+    # environment, wrote to S3 with the keys their templates rendered from Vault.
     assert task.output().read_json("run.json")["promotion"]["decision"] == "promote"
     double: NomadDouble = cluster["nomad"]
     assert len(double.dispatch_requests) >= 8
