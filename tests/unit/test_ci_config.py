@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -291,14 +292,15 @@ def wait_healthy() -> Any:
     return module
 
 
-@pytest.fixture
-def model_server():
-    """A stand-in for a deployed server: /health answers 503 "loading" twice, then 200 "ok"."""
-    answers = [(503, b'{"status": "loading", "model": null}')] * 2 + [(200, b'{"status": "ok", "model": "m1"}')]
+@contextlib.contextmanager
+def health_server(answers: list[tuple[int, bytes]]) -> Iterator[tuple[str, list[bytes]]]:
+    """A stand-in for a deployed server whose /health gives ``answers`` in turn, then the last one forever."""
+    seen: list[bytes] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+            seen.append(body)
             self.send_response(status if self.path == "/health" else 404)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -308,11 +310,20 @@ def model_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def model_server():
+    """/health answers 503 "loading" twice, then 200 "ok"."""
+    with health_server([(503, b'{"status": "loading", "model": null}')] * 2 +
+                       [(200, b'{"status": "ok", "model": "m1"}')]) as (url, _):
+        yield url
 
 
 def test_wait_healthy_waits_for_ok(model_server, capsys):
@@ -323,27 +334,9 @@ def test_wait_healthy_waits_for_ok(model_server, capsys):
 @pytest.fixture
 def rolling_server():
     """A deployment mid-update: healthy answers from release v1, then from v2 only."""
-    answers = [b'{"status": "ok", "model": "m1", "release": "v1"}'] * 3 + \
-        [b'{"status": "ok", "model": "m1", "release": "v2"}']
-    seen: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = answers.pop(0) if len(answers) > 1 else answers[0]
-            seen.append(body)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with health_server([(200, b'{"status": "ok", "model": "m1", "release": "v1"}')] * 3 +
+                       [(200, b'{"status": "ok", "model": "m1", "release": "v2"}')]) as server:
+        yield server
 
 
 def test_wait_healthy_waits_for_the_release_several_times_in_a_row(rolling_server, capsys):
