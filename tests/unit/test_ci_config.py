@@ -91,6 +91,13 @@ def test_the_checks_before_a_release_are_all_there():
     assert "make lint typecheck" in script_lines(all_jobs["lint"])
     assert "make test" in script_lines(all_jobs["test"])
     assert ".venv/bin/pytest tests/contract" in script_lines(all_jobs["integration"])
+    # The contract's steps run under raw_exec with the job's own Python: Nomad must run in the job's container.
+    integration = all_jobs["integration"]
+    assert not any("nomad" in str(service) for service in integration.get("services", []))
+    assert integration["variables"]["CARAVAN_TEST_NOMAD_ADDR"] == "http://127.0.0.1:4646"
+    (agent,) = [line for line in script_lines(integration) if line.startswith("nomad agent -dev")]
+    assert "-config=/tmp/raw_exec.hcl" in agent
+    assert any('plugin "raw_exec"' in line and "enabled = true" in line for line in script_lines(integration))
     terraform = " ".join(script_lines(all_jobs["terraform"]))
     assert "fmt -check" in terraform and "validate" in terraform
     pushed = script_lines(all_jobs["build-image"])
