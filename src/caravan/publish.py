@@ -26,6 +26,7 @@ import luigi
 
 from .config import section, setting
 from .errors import BackendRejected, CaravanError, ConfigurationError, JobSpecError
+from .executors.jobspec import labelled_blocks, plain_hcl
 
 
 class publish(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
@@ -56,10 +57,6 @@ _SHORT_CHANGES, _SHORT_VALUE = 5, 60
 # -- specs and their variables --------------------------------------------------------------------------
 
 
-def _unquote(text: str) -> str:
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
-
-
 @dataclass(frozen=True)
 class Spec:
     """One job spec file and the variables it declares (name -> HCL type, e.g. ``list(string)``)."""
@@ -79,15 +76,13 @@ def read_spec(path: Path) -> Spec:
 
     text = path.read_text()
     try:
-        tree = hcl2.loads(text)
+        tree = plain_hcl(hcl2.loads(text))
     except Exception as exc:  # python-hcl2 raises lark's many exception types
         raise JobSpecError(f"{path} is not valid HCL: {exc}") from exc
     declared: dict[str, str] = {}
-    for block in tree.get("variable") or []:
-        for label, body in block.items():
-            if not label.startswith("__") and isinstance(body, dict):
-                kind = str(body.get("type") or "any")
-                declared[_unquote(label)] = kind[2:-1] if kind.startswith("${") and kind.endswith("}") else kind
+    for name, body in labelled_blocks(tree, "variable"):
+        kind = str(body.get("type") or "any")
+        declared[name] = kind[2:-1] if kind.startswith("${") and kind.endswith("}") else kind
     return Spec(path=path, text=text, variables=declared)
 
 
@@ -362,11 +357,12 @@ class Publisher:
                 raise PublishError(f"job {item.job_id!r} is defined by both {seen[key]} and {item.spec.path}; "
                                    "nothing was registered")
             seen[key] = item.spec.path
-        for item in sorted(planned, key=Planned.rank):
+        planned.sort(key=Planned.rank)
+        for item in planned:
             item.registered = self.read_job(item.job_id, item.namespace)
             if item.registered is not None:
                 item.changes = diff_jobs(item.registered, item.job)
-        return sorted(planned, key=Planned.rank)
+        return planned
 
     def apply(self, planned: Sequence[Planned]) -> None:
         """Register the created and changed jobs, in order; stop at the first refusal."""

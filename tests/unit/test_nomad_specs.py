@@ -9,7 +9,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from caravan.executors.jobspec import _unquote, parse_spec
+from caravan.executors.jobspec import parse_spec, plain_hcl
 from caravan.publish import read_spec
 
 from ..doubles.nomad_hcl import canonicalize, hcl_to_job
@@ -34,7 +34,7 @@ RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "v
 
 
 def tree(name: str) -> dict[str, Any]:
-    return _unquote(hcl2.loads((SPECS / f"{name}.nomad.hcl").read_text()))
+    return plain_hcl(hcl2.loads((SPECS / f"{name}.nomad.hcl").read_text()))
 
 
 def job_body(name: str) -> dict[str, Any]:

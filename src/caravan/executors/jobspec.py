@@ -32,14 +32,14 @@ CONTRACT_META = (
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
-def _unquote(value: Any) -> Any:
+def plain_hcl(value: Any) -> Any:
     """python-hcl2 keeps string quotes (``'"batch"'``) and adds ``__`` keys (block marks, comments): drop both."""
     if isinstance(value, str):
         return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
     if isinstance(value, list):
-        return [_unquote(v) for v in value]
+        return [plain_hcl(v) for v in value]
     if isinstance(value, dict):
-        return {_unquote(k): _unquote(v) for k, v in value.items() if not k.startswith("__")}
+        return {plain_hcl(k): plain_hcl(v) for k, v in value.items() if not k.startswith("__")}
     return value
 
 
@@ -48,7 +48,8 @@ def _blocks(body: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     return [b for b in found if isinstance(b, dict)]
 
 
-def _labelled(body: Mapping[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
+def labelled_blocks(body: Mapping[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Labelled blocks (``job "x" {}``, ``variable "v" {}``) of a :func:`plain_hcl` tree as (label, body) pairs."""
     return [(label, inner) for block in _blocks(body, name) for label, inner in block.items()]
 
 
@@ -135,14 +136,14 @@ def parse_spec(job: str, path: Path) -> JobSpec:
 
     text = path.read_text()
     try:
-        tree = _unquote(hcl2.loads(text))
+        tree = plain_hcl(hcl2.loads(text))
     except Exception as exc:  # python-hcl2 raises lark's many exception types
         raise JobSpecError(f"job {job!r}: {path} is not valid HCL: {exc}") from exc
 
     def fail(problem: str) -> JobSpecError:
         return JobSpecError(f"job {job!r} ({path}): {problem}")
 
-    jobs = _labelled(tree, "job")
+    jobs = labelled_blocks(tree, "job")
     if len(jobs) != 1:
         raise fail(f"expected exactly one job block, found {len(jobs)}")
     name, body = jobs[0]
@@ -164,11 +165,11 @@ def parse_spec(job: str, path: Path) -> JobSpec:
         raise fail(f"parameterized.meta_required lacks the contract's keys {missing}")
     if set(required) & set(optional):
         raise fail(f"meta keys both required and optional: {sorted(set(required) & set(optional))}")
-    groups = _labelled(body, "group")
+    groups = labelled_blocks(body, "group")
     if len(groups) != 1:
         raise fail(f"a step has exactly one group, found {len(groups)}")
     group, group_body = groups[0]
-    tasks = _labelled(group_body, "task")
+    tasks = labelled_blocks(group_body, "task")
     if len(tasks) != 1:
         raise fail(f"a step's group has exactly one task, found {len(tasks)}")
     task, task_body = tasks[0]

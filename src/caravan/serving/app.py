@@ -272,6 +272,7 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
         finally:
             watcher.stop()
 
+    # POST /predict never reaches this router (see _FastPredict); the route is here so that other methods get 405.
     app = Starlette(routes=[Route("/predict", _Asgi(predict), methods=["POST"]), Route("/health", health),
                             Route("/metrics", prometheus)], lifespan=lifespan)
     app.state.holder, app.state.watcher, app.state.metrics = holder, watcher, metrics

@@ -121,7 +121,6 @@ class LoadedModel:
 
     def matrix(self, rows: Sequence[Any]) -> np.ndarray:
         """Rows (JSON objects) as a float matrix in feature order; unknown, missing or mistyped fields are refused."""
-        features = self.features
         expected = self._expected
         pick = self._pick
         valid = self._valid_signatures
@@ -141,22 +140,24 @@ class LoadedModel:
             signature = tuple(map(type, picked))
             floats = valid.get(signature)
             if floats is None:
-                for feature, raw in zip(features, picked, strict=True):
-                    feature.value(raw, i)  # raises, naming the field, if the value is not acceptable
+                self._check(picked, i)
                 if self._signature_is_valid(signature):
                     valid[signature] = self._floats_of(signature)
             elif not isfinite(sum(floats(picked))):  # a NaN or an infinity makes the sum non-finite
-                for feature, raw in zip(features, picked, strict=True):
-                    feature.value(raw, i)  # the exact check decides (a sum may also just overflow)
+                self._check(picked, i)  # the exact check decides (a sum may also just overflow)
             values.append(picked)
         try:
             # Numbers, bools and None (NaN: a missing value) only, each checked above.
-            return np.array(values, dtype=np.float64).reshape(len(values), len(features))
+            return np.array(values, dtype=np.float64).reshape(len(values), len(self.features))
         except (OverflowError, ValueError, TypeError):
             for i, picked in enumerate(values):  # let the exact check name the value at fault
-                for feature, raw in zip(features, picked, strict=True):
-                    feature.value(raw, i)
+                self._check(picked, i)
             raise
+
+    def _check(self, picked: tuple[Any, ...], row: int) -> None:
+        """The exact check of one row's values: raises RequestInvalid naming the first field at fault."""
+        for feature, raw in zip(self.features, picked, strict=True):
+            feature.value(raw, row)
 
     def predict(self, rows: Sequence[Any]) -> list[float]:
         return list(self.booster.predict(self.matrix(rows)).tolist())
