@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 
@@ -25,6 +26,17 @@ def succeeded(result: Any) -> bool:
 
     return bool(result.status in (luigi.execution_summary.LuigiStatusCode.SUCCESS,
                                   luigi.execution_summary.LuigiStatusCode.SUCCESS_WITH_RETRY))
+
+
+def build(tasks: Any, scheduler_url: str | None = None, workers: int = 2) -> bool:
+    """Run ``tasks`` with luigi (its local scheduler, or the central one at ``scheduler_url``); did all succeed?"""
+    import luigi
+
+    where: dict[str, Any] = {"local_scheduler": True}
+    if scheduler_url is not None:
+        url = urlparse(scheduler_url)
+        where = {"scheduler_host": url.hostname, "scheduler_port": url.port}
+    return succeeded(luigi.build(list(tasks), workers=workers, log_level="WARNING", detailed_summary=True, **where))
 
 
 def free_port() -> int:

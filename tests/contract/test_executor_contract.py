@@ -10,29 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import luigi
 import pytest
 
 from caravan import JobSpecError, StepFailed, open_store
 from caravan.artifacts import LOGS_DIR
 from pipelines.example import MakeNumbers, Summarize
 
-from ..servers import succeeded
+from ..servers import build
 from ..steps.tasks import Echo, Fail, Sleep, WithUnknownMeta
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = dt.date(2026, 11, 22)
-
-
-def build(tasks, scheduler_url: str | None = None, workers: int = 2) -> bool:
-    if scheduler_url is None:
-        return succeeded(luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING",
-                                     detailed_summary=True))
-    url = urlparse(scheduler_url)
-    return succeeded(luigi.build(tasks, scheduler_host=url.hostname, scheduler_port=url.port, workers=workers,
-                                 log_level="WARNING", detailed_summary=True))
 
 
 def dispatches(nomad_server, job: str) -> int:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import luigi
 import pytest
 
 from pipelines.ranker import TrainRanker
 
-from ..servers import free_port, succeeded
+from ..servers import build, free_port
 
 mlflow = pytest.importorskip("mlflow")  # a test extra; without it caravan never imports mlflow
 
@@ -19,8 +18,7 @@ DAY = dt.date(2026, 11, 22)
 
 def train(**params: object) -> TrainRanker:
     task = TrainRanker(date=DAY, window_days=2, rows_per_day=4000, num_iterations=20, **params)
-    assert succeeded(luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING",
-                                 detailed_summary=True))
+    assert build([task], workers=1)
     return task
 
 

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import luigi
 import pytest
 
 from caravan.cli import main as caravan_cli
@@ -18,29 +17,24 @@ from caravan.promotion import GateModel, PromoteModel
 from caravan.registry import open_pointer
 from pipelines.ranker import RetrainRanker, TrainRanker
 
-from ..servers import succeeded
+from ..servers import build
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY1, DAY2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
 SMALL = {"window_days": 2, "rows_per_day": 5000, "grid": {"learning_rate": [0.1], "num_leaves": [7, 15]}}
 
 
-def build(*tasks, workers: int = 2) -> bool:
-    return succeeded(luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING",
-                                 detailed_summary=True))
-
-
 def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model_name, local_root, test_specs,
                                                              capsys):
     pointer = open_pointer()
     first = RetrainRanker(date=DAY1, model=model_name, **SMALL)
-    assert build(first)
+    assert build([first])
     run1 = first.output().read_json("run.json")
     assert run1["promotion"]["decision"] == "promote"
     assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
 
     second = RetrainRanker(date=DAY2, model=model_name, **SMALL)
-    assert build(second)
+    assert build([second])
     run2 = second.output().read_json("run.json")
     verdict = run2["promotion"]
     current = pointer.read(model_name)
@@ -54,9 +48,9 @@ def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model
     before = pointer.read(model_name)
     bad = TrainRanker(date=DAY2, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
                       num_leaves=2)
-    assert build(bad)
+    assert build([bad])
     promote_bad = PromoteModel(model=model_name, candidate=bad.output().id)
-    assert build(promote_bad), "a rejection is a verdict, not a failure"
+    assert build([promote_bad]), "a rejection is a verdict, not a failure"
     rejected = promote_bad.output().read_json("verdict.json")
     assert rejected["decision"] == "reject"
     assert any("degenerate" in r or "worse" in r for r in rejected["reasons"])
@@ -81,7 +75,7 @@ def test_concurrent_promotions_through_consul_leave_a_consistent_history(model_n
     monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_address)
     candidates = [TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=n)
                   for n in (7, 15)]
-    assert build(*candidates)
+    assert build(candidates)
     luigi_bin = Path(sys.executable).parent / "luigi"
     procs = [subprocess.Popen([str(luigi_bin), "--module", "caravan.promotion", "PromoteModel", "--model", model_name,
                                "--candidate", c.output().id, "--tolerance", "1.0", "--local-scheduler"],
@@ -103,7 +97,7 @@ def test_overlapping_runs_promoting_the_same_candidate_decide_once(model_name, l
     monkeypatch.setenv("CARAVAN_POINTER", "consul")
     monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_address)
     candidate = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=7)
-    assert build(candidate)
+    assert build([candidate])
     luigi_bin = Path(sys.executable).parent / "luigi"
     args = [str(luigi_bin), "--module", "caravan.promotion", "PromoteModel", "--model", model_name,
             "--candidate", candidate.output().id, "--tolerance", "1.0", "--local-scheduler",
@@ -126,12 +120,12 @@ def test_the_lock_keeps_two_overlapping_decisions_from_recording_a_rejection_twi
 
     better = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=15)
     worse = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30, num_leaves=3)
-    assert build(better, worse)
+    assert build([better, worse])
     pointer = open_pointer()
     pointer.set_if(model_name, {"artifact_id": better.output().id, "artifact_uri": better.output().uri,
                                 "action": "promote"}, pointer.read(model_name))
     demanding = -1.0  # the candidate would have to beat the current model by a whole AUC point: rejected
-    assert build(GateModel(candidate=worse.output().id, current=better.output().id, tolerance=demanding))
+    assert build([GateModel(candidate=worse.output().id, current=better.output().id, tolerance=demanding)])
 
     class SlowHistory:
         def __init__(self) -> None:
@@ -177,7 +171,7 @@ def test_promote_through_the_cli_respects_the_gate_unless_forced(pointer_kind, m
     good = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=30)
     bad = TrainRanker(date=DAY1, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
                       num_leaves=2)
-    assert build(good, bad)
+    assert build([good, bad])
     assert caravan_cli(["models", "promote", model_name, good.output().uri]) == 0
     assert caravan_cli(["models", "promote", model_name, bad.output().uri]) == 1
     assert "gate rejected" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import luigi
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,18 +13,13 @@ from caravan import StepFailed
 from pipelines.ranker import EvaluateRanker, GridSearchRanker, PrepareDataset, RetrainRanker, TrainRanker, ValidateData
 from pipelines.tabular import EvaluateTabular
 
-from ..servers import succeeded
+from ..servers import build
 
 DAY = dt.date(2026, 11, 22)
 SMALL = {"date": DAY, "window_days": 2, "rows_per_day": 6000}
 GRID = {"learning_rate": [0.1, 0.2], "num_leaves": [7]}
 #: Observed test AUC of the best model on this small log is about 0.7 (see the README); chance is 0.5.
 AUC_FLOOR = 0.62
-
-
-def build(tasks, workers: int = 2) -> bool:
-    return succeeded(luigi.build(tasks, local_scheduler=True, workers=workers, log_level="WARNING",
-                                 detailed_summary=True))
 
 
 def test_retrain_runs_end_to_end_and_picks_a_winner(executor):
