@@ -5,7 +5,8 @@ Run: ``.venv/bin/python bench/completeness.py [--n 10000] [--missing 0.1]``
 Populates N artifacts' manifests (a fraction left missing) on the local store and on moto's
 standalone S3 server, then checks all N tasks twice in the same run: the naive way (each task's
 ``exists()``: one manifest read per task) and caravan's way (``complete_many``: one listing per
-prefix). Prints requests sent and wall time for each.
+prefix). Prints requests sent and wall time for each, and exits non-zero when ``complete_many``
+answers wrongly or sends more than one listing (a page per 1,000 keys).
 """
 
 from __future__ import annotations
@@ -13,22 +14,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import luigi
+from common import verdict
 
-import luigi  # noqa: E402
-
-from caravan import ArtifactTask, complete_many, open_store  # noqa: E402
-from caravan.artifacts import completion_index  # noqa: E402
-from caravan.storage import clear_store_cache  # noqa: E402
-from tests.servers import moto_s3  # noqa: E402
+from caravan import ArtifactTask, complete_many, open_store
+from caravan.artifacts import completion_index
+from caravan.storage import clear_store_cache
+from tests.servers import moto_s3
 
 DAY = dt.date(2026, 11, 22)
 
@@ -79,7 +78,7 @@ def measure(root: str, n: int, missing: float) -> list[tuple[str, int, float, in
     return rows
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--missing", type=float, default=0.1, help="fraction of artifacts not published")
@@ -102,7 +101,12 @@ def main() -> None:
             print(f"{store:<18} {method:<26} {requests:>9} {wall:>8.3f} {complete:>9}")
         (_, naive_req, naive_s, _), (_, bulk_req, bulk_s, _) = rows
         print(f"{'':<18} {'ratio naive/caravan':<26} {naive_req / max(bulk_req, 1):>8.0f}x {naive_s / bulk_s:>7.1f}x")
+    # One listing per prefix: S3 pages a listing by 1,000 keys, so that many pages at most, whatever n is.
+    most = max(1, math.ceil(args.n / 1000))
+    problems = [f"{store}: complete_many sent {rows[1][1]} requests (at most {most})"
+                for store, rows in results if rows[1][1] > most]
+    return verdict(f"complete_many: one listing per prefix, at most {most} requests for {args.n} tasks", problems)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,15 +21,12 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import luigi  # noqa: E402
+import luigi
+from common import ROOT
 
 DAY = dt.date(2026, 11, 22)
 
