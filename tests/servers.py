@@ -46,6 +46,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def poll_until(condition: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> float:
+    """Call ``condition()`` until it is true; the seconds that took. Fails naming ``what`` after ``timeout_s``.
+
+    Tests wait with this instead of sleeping a guessed time: it returns as soon as the thing happened
+    and the deadline can be generous without slowing a passing run.
+    """
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(interval_s)
+    return time.monotonic() - start
+
+
 def wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
     """Poll ``url`` until it answers; fail with the server's output if it exits or times out."""
     deadline = time.monotonic() + timeout_s

@@ -22,9 +22,14 @@ Client libraries' exceptions are translated into these at the backend edge only,
 
 from __future__ import annotations
 
+from .redaction import redact
+
 
 class CaravanError(Exception):
-    """Base of every error caravan raises on purpose."""
+    """Base of every error caravan raises on purpose; its message never carries a secret this process read."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(CaravanError):
@@ -83,9 +88,7 @@ class StepFailed(CaravanError):
 
     def __init__(self, message: str, *, job_id: str = "", alloc_ids: tuple[str, ...] = (),
                  exit_code: int | None = None, stderr_tail: str = "", artifact: str = "") -> None:
-        from .secrets import redact  # a step's stderr may quote a secret this process also knows
-
-        stderr_tail = redact(stderr_tail)
+        stderr_tail = redact(stderr_tail)  # a step's stderr may quote a secret this process also knows
         self.job_id = job_id
         self.alloc_ids = tuple(alloc_ids)
         self.exit_code = exit_code

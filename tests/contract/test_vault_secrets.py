@@ -13,6 +13,7 @@ import pytest
 from caravan import secrets
 from caravan.errors import ConfigurationError, SecretAccessDenied, SecretNotFound
 from caravan.secrets.vault import VaultSecrets
+from tests.servers import poll_until
 
 POLICY = """
 path "secret/data/caravan/storage" { capabilities = ["read"] }
@@ -109,15 +110,31 @@ def test_no_credentials_at_all_is_a_configuration_error(bao: tuple[str, hvac.Cli
         VaultSecrets(bao[0])
 
 
+def token_alive(admin: hvac.Client, token: str) -> bool:
+    """Whether the server still accepts ``token`` (asked with the admin token, so nothing renews it)."""
+    try:
+        admin.auth.token.lookup(token)
+    except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
+        return False
+    return True
+
+
 def test_a_renewable_token_is_renewed_before_it_expires(bao: tuple[str, hvac.Client],
                                                         storage_secret: dict[str, str]) -> None:
     address, admin = bao
+    started = time.monotonic()  # before the token exists: its first TTL ends after started + 4 s
     source = VaultSecrets(address, scoped_token(admin, ttl="4s", explicit_max_ttl="60s"))
-    assert source.read("storage") == storage_secret
-    for _ in range(3):  # 6 s in all: the 4 s token would be long dead without renewals
-        time.sleep(2.0)
-        assert source.read("storage") == storage_secret
-    assert source.renewals >= 2 and source.logins == 0
+    reads: list[bool] = []
+
+    def read_until_past_first_ttl() -> bool:
+        reads.append(source.read("storage") == storage_secret)  # each read renews once half the TTL is gone
+        return time.monotonic() - started > 4.5
+
+    # Reading all along until the first TTL is over: without renewals the token would be dead by then.
+    poll_until(read_until_past_first_ttl, timeout_s=30, what="reads past the token's first TTL", interval_s=0.2)
+    assert reads and all(reads), "every read succeeded"
+    assert token_alive(admin, source.client.token), "the token outlived its first TTL"
+    assert source.renewals >= 1 and source.logins == 0
 
 
 def test_approle_logs_in_again_once_its_token_expires(bao: tuple[str, hvac.Client],
@@ -125,11 +142,13 @@ def test_approle_logs_in_again_once_its_token_expires(bao: tuple[str, hvac.Clien
     address, admin = bao
     role_id, secret_id = approle(admin, token_ttl="2s", token_max_ttl="2s")
     source = VaultSecrets(address, role_id=role_id, secret_id=secret_id)
+    first = source.client.token
     assert source.logins == 1
     assert source.read("storage") == storage_secret
-    time.sleep(2.5)  # past the max TTL: renewal is impossible, only a new login helps
+    # Wait for the server itself to refuse the first token (past its max TTL: only a new login helps).
+    poll_until(lambda: not token_alive(admin, first), timeout_s=30, what="the first AppRole token expired")
     assert source.read("storage") == storage_secret
-    assert source.logins == 2
+    assert source.client.token != first and source.logins >= 2
 
 
 def test_approle_with_a_bad_secret_id_is_refused_clearly(bao: tuple[str, hvac.Client]) -> None:

@@ -16,12 +16,11 @@ secrets = vault`` (or ``CARAVAN_SECRETS=vault``) reads them from Vault with hvac
 Whatever the source, an environment variable that is set wins, as ``NOMAD_TOKEN`` or
 ``AWS_SECRET_ACCESS_KEY`` do for every other tool. Secrets never travel through dispatch meta,
 Luigi parameters or manifests: each process that needs one reads it from its own source.
-Every value read is remembered so that :func:`redact` (and the log filter it backs) can hide it.
+Every value read is remembered by :mod:`caravan.redaction`, which hides it in logs and errors.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -30,6 +29,7 @@ from collections.abc import Mapping
 
 from ..config import caravan, section, setting
 from ..errors import ConfigurationError, SecretNotFound
+from ..redaction import MIN_REDACTED_LENGTH, REDACTED, redact, remember
 
 # (path, field) -> the environment variable that carries it in a Nomad task and on a laptop.
 ENV_NAMES: dict[tuple[str, str], str] = {
@@ -40,11 +40,6 @@ ENV_NAMES: dict[tuple[str, str], str] = {
     ("nomad", "token"): "NOMAD_TOKEN",
     ("serving", "consul_token"): "CONSUL_HTTP_TOKEN",
 }
-
-REDACTED = "[redacted]"
-# Shorter values are not redacted: hiding every "1" or "ab" in the logs would hide nothing useful
-# and mangle everything else. Real credentials are far longer.
-MIN_REDACTED_LENGTH = 6
 
 _SAFE_PATH = re.compile(r"[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*")
 
@@ -102,7 +97,6 @@ class EnvSecrets(SecretSource):
 _lock = threading.Lock()
 _source: SecretSource | None = None
 _cache: dict[str, Mapping[str, str]] = {}
-_known: set[str] = set()
 
 
 def secret_source() -> SecretSource:
@@ -165,66 +159,15 @@ def require_secret(path: str, field: str) -> str:
     return value
 
 
-# -- redaction ------------------------------------------------------------------------------
-
-def remember(value: str) -> None:
-    """Hide ``value`` from every log record and every :func:`redact` call from now on."""
-    if len(value) < MIN_REDACTED_LENGTH:
-        return
-    with _lock:
-        if value in _known:
-            return
-        _known.add(value)
-    install_log_redaction()
-
-
-def redact(text: str) -> str:
-    """``text`` with every secret value this process has read replaced by ``[redacted]``."""
-    with _lock:
-        values = sorted(_known, key=len, reverse=True)  # longest first: a value may contain another
-    for value in values:
-        if value in text:
-            text = text.replace(value, REDACTED)
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    """Rewrites a record's message with :func:`redact` before any handler formats it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _known:
-            message = record.getMessage()
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-            if record.exc_info and record.exc_info[1] is not None:
-                text = logging.Formatter().formatException(record.exc_info)
-                if redact(text) != text:
-                    record.exc_info, record.exc_text = None, redact(text)
-        return True
-
-
-_filter = RedactingFilter()
-
-
-def install_log_redaction() -> None:
-    """Put the redacting filter on every handler configured so far (the root's, luigi's, caravan's)."""
-    loggers: list[logging.Logger] = [logging.getLogger()]
-    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if _filter not in handler.filters:
-                handler.addFilter(_filter)
-
-
 __all__ = [
     "ENV_NAMES",
+    "MIN_REDACTED_LENGTH",
+    "REDACTED",
     "EnvSecrets",
-    "RedactingFilter",
     "SecretSource",
+    "check_path",
     "env_name",
     "get_secret",
-    "install_log_redaction",
     "redact",
     "remember",
     "require_secret",
