@@ -26,7 +26,7 @@ from pipelines.example import MakeNumbers
 
 from ..doubles.consul import ConsulDouble
 from ..doubles.nomad import NomadDouble
-from ..doubles.nomad_template import (
+from ..doubles.nomad.templates import (
     MissingDependency,
     Sources,
     TemplateError,

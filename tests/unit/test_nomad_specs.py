@@ -12,7 +12,7 @@ import pytest
 from caravan.executors.jobspec import parse_spec, plain_hcl
 from caravan.publish import read_spec
 
-from ..doubles.nomad_hcl import canonicalize, hcl_to_job
+from ..doubles.nomad.hcl import canonicalize, hcl_to_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "nomad"

@@ -1,0 +1,171 @@
+"""An in-process Nomad agent (one server, one client node) that the real ``python-nomad`` drives unchanged.
+
+It answers the part of the HTTP API that a client of parameterized batch jobs uses, as read in
+``command/agent/*_endpoint.go``, ``nomad/job_endpoint.go`` and ``nomad/structs`` (see
+``NOMAD_CONSUL_VAULT_API.md``), and it really runs every placed task's ``command``/``args`` as a
+subprocess, whatever the driver, so that pipelines run end to end through HTTP:
+
+* jobs: list (``prefix``, ``namespace``, ``meta``), register (``POST /v1/jobs``, ``/v1/job/:id``), read,
+  ``/summary`` (``Children`` for parents), ``/allocations`` (``all``), ``/evaluations``, stop and purge
+  (``DELETE``), ``/dispatch`` (N1's validation order and 500 texts, ``?idempotency_token=``),
+  ``/periodic/force``; ``POST /v1/jobs/parse`` through the same HCL conversion as :meth:`load_hcl`.
+* allocations, evaluations, ``/v1/client/fs/logs/:alloc`` (plain or framed, ``origin``,
+  ``offset``, ``follow``), ``/v1/status/leader``.
+* one Raft-like index for every write; ``X-Nomad-Index``/``KnownLeader``/``LastContact`` headers;
+  blocking queries (``index``/``wait``, clamped to 300 s, ``wait/16`` jitter) on a condition variable.
+* a client that honours restart and reschedule policies, writes ``alloc/logs/<task>.std{out,err}.0``,
+  and kills with SIGTERM then SIGKILL after the kill timeout.
+* job ids with ``/`` work raw and ``%2F``-escaped; errors are ``text/plain``; a wrong method is 405.
+
+The node runs batch and sysbatch work only: service and system jobs stay unplaced (a blocked eval with
+"missing drivers"), so a registered serving spec never starts a server. Faults (:meth:`NomadDouble.inject`)
+stage what a real cluster does on a bad day.
+
+Templates and Vault, as a client with Vault (and Consul) integration does it (N8, V3). Given ``vault_addr``
+and ``vault_token`` (the token the client would derive from the task's workload identity) or
+``consul_addr``, the client renders every task's ``Templates`` before the first start (``templates``:
+``with secret``, ``.Data.data.x``, ``env``, ``key``, ``keyOrDefault``, ``keyExists``, ``index``; anything else
+fails the task with a message naming it). Secrets are read with hvac and Consul keys with py-consul, the real
+clients. Each template is written to its ``DestPath`` under the task directory (``local/``, ``secrets/``,
+``alloc/``) with its ``Perms``; ``Envvars`` files are read back as the task's environment (over the spec's
+``env``, under the runtime ``NOMAD_*`` variables). A task with a ``vault`` block also gets ``VAULT_TOKEN`` and
+``secrets/vault_token`` unless its block says ``env = false`` / ``disable_file = true``. Data that is not
+there (a missing secret or key, a 403, an unreachable server) gives a ``Template`` event "Missing:
+vault.read(path)"; after a short bounded retry (Nomad keeps retrying) the task is failed with a ``Killing``
+event "Template failed: ..." and never runs. So is a template using ``secret`` in a task without a ``vault``
+block, a missing field under ``error_on_missing_key`` (without it the field renders ``<no value>``), and a
+template the renderer does not support. Rendered values exist only in the task directory: events and
+messages name paths and keys, never values. Templates render once: a secret that changes later does not
+re-render or restart the task. Without ``vault_addr`` or ``consul_addr`` (or with
+``render_templates=False``) nothing is rendered, so the project's specs run secret-free steps on a client
+that has no Vault, as the executor contract needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .client import Client
+from .common import FIRST_INDEX, AllocRec, HTTPError, JobRec, send_signal
+from .faults import Faults
+from .hcl import JobSpecError, hcl_to_job
+from .jobs import JobEndpoint
+from .prestart import Prestart
+from .reads import Reads
+from .routes import Handler, Routes
+from .scheduler import Scheduler
+from .state import StateStore
+
+
+class NomadDouble(Routes, Reads, JobEndpoint, Scheduler, Client, Prestart, Faults, StateStore):
+    """A Nomad agent on a loopback port, with an in-memory state store and a client that runs tasks."""
+
+    def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,
+                 acl_token: str | None = None, kill_timeout_s: float = 5.0, vault_addr: str | None = None,
+                 vault_token: str | None = None, consul_addr: str | None = None,
+                 consul_token: str | None = None, render_templates: bool | None = None,
+                 inherit_env: bool = True) -> None:
+        """``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a ``vault``
+        block; ``consul_addr``/``consul_token``: the client's Consul. ``render_templates`` defaults to whether
+        either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
+        that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
+        as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``."""
+        self.env = dict(env or {})
+        self.inherit_env = inherit_env
+        self.python = python
+        self.acl_token = acl_token
+        self.kill_timeout_s = kill_timeout_s
+        self.vault_addr = vault_addr
+        self.vault_token = vault_token
+        self.consul_addr = consul_addr
+        self.consul_token = consul_token
+        if render_templates is None:
+            render_templates = vault_addr is not None or consul_addr is not None
+        self.render_templates = render_templates
+        self.address = ""
+        self.dispatch_requests: list[dict[str, Any]] = []
+        self.requests: list[tuple[str, str]] = []
+        # Test-only: called with (method, path, status, body bytes) for every response body (and stream chunk).
+        self.response_hook: Callable[[str, str, int, bytes], None] | None = None
+        self.processes_started = 0
+        self._cond = threading.Condition(threading.RLock())
+        self._index = FIRST_INDEX
+        self._tables: dict[str, int] = defaultdict(int)
+        self._jobs: dict[tuple[str, str], JobRec] = {}
+        self._allocs: dict[str, AllocRec] = {}
+        self._evals: dict[str, dict[str, Any]] = {}
+        self._faults: dict[str, deque[str]] = defaultdict(deque)
+        self._closing = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._root: Path | None = None
+
+    def start(self) -> str:
+        """Listen on 127.0.0.1 (a free port) and return the agent's address, ``http://127.0.0.1:PORT``."""
+        self._root = Path(tempfile.mkdtemp(prefix="nomad-double-"))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.double = self  # type: ignore[attr-defined]
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="nomad-double", daemon=True).start()
+        self.address = f"http://127.0.0.1:{server.server_address[1]}"
+        return self.address
+
+    def stop(self) -> None:
+        """Stop serving, wake blocked queries and kill every task process (their process groups)."""
+        self._closing.set()
+        with self._cond:
+            self._cond.notify_all()
+            runs = [run for rec in self._allocs.values() for run in rec.tasks.values()]
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for run in runs:
+            send_signal(run.proc, signal.SIGKILL)
+        for run in runs:
+            if run.proc is not None:
+                run.proc.wait()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> NomadDouble:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def load_hcl(self, path_or_text: str | os.PathLike[str], variables: dict[str, str] | None = None,
+                 namespace: str = "default") -> str:
+        """Parse a jobspec (a path or HCL text), register it as ``nomad job run`` would; return its id."""
+        text = str(path_or_text)
+        if isinstance(path_or_text, os.PathLike) or ("\n" not in text and Path(text).is_file()):
+            text = Path(path_or_text).read_text()
+        job = hcl_to_job(text, variables)
+        try:
+            self._register(job, namespace)
+        except HTTPError as exc:  # what `nomad job run` would print
+            raise JobSpecError(exc.reason) from None
+        return str(job["ID"])
+
+    def load_specs(self, directory: str | os.PathLike[str],
+                   variables: dict[str, str] | None = None) -> list[str]:
+        """:meth:`load_hcl` every ``*.nomad.hcl`` in ``directory`` (sorted); return the job ids."""
+        return [self.load_hcl(path, variables) for path in sorted(Path(directory).glob("*.nomad.hcl"))]
+
+    def task_dir(self, alloc_id: str, task: str) -> Path:
+        """The directory a task of an allocation runs in (``local/``, ``secrets/``, ``tmp/``)."""
+        with self._cond:
+            return self._allocs[alloc_id].root / task
