@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Artifact
+from ..errors import ArtifactCorruptError, ArtifactNotFoundError, CaravanError
 
 log = logging.getLogger("caravan.serving")
 
@@ -163,24 +164,79 @@ class LoadedModel:
         return list(self.booster.predict(self.matrix(rows)).tolist())
 
 
-def load_model(artifact: Artifact) -> LoadedModel:
-    """Load a training artifact and check it on its stored sample: it must predict finite, varied scores."""
+class ModelUnsound(CaravanError):
+    """A model artifact that cannot serve: it does not load, scores its sample non-finite or all alike, or
+    kills the (disposable) process loading it (``crashed``). ``reason`` says which, in one line."""
+
+    def __init__(self, reason: str, *, artifact_id: str = "", crashed: bool = False) -> None:
+        self.reason = reason
+        self.artifact_id = artifact_id
+        self.crashed = crashed
+        super().__init__(f"model {artifact_id} is unsound: {reason}" if artifact_id else f"model is unsound: {reason}")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a model artifact holds for serving, read once: the probe checks these bytes, the server loads them."""
+
+    artifact_id: str
+    uri: str
+    model_text: str
+    schema: dict[str, Any]
+    sample: list[Any] | None
+
+
+def read_model_files(artifact: Artifact) -> ModelFiles:
+    """The model, schema and sample of an artifact. A missing, corrupt or malformed file makes it unsound;
+    a store that cannot be reached raises its BackendError (worth retrying)."""
+    try:
+        names = artifact.files()
+        schema = artifact.read_json("features.json")
+        model_text = artifact.read_text("model.txt")
+        sample = artifact.read_json("sample.json") if "sample.json" in names else None
+    except (ArtifactNotFoundError, ArtifactCorruptError, ValueError) as exc:
+        raise ModelUnsound(f"{type(exc).__name__}: {exc}", artifact_id=artifact.id) from exc
+    if not isinstance(schema, dict) or not isinstance(schema.get("features"), list):
+        raise ModelUnsound("features.json has no 'features' list", artifact_id=artifact.id)
+    if sample is not None and not isinstance(sample, list):
+        raise ModelUnsound("sample.json is not a list of rows", artifact_id=artifact.id)
+    return ModelFiles(artifact.id, artifact.uri, model_text, schema, sample)
+
+
+def build_model(files: ModelFiles) -> tuple[LoadedModel, list[float]]:
+    """Load a model from its files and check it on its stored sample: it must predict finite, varied scores.
+
+    Returns the model and its sample scores. This runs native code on untrusted bytes: the server runs it
+    in the probe process first (see :mod:`caravan.serving.probe`).
+    """
     import lightgbm as lgb
 
-    schema = artifact.read_json("features.json")
-    booster = lgb.Booster(model_str=artifact.read_text("model.txt"))
-    features = [Feature(str(f["name"]), str(f["type"])) for f in schema["features"]]
+    try:
+        features = [Feature(str(f["name"]), str(f["type"])) for f in files.schema["features"]]
+    except (KeyError, TypeError) as exc:
+        raise ModelUnsound(f"features.json lists a feature without name and type: {exc}",
+                           artifact_id=files.artifact_id) from None
+    if not features:
+        raise ModelUnsound("features.json lists no features", artifact_id=files.artifact_id)
+    booster = lgb.Booster(model_str=files.model_text)
     if booster.num_feature() != len(features):
-        raise ValueError(f"model has {booster.num_feature()} features, features.json lists {len(features)}")
-    model = LoadedModel(artifact.id, artifact.uri, booster, features)
-    sample = artifact.read_json("sample.json") if "sample.json" in artifact.files() else None
+        raise ModelUnsound(f"model has {booster.num_feature()} features, features.json lists {len(features)}",
+                           artifact_id=files.artifact_id)
+    model = LoadedModel(files.artifact_id, files.uri, booster, features)
+    sample = files.sample
     rows = sample or [{f.name: 0 if f.type != "bool" else False for f in features}]
     scores = np.asarray(model.predict(rows))
     if not np.all(np.isfinite(scores)):
-        raise ValueError("model gives non-finite scores on its stored sample")
+        raise ModelUnsound("model gives non-finite scores on its stored sample", artifact_id=files.artifact_id)
     if sample and len(rows) > 1 and float(np.std(scores)) < 1e-9:
-        raise ValueError("model gives the same score to every row of its stored sample")
-    return model
+        raise ModelUnsound("model gives the same score to every row of its stored sample",
+                           artifact_id=files.artifact_id)
+    return model, [float(s) for s in scores]
+
+
+def load_model(artifact: Artifact) -> LoadedModel:
+    """Load a training artifact in this process and check it on its stored sample (trusted models only)."""
+    return build_model(read_model_files(artifact))[0]
 
 
 class ModelHolder:

@@ -1,0 +1,295 @@
+"""Load untrusted models in a disposable process first.
+
+LightGBM's model parser is native code: a damaged ``model.txt`` can make it abort or segfault the
+whole process (``terminate called``, SIGABRT/SIGSEGV), which no ``try`` catches. So a model that
+nobody has loaded before is loaded and scored on its stored sample in a child process, the probe;
+only a model that survives there is loaded where it matters (the server, the gate, the CLI).
+
+:class:`Probe` keeps one warm child (its imports done) so that a check costs a model load, not an
+interpreter start; a model that kills it is reported as :class:`ModelUnsound` with ``crashed`` set,
+and the next check starts a fresh child. :func:`check_model` is the one-shot form for the CLI and
+the gate.
+
+The parent reads the artifact (it has the store's credentials) and sends the bytes; the child never
+touches a store and gets no secrets in its environment. Messages are JSON lines on the child's
+stdin and on a copy of its stdout; the child's own stdout and stderr (LightGBM's chatter, a dying
+message) go to a pipe the parent keeps the last lines of, for the reason it reports.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ..artifacts import Artifact
+from .model import ModelFiles, ModelUnsound, read_model_files
+
+__all__ = ["ModelUnsound", "Probe", "ProbeReport", "artifact_from_uri", "check_model"]
+
+# What the child may inherit: enough to start Python and find the package, nothing that could be a secret.
+_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED",
+             "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SYSTEMROOT")
+_STDERR_LINES = 40
+_MAX_LINE = 256 * 1024 * 1024  # an answer is small; a child writing more than this is broken
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """A model that survived the probe: what it is, its serving schema, and its scores on its stored sample."""
+
+    artifact_id: str
+    uri: str
+    features: list[dict[str, str]]
+    sample_scores: list[float]
+    duration_s: float
+
+    @property
+    def names(self) -> list[str]:
+        return [f["name"] for f in self.features]
+
+
+def artifact_from_uri(uri: str, artifact_id: str | None = None) -> Artifact:
+    """The artifact at ``uri``; its id is the URI's last three segments (Family/partition/name), or two
+    when the second-to-last is not a partition, unless given."""
+    from ..step import artifact_at
+
+    if artifact_id is None:
+        parts = uri.rstrip("/").split("/")
+        artifact_id = "/".join(parts[-3:]) if len(parts) >= 3 and "=" in parts[-2] else "/".join(parts[-2:])
+    return artifact_at(uri.rstrip("/"), artifact_id)
+
+
+class Probe:
+    """A warm child process that loads and scores models so that a crash kills only it.
+
+    Thread-safe (one check at a time). ``start()`` spawns the child ahead of the first check; after a
+    crash or a timeout the child is replaced at once so the next check finds one warm.
+    """
+
+    def __init__(self, *, timeout_s: float = 60.0, max_checks: int = 200) -> None:
+        self.timeout_s = timeout_s
+        self.max_checks = max_checks  # recycle the child now and then: native leaks stay bounded
+        self.crashes = 0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self._stderr_thread: threading.Thread | None = None
+        self._buffer = b""
+        self._checks = 0
+        self._ids = 0
+
+    # -- the child's lifetime -----------------------------------------------------------------------------
+
+    def start(self) -> Probe:
+        """Spawn the child now (its imports run while the caller does other things)."""
+        with self._lock:
+            self._ensure()
+        return self
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None and self._checks < self.max_checks:
+            return self._proc
+        self._stop_child()
+        env = {key: value for key, value in os.environ.items() if key in _ENV_KEEP}
+        env["OMP_NUM_THREADS"] = "1"  # the sample is a few rows; threads only cost start-up time
+        proc = subprocess.Popen([sys.executable, "-m", "caravan.serving.probe"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
+        stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        thread = threading.Thread(target=_drain, args=(proc.stderr, stderr), name="probe-stderr", daemon=True)
+        thread.start()
+        self._proc, self._stderr, self._stderr_thread = proc, stderr, thread
+        self._buffer, self._checks = b"", 0
+        return proc
+
+    def _stop_child(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=5)
+
+    def close(self) -> None:
+        """Stop the child."""
+        with self._lock:
+            self._stop_child()
+
+    def __enter__(self) -> Probe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before start)."""
+        return self._proc.pid if self._proc is not None else None
+
+    # -- checks ------------------------------------------------------------------------------------------
+
+    def check(self, uri: str, artifact_id: str | None = None, *, timeout_s: float | None = None) -> ProbeReport:
+        """Read the artifact at ``uri`` here, then load and score it in the child."""
+        return self.check_files(read_model_files(artifact_from_uri(uri, artifact_id)), timeout_s=timeout_s)
+
+    def check_files(self, files: ModelFiles, *, timeout_s: float | None = None) -> ProbeReport:
+        """Load and score ``files`` in the child; raise :class:`ModelUnsound` if it fails or kills the child."""
+        started = time.monotonic()
+        deadline = started + (self.timeout_s if timeout_s is None else timeout_s)
+        with self._lock:
+            proc = self._ensure()
+            self._ids += 1
+            self._checks += 1
+            request = {"id": self._ids, "artifact_id": files.artifact_id, "uri": files.uri,
+                       "model": files.model_text, "schema": files.schema, "sample": files.sample}
+            try:
+                answer = self._exchange(proc, request, deadline)
+            except _ChildDied:
+                reason = self._death(proc)
+                self.crashes += 1
+                self._stop_child()
+                self._respawn()
+                raise ModelUnsound(reason, artifact_id=files.artifact_id, crashed=True) from None
+            except TimeoutError:
+                self._stop_child()
+                self._respawn()
+                raise ModelUnsound(f"loading it did not finish within {deadline - started:.0f} s",
+                                   artifact_id=files.artifact_id) from None
+        if not answer.get("ok"):
+            raise ModelUnsound(str(answer.get("reason") or "the probe gave no reason"),
+                               artifact_id=files.artifact_id)
+        return ProbeReport(files.artifact_id, files.uri, list(answer["features"]),
+                           [float(s) for s in answer["sample_scores"]], time.monotonic() - started)
+
+    def _respawn(self) -> None:
+        try:
+            self._ensure()  # warm again for the next check
+        except OSError:
+            pass  # the next check tries again and reports it
+
+    def _exchange(self, proc: subprocess.Popen[bytes], request: dict[str, Any], deadline: float) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        line = json.dumps(request, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        try:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            raise _ChildDied() from None
+        while True:
+            answer = self._read_line(proc, deadline)
+            message = json.loads(answer)
+            if message.get("id") == request["id"]:
+                return dict(message)
+            # an answer to an earlier request that timed out cannot arrive (that child was killed); skip anything else
+
+    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> bytes:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError()
+                if not selector.select(remaining):
+                    continue
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise _ChildDied()
+                self._buffer += chunk
+                if len(self._buffer) > _MAX_LINE:
+                    raise _ChildDied()
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _death(self, proc: subprocess.Popen[bytes]) -> str:
+        """Why the child died, in one line: the signal or exit code, and its last words."""
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=2)  # its last lines, written as it died
+        if code < 0:
+            try:
+                how = f"killed the probe process ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"killed the probe process (signal {-code})"
+        else:
+            how = f"made the probe process exit with code {code}"
+        said = [line for line in self._stderr if line.strip()]
+        last = "; ".join(said[-2:])
+        return f"{how}: {last[:300]}" if last else how
+
+
+class _ChildDied(Exception):
+    pass
+
+
+def _drain(stream: IO[bytes] | None, lines: collections.deque[str]) -> None:
+    """Keep the last lines the child wrote to stderr (reading also keeps the pipe from filling up)."""
+    if stream is None:
+        return
+    try:
+        for raw in iter(stream.readline, b""):
+            lines.append(raw.decode("utf-8", "replace").rstrip()[:500])
+    except (OSError, ValueError):
+        pass
+
+
+def check_model(uri: str, *, timeout_s: float = 60.0, artifact_id: str | None = None) -> ProbeReport:
+    """Load and score the model at ``uri`` in a fresh disposable process; raise :class:`ModelUnsound` if it
+    fails to load, scores its sample non-finite (or all alike), or kills that process.
+
+    A store that cannot be reached raises its ``BackendError``: that says nothing about the model.
+    """
+    with Probe(timeout_s=timeout_s) as probe:
+        return probe.check(uri, artifact_id)
+
+
+# -- the child -----------------------------------------------------------------------------------------------
+
+def _child() -> int:
+    """The probe process: answer one JSON line per request line until stdin closes."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything else printed (LightGBM's log) goes to stderr, never into the answers
+    sys.stdout = sys.stderr
+    import lightgbm  # noqa: F401
+
+    from .model import build_model  # imports numpy and LightGBM once, before the first request
+
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        answer: dict[str, Any] = {"id": request.get("id")}
+        try:
+            files = ModelFiles(str(request["artifact_id"]), str(request["uri"]), str(request["model"]),
+                               request["schema"], request.get("sample"))
+            model, scores = build_model(files)
+            answer.update(ok=True, features=[{"name": f.name, "type": f.type} for f in model.features],
+                          sample_scores=scores)
+            del model
+        except ModelUnsound as exc:
+            answer.update(ok=False, reason=exc.reason)
+        except Exception as exc:  # whatever the loader raises is a reason to refuse the model, reported in one line
+            answer.update(ok=False, reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+        answers.write(json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode() + b"\n")
+        answers.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
