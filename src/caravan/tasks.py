@@ -73,6 +73,10 @@ class NomadJobTask(ArtifactTask):
     job: ClassVar[str] = ""
     timeout_s = luigi.FloatParameter(default=6 * 3600.0, significant=False,
                                      description="Stop the step and fail the task after this many seconds.")
+    placement_timeout_s = luigi.OptionalFloatParameter(
+        default=None, significant=False,
+        description="On Nomad, how long the step may wait for a full cluster to make room before it fails "
+        "(default: [nomad] placement_timeout_s). A step no node can ever take fails at once.")
 
     @property
     def resources(self) -> dict[str, int]:  # type: ignore[override]
@@ -126,7 +130,7 @@ class NomadJobTask(ArtifactTask):
         spec.check_meta(meta)
         executor = get_executor()
         request = StepRequest(spec=spec, artifact=artifact, meta=meta, run_id=current_run_id(),
-                              timeout_s=float(self.timeout_s))
+                              timeout_s=float(self.timeout_s), placement_timeout_s=self.placement_timeout_s)
         with _stop_on_sigterm():
             result = executor.run(request)
         published = self.output()

@@ -26,6 +26,7 @@ class StepRequest:
     meta: Mapping[str, str]
     run_id: str
     timeout_s: float
+    placement_timeout_s: float | None = None  # None: the executor's configured default
 
 
 @dataclass

@@ -1,53 +1,56 @@
 """The Nomad executor: dispatch the step's parameterized job and follow the child to its end.
 
-- One child per artifact: before dispatching, the children of the job are searched for one
-  carrying this artifact id in its meta; a live one is attached to, a finished one whose
-  artifact is published is accepted. A dispatch sends an idempotency token derived from the
-  artifact id (as the ``idempotency_token`` query parameter: python-nomad's own argument puts
-  it in the body, where Nomad ignores it), so two workers racing get the same child.
-- Waiting is blocking queries on the child job (``index``/``wait``, ``X-Nomad-Index``), with a
-  client timeout above Nomad's ``wait * 17/16`` jitter; an evaluation that cannot place the
-  job is reported instead of waited on.
-- The child is stopped when the step times out or the luigi task is interrupted.
-- Each allocation's stdout and stderr are copied beside the artifact before Nomad's garbage
-  collector can take them; a failure raises :class:`~caravan.errors.StepFailed` with the child
-  job id, allocation ids, exit code and the tail of stderr.
+- **One child per artifact.** Before dispatching, the children of the job carrying this artifact id in
+  their meta are listed: a live one is attached to (two live ones, the pre-1.11.2 race: the earliest is
+  kept and the others stopped); a finished one whose artifact is published is accepted.
+- **Idempotent dispatch on every Nomad version.** A dispatch sends an idempotency token (the
+  ``idempotency_token`` query parameter; python-nomad's own argument puts it in the body, where Nomad
+  ignores it) made of the artifact id and an attempt number that only grows: one more than the highest
+  attempt among the artifact's children that still exist, read from their ``DispatchIdempotencyToken``. A
+  job GC can remove old children but never makes a retry reuse the token of a surviving failed child.
+  After a dispatch the child is confirmed (by id, then among the artifact's children): from 1.11.2 the
+  loser of a race gets an id that never exists, and attaches to the winner instead.
+- **Transient errors never stop a child.** Every request goes through :mod:`caravan.nomad_api`; a leader
+  election, a reset or a read timeout is retried with backoff until the step's deadline. A dispatch that
+  got no answer is followed by a look-up of the artifact's children before any new dispatch. Only the
+  deadline, an interrupt, or a definitive answer (the child stopped or purged by someone else, a 4xx)
+  end the wait, and :class:`~caravan.errors.StepFailed` says which.
+- **Placement.** A child that cannot be placed because the cluster is full waits (logged once) until
+  ``placement_timeout_s``; one that no node can ever take (constraints, class, driver, datacenter) fails at
+  once, naming the filter (:mod:`caravan.executors.placement`).
+- Waiting is blocking queries on the child job. The child is stopped only when the step times out, its
+  placement times out or can never happen, or the luigi task is interrupted.
+- Each allocation's stdout and stderr (UTF-8) are copied beside the artifact before Nomad's garbage
+  collector can take them; a failure raises ``StepFailed`` with the child job id, allocation ids, exit
+  code and the tail of stderr.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-import luigi
-
-from ..config import section, setting
-from ..errors import BackendRejected, BackendUnavailable, ConfigurationError, StepFailed
+from ..config import section
+from ..errors import BackendError, StepFailed
+from ..nomad_api import NomadAPI, NomadRejected, NomadUnavailable, backoff_delay, check_address, nomad
+from . import placement as pl
 from .base import Executor, StepRequest, StepResult, tail
 
 log = logging.getLogger("caravan.executors.nomad")
+_T = TypeVar("_T")
 
-
-class nomad(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
-    """``[nomad]``: how to reach the cluster. ``NOMAD_ADDR``, ``NOMAD_TOKEN``, ``NOMAD_NAMESPACE``,
-    ``NOMAD_REGION``, ``NOMAD_CACERT``, ``NOMAD_CLIENT_CERT``, ``NOMAD_CLIENT_KEY`` win."""
-
-    address = luigi.Parameter(default="http://127.0.0.1:4646", description="Nomad HTTP API address.")
-    namespace = luigi.Parameter(default="", description="Namespace of the step jobs (default: Nomad's 'default').")
-    region = luigi.Parameter(default="", description="Region (default: the agent's).")
-    cacert = luigi.Parameter(default="", description="CA bundle to verify Nomad's TLS certificate.")
-    client_cert = luigi.Parameter(default="", description="Client certificate for mutual TLS.")
-    client_key = luigi.Parameter(default="", description="Client key for mutual TLS.")
-    blocking_wait_s = luigi.IntParameter(default=60, description="Longest single blocking query (Nomad caps at 300).")
-    request_timeout_s = luigi.FloatParameter(default=10.0, description="Timeout of non-blocking requests.")
-
+__all__ = ["NomadExecutor", "check_address", "idempotency_token", "nomad"]
 
 DONE = "dead"
-FAILED_EVAL = {"failed", "canceled"}
+_TOKEN = re.compile(r"^caravan-[0-9a-f]{32}-(\d+)$")
+# How long a dispatched child may stay invisible (a follower a little behind) before the dispatch is
+# taken as one that never happened.
+CONFIRM_S = 5.0
 
 
 def idempotency_token(artifact_id: str, attempt: int) -> str:
@@ -55,104 +58,54 @@ def idempotency_token(artifact_id: str, attempt: int) -> str:
     return f"caravan-{hashlib.sha256(artifact_id.encode()).hexdigest()[:32]}-{attempt}"
 
 
+def token_attempt(token: str) -> int | None:
+    """The attempt number inside a token made by :func:`idempotency_token` (None for any other token)."""
+    found = _TOKEN.match(token or "")
+    return int(found.group(1)) if found else None
+
+
+class _Deadline(Exception):
+    """The step's deadline passed while waiting."""
+
+
 class NomadExecutor(Executor):
     """Runs steps as children of their parameterized jobs on a Nomad cluster."""
 
     name = "nomad"
 
-    def __init__(self) -> None:
-        # python-nomad's package is called `nomad`, like the project's folder of job specs; a regular
-        # package wins over that namespace folder at run time, but type checkers resolve the folder.
-        python_nomad: Any = importlib.import_module("nomad")
-
-        from ..secrets import get_secret
-
+    def __init__(self, api: NomadAPI | None = None) -> None:
+        self.api = api or NomadAPI.from_config()
         cfg = section(nomad)
-        address = setting("NOMAD_ADDR", cfg.address)
-        check_address(address)
-        cacert = setting("NOMAD_CACERT", cfg.cacert)
-        cert, key = setting("NOMAD_CLIENT_CERT", cfg.client_cert), setting("NOMAD_CLIENT_KEY", cfg.client_key)
-        self.namespace = setting("NOMAD_NAMESPACE", cfg.namespace) or None
-        self.wait_s = max(1, min(int(cfg.blocking_wait_s), 300))
-        self.timeout_s = float(cfg.request_timeout_s)
-        self.client = python_nomad.Nomad(
-            address=address,
-            token=get_secret("nomad", "token"),
-            namespace=self.namespace,
-            region=setting("NOMAD_REGION", cfg.region) or None,
-            timeout=self.timeout_s,
-            # python-nomad does not verify TLS unless told to; caravan always does.
-            verify=cacert or True,
-            cert=(cert, key) if cert and key else (),
-        )
-        self.address = address
-
-    # -- HTTP, with client errors translated once, here ------------------------------------
-
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from nomad.api import exceptions as nx
-
-        try:
-            return fn(*args, **kwargs)
-        except nx.BaseNomadException as exc:
-            response = getattr(exc, "nomad_resp", None)
-            status = getattr(response, "status_code", None)
-            text = (getattr(response, "text", "") or str(response or exc)).strip()
-            # No status: the request never got an answer. Nomad answers 500 for most refusals
-            # (bad meta, unknown job), so only 429 and gateway errors count as "try again".
-            if status is None or status in (429, 502, 503, 504):
-                raise BackendUnavailable(f"{what}: {text}", backend=f"nomad {self.address}") from exc
-            raise BackendRejected(f"{what}: HTTP {status}: {text}", backend=f"nomad {self.address}") from exc
-        except Exception as exc:  # requests' own errors, e.g. a read timeout on a blocking query
-            import requests
-
-            if isinstance(exc, requests.RequestException):
-                raise BackendUnavailable(f"{what}: {exc}", backend=f"nomad {self.address}") from exc
-            raise
-
-    def _get(self, *path: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """GET /v1/job/... or /v1/evaluation/... (python-nomad adds ?namespace only to the former)."""
-        params = dict(params or {})
-        if path[0] == "evaluation" and self.namespace:
-            params.setdefault("namespace", self.namespace)
-        requester = self.client.job if path[0] == "job" else self.client.evaluation
-        return self._call(f"GET /v1/{'/'.join(path)}", requester.request, *path[1:], method="get", params=params,
-                          timeout=timeout or self.timeout_s)
-
-    def _block(self, *path: str, index: int, wait_s: float) -> tuple[Any, int]:
-        """One blocking query; returns the body and the new index (reset to 0 if it went backwards)."""
-        wait = max(1, int(wait_s))
-        response = self._get(*path, params={"index": index, "wait": f"{wait}s"}, timeout=wait * 17 / 16 + 5)
-        new_index = int(response.headers.get("X-Nomad-Index", "0") or 0)
-        return response.json(), (0 if new_index < index else new_index)
+        self.placement_timeout_s = float(cfg.placement_timeout_s)
 
     # -- the step ----------------------------------------------------------------------------
 
     def run(self, request: StepRequest) -> StepResult:
         spec, artifact = request.spec, request.artifact
-        children = self._children(spec.name, artifact.id)
-        live = [c for c in children if c.get("Status") != DONE]
-        eval_id = ""
-        if live:
-            child_id = live[-1]["ID"]
-            log.info("attaching to %s, already running for %s", child_id, artifact.id)
-        elif children and artifact.exists():
-            child_id = children[-1]["ID"]
-            log.info("%s already published by %s", artifact.id, child_id)
-        else:
-            child_id, eval_id = self._dispatch(request, attempt=len(children))
         deadline = time.monotonic() + request.timeout_s
+        placement_s = (self.placement_timeout_s if request.placement_timeout_s is None
+                       else float(request.placement_timeout_s))
+        child_id = ""
         try:
-            self._check_placement(child_id, eval_id, deadline)
-            job = self._wait_dead(child_id, deadline)
-        except TimeoutError:
-            self._stop(child_id)
-            result = self._finish(request, child_id, dead_job=None)
-            raise StepFailed(f"step {spec.name} timed out after {request.timeout_s:g} s; child job stopped",
-                             job_id=child_id, alloc_ids=result.alloc_ids, stderr_tail=result.details["stderr_tail"],
+            child_id, eval_id = self._start(request, deadline)
+            job = self._follow(request, child_id, eval_id, deadline, placement_s)
+        except _Deadline:
+            if child_id:
+                self._stop(child_id)
+            result = self._finish(request, child_id, dead_job=None) if child_id else None
+            raise StepFailed(f"step {spec.name} timed out after {request.timeout_s:g} s"
+                             + ("; child job stopped" if child_id else " before a child job was confirmed"),
+                             job_id=child_id, alloc_ids=result.alloc_ids if result else (),
+                             stderr_tail=result.details["stderr_tail"] if result else "",
                              artifact=artifact.id) from None
-        except BaseException:
-            self._stop(child_id)
+        except StepFailed:
+            raise
+        except NomadRejected as exc:  # a 4xx about caravan's own request (token, namespace): nothing to stop
+            raise StepFailed(f"step {spec.name}: Nomad refused a request: {exc}", job_id=child_id,
+                             artifact=artifact.id) from exc
+        except BaseException:  # an interrupt (SIGTERM, Ctrl-C): the step must not run on, orphaned
+            if child_id:
+                self._stop(child_id)
             raise
         result = self._finish(request, child_id, dead_job=job)
         if result.exit_code != 0 or not result.details["complete"]:
@@ -161,83 +114,220 @@ class NomadExecutor(Executor):
                              stderr_tail=result.details["stderr_tail"], artifact=artifact.id)
         return result
 
-    def _children(self, job: str, artifact_id: str) -> list[dict[str, Any]]:
-        stubs = self._call("GET /v1/jobs", self.client.jobs.request, method="get",
-                           params={"prefix": f"{job}/dispatch-", "meta": "true"}, timeout=self.timeout_s).json()
-        mine = [s for s in stubs if s.get("ParentID") == job and (s.get("Meta") or {}).get("caravan_artifact_id")
-                == artifact_id]
-        return sorted(mine, key=lambda s: (s.get("CreateIndex", 0), s.get("ID", "")))
+    def _retry(self, what: str, call: Callable[[], _T], deadline: float) -> _T:
+        try:
+            return self.api.retry(what, call, deadline=deadline)
+        except NomadUnavailable:
+            if time.monotonic() >= deadline:
+                raise _Deadline from None
+            raise
 
-    def _dispatch(self, request: StepRequest, attempt: int) -> tuple[str, str]:
-        token = idempotency_token(request.artifact.id, attempt)
-        body = {"Meta": dict(request.meta)}
-        response = self._call(f"POST /v1/job/{request.spec.name}/dispatch", self.client.job.request,
-                              request.spec.name, "dispatch", method="post", params={"idempotency_token": token},
-                              json=body, timeout=self.timeout_s).json()
-        child_id, eval_id = response["DispatchedJobID"], response.get("EvalID") or ""
-        log.info("dispatched %s for %s (eval %s)", child_id, request.artifact.id, eval_id or "none: existing child")
-        return str(child_id), str(eval_id)
+    # -- choosing the child: attach, accept, or dispatch -----------------------------------------
 
-    def _check_placement(self, child_id: str, eval_id: str, deadline: float) -> None:
-        """Fail fast if the scheduler could not place the step (it would otherwise wait forever)."""
-        if not eval_id:
-            evals = self._get("job", child_id, "evaluations").json()
-            pending = [e for e in evals if e.get("Status") == "pending"]
-            blocked = [e for e in evals if e.get("Status") == "blocked" or e.get("FailedTGAllocs")]
-            if blocked:
-                self._raise_unplaceable(child_id, blocked[0])
-            if not pending:
-                return
-            eval_id = pending[0]["ID"]
+    def _start(self, request: StepRequest, deadline: float) -> tuple[str, str]:
+        """The child to follow, and its dispatch eval (empty when attaching to an existing child)."""
+        spec, artifact = request.spec, request.artifact
+        for _ in range(5):  # a dispatch that never shows up and no other child: try again, a few times
+            children = self._children(spec.name, artifact.id, deadline)
+            live = self._live(children)
+            if live:
+                log.info("attaching to %s, already running for %s", live["ID"], artifact.id)
+                return str(live["ID"]), ""
+            if children and artifact.exists():
+                log.info("%s already published by %s", artifact.id, children[-1]["ID"])
+                return str(children[-1]["ID"]), ""
+            attempt = self._next_attempt(children, deadline)
+            dispatched = self._dispatch(request, attempt, deadline)
+            if dispatched is not None:
+                return dispatched
+        raise StepFailed(f"dispatching step {spec.name}: Nomad answered with child ids that never appeared, "
+                         "and the artifact has no live child", artifact=artifact.id)
+
+    def _children(self, job: str, artifact_id: str, deadline: float) -> list[dict[str, Any]]:
+        """The children of ``job`` dispatched for ``artifact_id``, oldest first."""
+        stubs = self._retry("list children", lambda: self.api.get("jobs", {"prefix": f"{job}/dispatch-",
+                                                                             "meta": "true"}), deadline)
+        mine = [s for s in stubs or [] if s.get("ParentID") == job
+                and (s.get("Meta") or {}).get("caravan_artifact_id") == artifact_id]
+        return sorted(mine, key=lambda s: (int(s.get("CreateIndex") or 0), str(s.get("ID", ""))))
+
+    def _live(self, children: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The one live child of an artifact; extra ones (two dispatches raced before Nomad 1.11.2) are
+        stopped, keeping the earliest."""
+        live = [c for c in children if c.get("Status") != DONE and not c.get("Stop")]
+        for extra in live[1:]:
+            log.warning("%s and %s both run artifact %s (dispatches raced); keeping the earliest, stopping %s",
+                        live[0]["ID"], extra["ID"], (extra.get("Meta") or {}).get("caravan_artifact_id"),
+                        extra["ID"])
+            self._stop(str(extra["ID"]))
+        return live[0] if live else None
+
+    def _next_attempt(self, children: list[dict[str, Any]], deadline: float) -> int:
+        """One more than the highest attempt among the children that still exist (0 if none)."""
+        highest = -1
+        for child in children:
+            job = self._retry("read child", partial(self.api.read, f"job/{child['ID']}"), deadline)
+            attempt = token_attempt(str((job or {}).get("DispatchIdempotencyToken") or ""))
+            if attempt is not None:
+                highest = max(highest, attempt)
+        return highest + 1
+
+    def _dispatch(self, request: StepRequest, attempt: int, deadline: float) -> tuple[str, str] | None:
+        """Dispatch and confirm the child; None when the answer named a child that never appeared and no
+        other child of the artifact exists (the caller looks again)."""
+        spec, artifact = request.spec, request.artifact
+        token = idempotency_token(artifact.id, attempt)
+        path = f"job/{spec.name}/dispatch"
+        pauses = 0
+        while True:
+            try:
+                answer = self.api.post(path, json={"Meta": dict(request.meta)}, params={"idempotency_token": token})
+                break
+            except NomadUnavailable as exc:
+                # Ambiguous: the dispatch may have happened. Look before sending it again.
+                if time.monotonic() >= deadline:
+                    raise _Deadline from None
+                log.warning("dispatch of %s for %s got no clear answer (%s); looking for its child first",
+                            spec.name, artifact.id, exc)
+                children = self._children(spec.name, artifact.id, deadline)
+                live = self._live(children)
+                if live:
+                    return str(live["ID"]), ""
+                pauses += 1
+                time.sleep(min(backoff_delay(pauses), max(0.0, deadline - time.monotonic())))
+            except NomadRejected as exc:
+                raise StepFailed(f"Nomad refused to dispatch step {spec.name}: {exc}", artifact=artifact.id) from exc
+        child_id, eval_id = str(answer["DispatchedJobID"]), str(answer.get("EvalID") or "")
+        log.info("dispatched %s for %s, attempt %d (eval %s)", child_id, artifact.id, attempt,
+                 eval_id or "none: existing child")
+        return self._confirm(request, child_id, eval_id, deadline)
+
+    def _confirm(self, request: StepRequest, child_id: str, eval_id: str, deadline: float) -> tuple[str, str] | None:
+        """The child Nomad named, if it exists; else the live child of the artifact (another dispatch won)."""
+        give_up = min(deadline, time.monotonic() + CONFIRM_S)
+        pause = 0.05
+        while True:
+            found = self._retry("confirm child", lambda: self.api.read(f"job/{child_id}"), deadline)
+            children = self._children(request.spec.name, request.artifact.id, deadline)
+            live = self._live(children)  # two live children (pre-1.11.2 race): the later one is stopped
+            if found is not None:
+                if live is not None and live["ID"] != child_id and found.get("Status") != DONE:
+                    log.warning("attaching to %s, the earliest child of %s", live["ID"], request.artifact.id)
+                    return str(live["ID"]), ""
+                return child_id, eval_id
+            if live:
+                log.warning("dispatch answer named %s, which does not exist: another worker's dispatch won; "
+                            "attaching to %s", child_id, live["ID"])
+                return str(live["ID"]), ""
+            if children and request.artifact.exists():
+                return str(children[-1]["ID"]), ""
+            if time.monotonic() >= give_up:
+                log.warning("dispatched child %s never appeared and %s has no live child; dispatching again",
+                            child_id, request.artifact.id)
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    # -- following the child -----------------------------------------------------------------
+
+    def _follow(self, request: StepRequest, child_id: str, eval_id: str, deadline: float,
+                placement_s: float) -> dict[str, Any]:
+        """Block on the child job until it is dead; judge its placement while it is pending."""
+        spec, artifact = request.spec, request.artifact
+        if eval_id:  # the dispatch eval usually completes in milliseconds: see its verdict first
+            self._wait_eval(eval_id, deadline)
+        placement_deadline = time.monotonic() + placement_s
+        waiting_for = ""
         index = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError
-            evaluation, index = self._block("evaluation", eval_id, index=index, wait_s=min(self.wait_s, remaining))
-            status = evaluation.get("Status")
-            if evaluation.get("FailedTGAllocs") or evaluation.get("BlockedEval"):
-                self._raise_unplaceable(child_id, evaluation)
-            if status in FAILED_EVAL:
-                raise StepFailed(f"evaluation {eval_id} {status}: {evaluation.get('StatusDescription', '')}",
-                                 job_id=child_id)
-            if status == "complete":
-                return
-
-    def _raise_unplaceable(self, child_id: str, evaluation: dict[str, Any]) -> None:
-        failed = evaluation.get("FailedTGAllocs") or {}
-        reasons = []
-        for group, metric in failed.items():
-            metric = metric or {}
-            detail = {k: v for k, v in metric.items() if k in ("NodesEvaluated", "NodesFiltered", "NodesExhausted",
-                                                                  "ConstraintFiltered", "DimensionExhausted",
-                                                                  "ClassFiltered", "QuotaExhausted") and v}
-            reasons.append(f"group {group!r}: {detail or 'no eligible node'}")
-        self._stop(child_id)
-        raise StepFailed("the scheduler could not place the step (" + "; ".join(reasons or ["blocked evaluation"])
-                         + "); child job stopped", job_id=child_id)
-
-    def _wait_dead(self, child_id: str, deadline: float) -> dict[str, Any]:
-        index = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            job, index = self._block("job", child_id, index=index, wait_s=min(self.wait_s, remaining))
+                raise _Deadline
+            wait = min(self.api.wait_s, remaining)
+            if waiting_for:  # wake up in time to honour the placement timeout
+                wait = min(wait, max(0.0, placement_deadline - time.monotonic()))
+            job, index = self._retry(f"wait for {child_id}", partial(self._block_job, child_id, index, wait),
+                                     deadline)
+            if job is None:
+                raise StepFailed(f"child job {child_id} was purged by someone else while caravan waited on it",
+                                 job_id=child_id, artifact=artifact.id)
             if job.get("Status") == DONE:
                 return dict(job)
+            if job.get("Status") != "pending" or job.get("Stop"):
+                waiting_for = ""
+                continue
+            verdict = self._placement(child_id, deadline)
+            if verdict.state in (pl.IMPOSSIBLE, pl.FAILED):
+                self._stop(child_id)
+                what = "can never be placed" if verdict.state == pl.IMPOSSIBLE else "could not be placed"
+                raise StepFailed(f"step {spec.name} {what}: {verdict.reason}; child job stopped", job_id=child_id,
+                                 artifact=artifact.id)
+            if verdict.state == pl.PENDING and verdict.eval_id:
+                self._wait_eval(verdict.eval_id, deadline)
+                index = 0  # judge again at once
+            elif verdict.state == pl.CAPACITY:
+                if verdict.reason != waiting_for:
+                    log.warning("%s waiting for capacity: %s (placement_timeout_s %g s)", child_id, verdict.reason,
+                                placement_s)
+                    waiting_for = verdict.reason
+                if time.monotonic() >= placement_deadline:
+                    self._stop(child_id)
+                    raise StepFailed(f"step {spec.name} was not placed within placement_timeout_s = {placement_s:g} s "
+                                     f"(waiting for capacity: {verdict.reason}); child job stopped",
+                                     job_id=child_id, artifact=artifact.id)
+            else:
+                waiting_for = ""
+
+    def _block_job(self, child_id: str, index: int, wait_s: float) -> tuple[dict[str, Any] | None, int]:
+        try:
+            return self.api.block(f"job/{child_id}", index=index, wait_s=wait_s)
+        except NomadRejected as exc:
+            if exc.status == 404:
+                return None, 0
+            raise
+
+    def _wait_eval(self, eval_id: str, deadline: float) -> None:
+        """Until the dispatch eval has run (pending → complete/blocked/failed); a missing eval is fine: the
+        child's own state decides from here."""
+        index = 0
+        while time.monotonic() < deadline:
+            wait = min(self.api.wait_s, deadline - time.monotonic())
+            try:
+                evaluation, index = self._retry(f"wait for eval {eval_id}", partial(
+                    self.api.block, f"evaluation/{eval_id}", index=index, wait_s=wait), deadline)
+            except NomadRejected as exc:
+                if exc.status == 404:
+                    return
+                raise
+            if evaluation.get("Status") != "pending":
+                return
+        raise _Deadline
+
+    def _placement(self, child_id: str, deadline: float) -> pl.Placement:
+        evals = self._retry("read evaluations", lambda: self.api.get(f"job/{child_id}/evaluations"), deadline)
+        allocs = self._retry("read allocations", lambda: self.api.get(f"job/{child_id}/allocations"), deadline)
+        return pl.judge(evals or [], allocs or [])
 
     def _stop(self, child_id: str) -> None:
+        """Stop a child (never purge: its record stays for an operator). Retried briefly through an outage."""
         try:
-            self._call(f"DELETE /v1/job/{child_id}", self.client.job.request, child_id, method="delete",
-                       timeout=self.timeout_s)
+            self.api.retry(f"stop {child_id}", lambda: self.api.delete(f"job/{child_id}"),
+                           deadline=time.monotonic() + 60)
             log.warning("stopped %s", child_id)
-        except (BackendUnavailable, BackendRejected) as exc:
+        except BackendError as exc:
             log.error("could not stop %s: %s", child_id, exc)
+
+    # -- the outcome -------------------------------------------------------------------------
 
     def _finish(self, request: StepRequest, child_id: str, dead_job: dict[str, Any] | None) -> StepResult:
         """Read the allocations' outcome and keep their logs beside the artifact."""
-        allocs = self._get("job", child_id, "allocations", params={"all": "true"}).json()
+        later = time.monotonic() + 120  # logs are worth waiting a short outage for, even past the deadline
+        try:
+            allocs = self._retry("read allocations",
+                                 lambda: self.api.get(f"job/{child_id}/allocations", {"all": "true"}), later) or []
+        except (BackendError, _Deadline) as exc:
+            log.error("could not read the allocations of %s: %s", child_id, exc or "Nomad unavailable")
+            allocs = []
         allocs = sorted(allocs, key=lambda a: a.get("CreateIndex", 0))
         task = request.spec.task
         exit_code: int | None = None
@@ -248,7 +338,7 @@ class NomadExecutor(Executor):
             code = _exit_code(alloc.get("TaskStates") or {}, task)
             exit_code = code if code is not None else exit_code
             for kind in ("stdout", "stderr"):
-                text = self._logs(alloc_id, task, kind)
+                text = self._logs(alloc_id, task, kind, later)
                 if text is None:
                     continue
                 log_uris.append(request.artifact.write_log(request.run_id, f"{alloc_id[:8]}.{task}.{kind}.txt",
@@ -259,20 +349,17 @@ class NomadExecutor(Executor):
         complete = bool(heads) and all(a.get("ClientStatus") == "complete" for a in heads)
         why = ", ".join(f"{a['ID'][:8]} {a.get('ClientStatus')}" for a in allocs) or "no allocation ran"
         if dead_job is not None and dead_job.get("Stop"):
-            complete, why = False, f"child job was stopped ({why})"
+            complete, why = False, f"child job was stopped by someone else ({why})"
         return StepResult(executor=self.name, job_id=child_id, alloc_ids=tuple(a["ID"] for a in allocs),
                           exit_code=exit_code if exit_code is not None else (0 if complete else None),
                           log_uris=log_uris, details={"complete": complete, "why": why, "stderr_tail": stderr_tail})
 
-    def _logs(self, alloc_id: str, task: str, kind: str) -> str | None:
+    def _logs(self, alloc_id: str, task: str, kind: str, deadline: float) -> str | None:
         try:
-            response = self._call(f"GET /v1/client/fs/logs/{alloc_id}", self.client.client.stream_logs.request,
-                                  alloc_id, method="get", timeout=self.timeout_s,
-                                  params={"task": task, "type": kind, "plain": "true", "origin": "start"})
-        except BackendRejected as exc:  # GC'd allocation, or a task that never started
-            log.warning("no %s logs for allocation %s: %s", kind, alloc_id, exc)
+            return self._retry(f"read {kind} of {alloc_id}", lambda: self.api.logs(alloc_id, task, kind), deadline)
+        except (NomadRejected, _Deadline, NomadUnavailable) as exc:  # GC'd allocation, a task that never started
+            log.warning("no %s logs for allocation %s: %s", kind, alloc_id, exc or "Nomad unavailable")
             return None
-        return str(response.text)
 
 
 def _exit_code(task_states: dict[str, Any], task: str) -> int | None:
@@ -287,9 +374,3 @@ def _exit_code(task_states: dict[str, Any], task: str) -> int | None:
             except (TypeError, ValueError):
                 return None
     return None
-
-
-def check_address(address: str) -> None:
-    """Refuse an address python-nomad would silently misread."""
-    if not address.startswith(("http://", "https://")):
-        raise ConfigurationError(f"Nomad address {address!r} must start with http:// or https://")
