@@ -5,8 +5,6 @@ Heavy backends (boto3, hdfs, python-nomad, py-consul, hvac, lightgbm) are import
 when a configured feature needs them, so ``import caravan`` stays fast.
 """
 
-__version__ = "0.1.0"
-
 from .addressing import Address
 from .artifacts import (
     Artifact,
@@ -33,6 +31,7 @@ from .errors import (
     StepFailed,
 )
 from .storage import Store, open_store
+from .version import __version__  # noqa: F401 - caravan.__version__, as every package has
 
 __all__ = [
     "Address",

@@ -26,11 +26,11 @@ import luigi
 import luigi.parameter
 from luigi.task import flatten
 
-from . import __version__
 from .addressing import MANIFEST_NAME, Address
 from .config import artifact_root
 from .errors import ArtifactCorruptError, ArtifactError, ArtifactExistsError, ArtifactNotFoundError
 from .storage import Store, open_store
+from .version import __version__
 
 if TYPE_CHECKING:
     import pyarrow

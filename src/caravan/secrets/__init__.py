@@ -22,75 +22,14 @@ Every value read is remembered by :mod:`caravan.redaction`, which hides it in lo
 from __future__ import annotations
 
 import os
-import re
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 from ..config import caravan, section, setting
 from ..errors import ConfigurationError, SecretNotFound
 from ..redaction import MIN_REDACTED_LENGTH, REDACTED, redact, remember
-
-# (path, field) -> the environment variable that carries it in a Nomad task and on a laptop.
-ENV_NAMES: dict[tuple[str, str], str] = {
-    ("storage", "aws_access_key_id"): "AWS_ACCESS_KEY_ID",
-    ("storage", "aws_secret_access_key"): "AWS_SECRET_ACCESS_KEY",
-    ("storage", "webhdfs_token"): "CARAVAN_WEBHDFS_TOKEN",
-    ("consul", "token"): "CONSUL_HTTP_TOKEN",
-    ("nomad", "token"): "NOMAD_TOKEN",
-    ("serving", "consul_token"): "CONSUL_HTTP_TOKEN",
-}
-
-_SAFE_PATH = re.compile(r"[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*")
-
-
-def check_path(path: str) -> str:
-    """A secret path is lower-case segments separated by ``/``: no ``..``, no leading slash."""
-    if not _SAFE_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
-        raise ConfigurationError(f"secret path {path!r} is not of the form 'name' or 'name/sub' (lower case)")
-    return path
-
-
-def env_name(path: str, field: str) -> str:
-    """The environment variable for one secret field: the well-known name, else ``CARAVAN_SECRET_<PATH>_<FIELD>``."""
-    known = ENV_NAMES.get((path, field))
-    if known:
-        return known
-    return "CARAVAN_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", f"{path}_{field}").upper()
-
-
-class SecretSource(ABC):
-    """Where secrets come from. ``read`` returns every field at a path or raises :class:`SecretNotFound`."""
-
-    name: str
-
-    @abstractmethod
-    def read(self, path: str) -> Mapping[str, str]:
-        """The fields at ``path``; raises SecretNotFound (naming the path) when there is nothing there."""
-
-    def describe(self) -> str:
-        return self.name
-
-
-class EnvSecrets(SecretSource):
-    """Secrets from environment variables (what a Nomad template with ``env = true`` renders)."""
-
-    name = "env"
-
-    def read(self, path: str) -> Mapping[str, str]:
-        check_path(path)
-        fields = {f: os.environ[n] for (p, f), n in ENV_NAMES.items() if p == path and os.environ.get(n)}
-        prefix = env_name(path, "")
-        for name, value in os.environ.items():
-            if name.startswith(prefix) and value and name != prefix:
-                fields.setdefault(name[len(prefix):].lower(), value)
-        if not fields:
-            raise SecretNotFound(path, source=f"the environment (e.g. {env_name(path, 'token')})")
-        return fields
-
-    def describe(self) -> str:
-        return "the environment"
-
+from .base import ENV_NAMES, SecretSource, check_path, env_name
+from .env import EnvSecrets
 
 # -- which source, and the values read so far ---------------------------------------------
 

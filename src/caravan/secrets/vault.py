@@ -25,7 +25,8 @@ import luigi
 
 from ..config import section, setting
 from ..errors import BackendUnavailable, ConfigurationError, SecretAccessDenied, SecretNotFound
-from . import SecretSource, check_path, remember
+from ..redaction import remember
+from .base import SecretSource, check_path
 
 log = logging.getLogger(__name__)
 
