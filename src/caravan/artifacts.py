@@ -10,7 +10,6 @@ before publishing leaves only an attempt folder, which counts for nothing.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -18,7 +17,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,6 +27,7 @@ from luigi.task import flatten
 from .addressing import MANIFEST_NAME, Address
 from .config import artifact_root
 from .errors import ArtifactCorruptError, ArtifactError, ArtifactExistsError, ArtifactNotFoundError
+from .stamps import new_id, utc_now
 from .storage import Store, open_store
 from .version import __version__
 
@@ -41,17 +40,7 @@ MANIFEST_FORMAT = 1
 _RESERVED = {MANIFEST_NAME, ATTEMPTS_DIR, LOGS_DIR}
 
 
-def utc_now() -> str:
-    """Now, as an ISO 8601 UTC timestamp with microseconds."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus randomness."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-
-
-_RUN_ID = os.environ.get("CARAVAN_RUN_ID") or new_run_id()
+_RUN_ID = os.environ.get("CARAVAN_RUN_ID") or new_id()
 
 
 def current_run_id() -> str:
@@ -210,7 +199,7 @@ class ArtifactWriter:
         self.job = dict(job) if job else None
         self.executor = dict(executor) if executor else {"name": "inline", "pid": os.getpid(),
                                                          "host": socket.gethostname()}
-        self.attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
+        self.attempt = new_id()
         self.metrics: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
         self._files: dict[str, dict[str, Any]] = {}

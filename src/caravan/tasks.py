@@ -6,10 +6,8 @@ subprocess under the same contract), so nothing heavy runs in the worker process
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import math
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -22,23 +20,9 @@ from .artifacts import ArtifactTask, completion_index, current_run_id
 from .errors import JobSpecError, StepFailed
 from .executors.base import StepRequest, executor_name, get_executor
 from .executors.jobspec import load_spec
+from .jsonable import plain as plain  # re-exported: pipelines import it from here
 
 log = logging.getLogger("caravan.tasks")
-
-
-def plain(value: Any) -> Any:
-    """A luigi parameter value as plain JSON data (frozen dicts and tuples become dicts and lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value!r} cannot travel as JSON")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 class _Interrupted(BaseException):
