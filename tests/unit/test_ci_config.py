@@ -104,6 +104,25 @@ def test_the_checks_before_a_release_are_all_there():
     assert any(re.search(r'docker push "\$IMAGE:\$CI_COMMIT_TAG"', line) for line in pushed)
 
 
+
+def test_the_python_jobs_install_exactly_the_readmes_debian_prerequisites():
+    """python:3.11-slim plus the README's Debian line is the bare machine the README promises to work on."""
+    from tests.unit.test_system_deps import installed_packages, readme_prerequisites
+
+    ci = load()
+    assert ci["default"]["image"] == "python:3.11-slim"
+    installs = [line for line in script_lines(ci[".python"]) if "apt-get install" in line]
+    assert len(installs) == 1, installs
+    command = installs[0].split("apt-get install", 1)[1].split(">")[0].split("&&")[0]
+    installed = installed_packages("install " + command)
+    assert "--no-install-recommends" in command.split(), "nothing but what the README names"
+    readme = installed_packages(readme_prerequisites()["debian"][0])
+    assert sorted(installed) == sorted(readme), f"CI installs {installed}, the README's Debian line {readme}"
+    for name, job in jobs(ci).items():
+        if "python:3.11-slim" in str(job.get("image", "")) and "before_script" in job:
+            assert job["before_script"] == ci[".python"]["before_script"], f"{name} installs something else"
+
+
 RELEASE_STAGES = {"publish-staging", "staging-test", "publish"}
 
 

@@ -244,10 +244,15 @@ def test_a_build_stage_makes_the_wheels_and_the_runtime_installs_only_those():
     assert re.search(r"--find-links[= ]\S+ caravan$", install), "install the project wheel (runtime deps only)"
 
 
-def test_libgomp_for_lightgbm_and_the_init_are_installed_in_the_runtime():
+def test_the_system_libraries_the_wheels_need_and_the_init_are_installed_in_the_runtime():
+    from tests.unit.test_system_deps import preflight
+
     runtime = stages()[-1]
-    packages = " ".join(i.args for i in runtime.all("RUN") if "apt-get" in i.args)
+    packages = " ".join(i.args for i in runtime.all("RUN") if "apt-get" in i.args).split()
+    # The same table the preflight checks and tests/unit/test_system_deps.py derives (libgomp1 today).
     assert "libgomp1" in packages and "tini" in packages
+    for library in preflight().SYSTEM_LIBRARIES:
+        assert library.apt in packages, f"{library.soname}: the runtime does not install {library.apt}"
 
 
 def test_the_specs_and_luigi_cfg_are_in_the_image_where_caravan_looks():
