@@ -76,6 +76,15 @@ class LocalExecutor(Executor):
         job_id = dispatch_id(spec.name)
         alloc_id = str(uuid.uuid4())
         workdir = Path(tempfile.mkdtemp(prefix=f"caravan-{spec.name}-", dir=section(caravan).local_workdir or None))
+        try:
+            return self._run_in(workdir, request, job_id, alloc_id)
+        finally:
+            # Whatever happened (failure, timeout, interrupt, a command that does not exist): the logs
+            # are kept beside the artifact, the working directory is not.
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run_in(self, workdir: Path, request: StepRequest, job_id: str, alloc_id: str) -> StepResult:
+        spec = request.spec
         task_dir = workdir / spec.task
         for sub in ("local", "secrets", "tmp"):
             (task_dir / sub).mkdir(parents=True)
@@ -105,8 +114,12 @@ class LocalExecutor(Executor):
         started = time.monotonic()
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             # Its own session, so a timeout or an interrupt can stop the step and all its children.
-            proc = subprocess.Popen(command, cwd=task_dir, env=env, stdout=out, stderr=subprocess.PIPE,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen(command, cwd=task_dir, env=env, stdout=out, stderr=subprocess.PIPE,
+                                        start_new_session=True)
+            except OSError as exc:  # no such program, not executable: the spec is at fault, say which
+                raise StepFailed(f"step {spec.name} could not start {command[0]!r}: {exc.strerror}",
+                                 job_id=job_id, alloc_ids=(alloc_id,), artifact=request.artifact.id) from exc
             relay = threading.Thread(target=_relay, args=(proc, err, logging.getLogger(f"caravan.step.{spec.name}")),
                                      daemon=True)
             relay.start()
@@ -123,7 +136,6 @@ class LocalExecutor(Executor):
         stdout, stderr = stdout_path.read_bytes(), stderr_path.read_bytes()
         log_uris = [request.artifact.write_log(request.run_id, f"{alloc_id[:8]}.{spec.task}.{kind}.txt", data)
                     for kind, data in (("stdout", stdout), ("stderr", stderr))]
-        shutil.rmtree(workdir, ignore_errors=True)
         stderr_tail = tail(stderr.decode("utf-8", "replace"))
         if code is None:
             raise StepFailed(f"step {spec.name} timed out after {request.timeout_s:g} s and was stopped",

@@ -8,6 +8,7 @@ its name, which HDFS refuses when the name is taken, so two publishers cannot bo
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..config import caravan, section, setting
-from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
+from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, CaravanError, ConfigurationError
 from .base import Store
 
+log = logging.getLogger(__name__)
 
 class HdfsStore(Store):
     """Objects are HDFS files under the root directory."""
@@ -99,23 +101,37 @@ class HdfsStore(Store):
         # HDFS cannot rename over a file: delete then rename. Readers see the old object,
         # none, or the new one; never a partly written file.
         temp = self._write_temp(key, data)
-        self._call("DELETE", key, self.client.delete, self._path(key))
-        self._call("RENAME", key, self.client.rename, temp, self._path(key))
+        try:
+            self._call("DELETE", key, self.client.delete, self._path(key))
+            self._call("RENAME", key, self.client.rename, temp, self._path(key))
+        finally:
+            self._discard(temp, key)
 
     def create(self, key: str, data: bytes) -> bool:
-        from hdfs.util import HdfsError
-
         temp = self._write_temp(key, data)
         try:
-            self.client.rename(temp, self._path(key))
+            try:
+                self._call("RENAME", key, self.client.rename, temp, self._path(key))
+            except (BackendRejected, ArtifactNotFoundError):
+                if self.exists(key):  # HDFS refuses to rename onto a taken name: someone else published
+                    return False
+                raise
             return True
-        except HdfsError as exc:
-            if self.exists(key):
-                return False
-            raise self._error(exc, "RENAME", key) from exc
         finally:
-            if self.client.status(temp, strict=False) is not None:
-                self.client.delete(temp)
+            self._discard(temp, key)
+
+    def _discard(self, temp: str, key: str) -> None:
+        """Remove ``temp`` if it is still there (it is not after a rename).
+
+        Called in ``finally``: a failure here is logged, never raised, so it cannot replace the
+        outcome of the write (a published manifest, or the error that stopped it). A leftover
+        ``.tmp`` file is invisible to listings.
+        """
+        try:
+            if self._call("GETFILESTATUS", key, self.client.status, temp, strict=False) is not None:
+                self._call("DELETE", key, self.client.delete, temp)
+        except CaravanError as exc:
+            log.warning("could not remove the temporary file %s: %s", temp, exc)
 
     def exists(self, key: str) -> bool:
         status = self._call("GETFILESTATUS", key, self.client.status, self._path(key), strict=False)
