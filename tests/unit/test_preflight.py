@@ -78,6 +78,14 @@ def test_a_system_with_libgomp_passes_silently(tmp_path):
 
 
 @LINUX
+def test_the_readmes_example_is_what_a_user_without_libgomp_sees(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    (line,) = preflight().check_libraries("debian", str(make_root(tmp_path)), {})
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"`preflight: {line}`" in readme
+
+
+@LINUX
 @pytest.mark.parametrize(("os_release", "fix"), [
     ('NAME="Ubuntu"\nID=ubuntu\nID_LIKE=debian\n', f"install it with: {SUDO}apt-get install libgomp1"),
     ('ID="rocky"\nID_LIKE="rhel centos fedora"\n', f"install it with: {SUDO}dnf install libgomp"),
@@ -196,7 +204,7 @@ def test_an_old_python_can_parse_the_script_to_say_it_is_too_old():
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     # A make inside make (pytest run by `make test`) would print "Entering directory" lines.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON", "VENV")}
     return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=60)
 
