@@ -13,8 +13,9 @@ def gate(ctx: StepContext) -> None:
     store = ctx.output.store
     candidate = Artifact(store, p["candidate"])
     current = Artifact(store, p["current"]) if p.get("current") else None
-    verdict = judge(candidate, current, tolerance=float(p["tolerance"]), metric=p["metric"])
-    for reason in verdict["reasons"]:
+    verdict = judge(candidate, current, tolerance=float(p["tolerance"]), metric=p["metric"],
+                    floor=list(p.get("floor") or ()), allow_schema_change=bool(p.get("allow_schema_change")))
+    for reason in [*verdict["reasons"], *verdict.get("notes", [])]:
         ctx.log.info("%s: %s", verdict["decision"], reason)
     ctx.writer.write_json("verdict.json", verdict)
     ctx.writer.metrics.update({k: verdict.get(k) for k in ("decision", "candidate_score", "current_score")})

@@ -96,7 +96,7 @@ def _print_json(value: Any) -> None:
 def cmd_models_current(args: argparse.Namespace) -> int:
     from .registry import open_pointer
 
-    state = open_pointer().read(args.model)
+    state = open_pointer().read(args.model)  # a corrupt pointer is one line: PointerCorrupt says how to repair it
     if state.document is None:
         raise CaravanError(f"model {args.model!r} has no current model yet")
     if args.json:
@@ -112,70 +112,112 @@ def cmd_models_current(args: argparse.Namespace) -> int:
 
 def cmd_models_history(args: argparse.Namespace) -> int:
     from .registry import open_pointer
+    from .registry.base import lineage
 
     entries = open_pointer().history(args.model)
+    stack, rolled_back = lineage(entries)
+    current = stack[-1].get("change_id") if stack else None
+    for entry in entries:
+        entry["state"] = "rolled back" if entry.get("change_id") in rolled_back else \
+            "current" if entry.get("change_id") == current else ""
     if args.json:
         _print_json(entries)
         return 0
-    rows = [[str(e.get("promoted_at", ""))[:19], str(e.get("action", "")), _short(e.get("artifact_id", ""), 70),
+    rows = [[str(e.get("promoted_at", ""))[:19], str(e.get("action", "")), e["state"],
+             _short(e.get("artifact_id", ""), 70),
              _short(e.get("reason") or "; ".join(e.get("reasons") or []), 80)] for e in entries]
-    print(_table(rows, ["when (UTC)", "action", "artifact", "why"]))
+    print(_table(rows, ["when (UTC)", "action", "state", "artifact", "why"]))
     return 0
 
 
+def _operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
 def cmd_models_promote(args: argparse.Namespace) -> int:
+    """The pipeline's protocol (caravan.promotion.decide) under the promotion lock; --force skips only the gate."""
+    from .promotion import decide, is_current
     from .registry import open_pointer
-    from .registry.gate import judge
+    from .registry.base import floor_models
+    from .registry.gate import UnsoundModel, check_sound, judge
     from .step import artifact_at
 
     pointer = open_pointer()
     candidate = artifact_at(args.artifact_uri, _artifact_id_of(args.artifact_uri))
     candidate.manifest()  # fails clearly when nothing is published there
-
-    def decide(state: Any) -> dict[str, Any] | None:
-        reason = "forced by an operator (gate skipped)"
-        if not args.force:
-            current = artifact_at(state.document["artifact_uri"], state.document["artifact_id"]) if state.document \
-                else None
-            verdict = judge(candidate, current, tolerance=args.tolerance)
-            if verdict["decision"] != "promote":
-                raise CaravanError("gate rejected the candidate: " + "; ".join(verdict["reasons"]))
-            reason = "; ".join(verdict["reasons"])
-        return {"artifact_uri": candidate.uri, "artifact_id": candidate.id, "metrics": candidate.metrics,
-                "action": "force" if args.force else "promote", "reason": reason,
-                "promoted_by": f"cli:{getpass.getuser()}"}
-
-    pointer.change(args.model, decide)
-    print(f"{args.model} now serves {candidate.uri}")
-    return 0
+    with pointer.lock(args.model, holder=_operator(), timeout_s=args.lock_timeout):
+        for _ in range(5):
+            if args.force:  # may replace a corrupt pointer: it names the version the corrupt one has
+                state, _corrupt = pointer.read_for_repair(args.model)
+            else:
+                state, _corrupt = pointer.read(args.model), None
+            if _corrupt is None and is_current(state, candidate):
+                print(f"{args.model} already serves {candidate.uri}; nothing changed, nothing recorded")
+                return 0
+            if args.force:
+                try:
+                    check_sound(candidate)
+                    verdict: dict[str, Any] = {
+                        "decision": "promote", "reasons": ["forced by an operator: gate skipped, soundness checked"
+                                                           + ("; replaced a corrupt pointer" if _corrupt else "")]}
+                except UnsoundModel as exc:
+                    verdict = {"decision": "reject", "reasons": [f"--force refused: {exc}"]}
+            else:
+                current = artifact_at(state.document["artifact_uri"], state.document["artifact_id"]) \
+                    if state.document else None
+                verdict = judge(candidate, current, tolerance=args.tolerance,
+                                floor=floor_models(pointer.history(args.model), args.floor_window),
+                                allow_schema_change=args.allow_schema_change)
+            outcome, _entry = decide(pointer, args.model, candidate, state, verdict, promoted_by=_operator(),
+                                     action="force" if args.force else "promote")
+            if outcome == "moved":
+                continue
+            if outcome == "reject":
+                raise CaravanError(f"{args.model}: {'refused' if args.force else 'gate rejected'} {candidate.id}: "
+                                   + "; ".join(verdict["reasons"]) + " (recorded in the history)")
+            print(f"{args.model} now serves {candidate.uri}")
+            for note in verdict.get("notes", []):
+                print(f"  note: {note}")
+            return 0
+    raise CaravanError(f"{args.model}: the pointer kept moving during 5 attempts to promote {candidate.id}")
 
 
 def _artifact_id_of(uri: str) -> str:
     """An artifact id from its URI: the last three segments (Family/partition/name) or two without a partition."""
     parts = uri.rstrip("/").split("/")
+    if len(parts) < 2:
+        raise CaravanError(f"{uri!r} is not an artifact URI (<root>/<Family>/[partition/]<name>)")
     return "/".join(parts[-3:]) if "=" in parts[-2] else "/".join(parts[-2:])
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
+    """Back along the lineage, under the promotion lock; the target is decided inside the check-and-set loop."""
     from .registry import open_pointer
+    from .registry.base import PointerState, rollback_target
 
     pointer = open_pointer()
-    target = pointer.rollback_target(args.model)
+    chosen: dict[str, Any] = {}
 
-    def decide(state: Any) -> dict[str, Any]:
+    def decide(state: PointerState) -> dict[str, Any]:
+        target, undone = rollback_target(args.model, state, pointer.history(args.model), args.to)
+        chosen.update(target)
         return {"artifact_uri": target["artifact_uri"], "artifact_id": target["artifact_id"],
-                "metrics": target.get("metrics"), "action": "rollback", "promoted_by": f"cli:{getpass.getuser()}",
-                "reason": f"rollback from {state.artifact_id}"}
+                "metrics": target.get("metrics"), "action": "rollback", "promoted_by": _operator(),
+                "target_change_id": target.get("change_id"), "rolled_back": undone,
+                "reason": f"rollback from {state.artifact_id}" + (f" to {args.to}" if args.to else "")}
 
-    pointer.change(args.model, decide)
-    print(f"{args.model} rolled back to {target['artifact_uri']}")
+    with pointer.lock(args.model, holder=_operator(), timeout_s=args.lock_timeout):
+        pointer.repair_history(args.model)
+        pointer.change(args.model, decide)
+    print(f"{args.model} rolled back to {chosen['artifact_uri']}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.app import serve
 
-    serve(args.model, host=args.host, port=args.port, pointer_kind=args.pointer)
+    serve(args.model, host=args.host, port=args.port, pointer_kind=args.pointer, isolate=not args.no_isolation,
+          max_rows=args.max_rows, max_body_bytes=args.max_body_bytes)
     return 0
 
 
@@ -217,14 +259,30 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("model")
         cmd.add_argument("--json", action="store_true")
         cmd.set_defaults(func=func)
-    promote = models_sub.add_parser("promote", help="make an artifact the current model (through the gate)")
+    promote = models_sub.add_parser(
+        "promote", help="make an artifact the current model, through the gate",
+        description="The pipeline's promotion protocol: under the promotion lock, the gate judges the candidate "
+        "against the current model and the best recent promotion on the same holdout rows; a rejection is "
+        "recorded in the history and exits 1. --force skips the comparison, never the soundness check.")
     promote.add_argument("model")
     promote.add_argument("artifact_uri")
-    promote.add_argument("--force", action="store_true", help="skip the gate")
+    promote.add_argument("--force", action="store_true",
+                         help="skip the gate's comparison (the model must still load, score and have a schema); "
+                         "also replaces a corrupt pointer")
     promote.add_argument("--tolerance", type=float, default=0.01)
+    promote.add_argument("--floor-window", type=int, default=10, metavar="N",
+                         help="also within the tolerance of the best of the last N promotions (default 10)")
+    promote.add_argument("--allow-schema-change", action="store_true",
+                         help="accept a serving schema that breaks the current one's (recorded in the history)")
+    promote.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
     promote.set_defaults(func=cmd_models_promote)
-    rollback = models_sub.add_parser("rollback", help="go back to the model before the current one")
+    rollback = models_sub.add_parser(
+        "rollback", help="go back to the model that was current before the current one",
+        description="Walks the history backwards, skipping models that were rolled back: repeated rollbacks go "
+        "further back, never forward.")
     rollback.add_argument("model")
+    rollback.add_argument("--to", metavar="ID", help="an artifact id (or change id) that was current before")
+    rollback.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
     rollback.set_defaults(func=cmd_models_rollback)
 
     serve = sub.add_parser("serve", help="serve the current model over HTTP, reloading it when the pointer moves")
@@ -232,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
     serve.add_argument("--port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "8080")))
     serve.add_argument("--pointer", choices=["file", "consul"], help="pointer backend (default: configured)")
+    serve.add_argument("--max-rows", type=int, default=10_000, help="rows per request at most (default 10000)")
+    serve.add_argument("--max-body-bytes", type=int, metavar="N",
+                       help="request body size limit, enforced while reading (default: room for --max-rows rows "
+                       "of the served model's features)")
+    serve.add_argument("--no-isolation", action="store_true",
+                       help="load new models in the server process without trying them in a disposable probe "
+                       "process first (only for models you trust: a damaged model file can abort the server)")
     serve.set_defaults(func=cmd_serve)
 
     publish = sub.add_parser("publish", help="render every nomad/*.nomad.hcl with a release's image and register "

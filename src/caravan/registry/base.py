@@ -5,10 +5,16 @@ The pointer of model ``M`` is one JSON document at ``caravan/models/M/current``:
     {"artifact_uri": ..., "artifact_id": ..., "metrics": {...}, "promoted_at": ..., "promoted_by": <run id>,
      "previous_artifact_id": ..., "action": "promote" | "rollback" | "force", "reason": ...}
 
+A rollback also names the change it returns to (``target_change_id``) and the changes it undoes
+(``rolled_back``). History entries with ``"action": "reject"`` record a candidate the gate refused;
+they never moved the pointer.
+
 Every change is a check-and-set on the pointer's version (Consul's ModifyIndex; a counter in the
 file backend) and appends a history entry at ``caravan/models/M/history/<change id>`` (time-ordered
 and unique). The current document is the truth; a history entry that a crash left unwritten is
-written by the next change or ``repair_history``.
+written by the next change or ``repair_history``. A pointer that does not parse as such a document
+(truncated, the wrong shape, garbage) raises :class:`PointerCorrupt`, which carries the version a
+check-and-set needs to replace it (``caravan models promote --force`` does).
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, PointerConflict
+from ..errors import CaravanError, ConfigurationError, PointerConflict
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+#: The length limit of a model name.
+MAX_MODEL_NAME = 100
 
 
 def check_model_name(model: str) -> str:
     """Model names become key segments: letters, digits, ``_.-`` (Consul's safe key characters)."""
-    if not _MODEL_NAME.match(model) or ".." in model:
+    # fullmatch, not match with ^...$: "$" also matches before a trailing newline ("ranker\n").
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model) or ".." in model:
         raise ConfigurationError(f"model name {model!r} must be 1-100 of [A-Za-z0-9_.-], starting with a letter "
                                  "or digit")
     return model
@@ -58,6 +67,25 @@ def new_change_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
 
 
+#: Version of a corrupt pointer whose own version cannot be read (a truncated file).
+UNKNOWN_VERSION = -2
+#: Actions that moved the pointer (a "reject" entry did not).
+CHANGES = ("promote", "force", "rollback")
+
+
+class PointerCorrupt(CaravanError):
+    """The pointer exists but is not a pointer document; ``version`` is what a check-and-set must name."""
+
+    def __init__(self, message: str, *, version: int = UNKNOWN_VERSION, index: int = 0) -> None:
+        self.version = version
+        self.index = index
+        super().__init__(message)
+
+
+class NothingToRollBack(PointerConflict):
+    """There is no earlier model to go back to."""
+
+
 @dataclass(frozen=True)
 class PointerState:
     """A pointer as read: its document (None if never set), the version a check-and-set must name,
@@ -80,6 +108,120 @@ def encode(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
+def excerpt(data: bytes | str | None, limit: int = 40) -> str:
+    """A short, escaped excerpt of bytes someone else wrote: safe in a one-line message."""
+    if data is None:
+        return "nothing"
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def parse_document(model: str, raw: bytes | str | None, *, version: int = UNKNOWN_VERSION,
+                   index: int = 0, where: str = "") -> dict[str, Any]:
+    """The pointer document in ``raw``, or :class:`PointerCorrupt` saying in one line what is wrong."""
+    where = where or current_key(model)
+
+    def corrupt(why: str) -> PointerCorrupt:
+        return PointerCorrupt(f"model {model!r}: the pointer {where} is corrupt ({why}); "
+                              f"'caravan models promote {model} <artifact URI> --force' replaces it",
+                              version=version, index=index)
+
+    if raw is None or raw in (b"", ""):
+        raise corrupt("it is empty")
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise corrupt(f"not JSON: {str(exc).splitlines()[0]}; starts with {excerpt(raw)}") from None
+    return check_document(document, corrupt)
+
+
+def check_document(document: Any, corrupt: Callable[[str], Exception]) -> dict[str, Any]:
+    """``document`` if it has the shape of a pointer document, else ``corrupt(why)`` is raised."""
+    if not isinstance(document, dict):
+        raise corrupt(f"a JSON {type(document).__name__}, not an object")
+    for field in ("artifact_id", "artifact_uri"):
+        if not isinstance(document.get(field), str) or not document[field]:
+            raise corrupt(f"{field!r} is missing or not a string")
+    if not document["artifact_uri"].endswith("/" + document["artifact_id"]):
+        raise corrupt("its artifact_uri does not end with its artifact_id")
+    return document
+
+
+def lineage(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+    """Replay the history: the stack of models that led to the current one, and the rolled-back changes.
+
+    A promotion pushes; a rollback pops back to the change it names, and what it pops is rolled
+    back for good: a later rollback never returns to it. The stack's top is the current model.
+    """
+    stack: list[dict[str, Any]] = []
+    rolled_back: set[str] = set()
+    for entry in history:
+        action = entry.get("action")
+        if action not in CHANGES:
+            continue
+        if action == "rollback":
+            target = entry.get("target_change_id")
+            ids = [e.get("change_id") for e in stack]
+            if target and target in ids:
+                position = len(ids) - 1 - ids[::-1].index(target)
+            else:  # an entry from before target_change_id: go back to the latest of its artifact
+                matches = [i for i, e in enumerate(stack) if e.get("artifact_id") == entry.get("artifact_id")]
+                position = matches[-1] if matches else -1
+            if position >= 0:
+                rolled_back.update(str(e.get("change_id")) for e in stack[position + 1:])
+                del stack[position + 1:]
+                continue
+            if stack:  # "--to" a model off the stack: the model it replaced is rolled back all the same
+                rolled_back.add(str(stack.pop().get("change_id")))
+        stack.append(entry)
+    return stack, rolled_back
+
+
+def floor_models(history: list[dict[str, Any]], window: int) -> list[str]:
+    """Artifact ids of the last ``window`` promotions that were not rolled back (newest first, once each)."""
+    if window <= 0:
+        return []
+    _, rolled_back = lineage(history)
+    promoted = [e for e in history if e.get("action") in ("promote", "force")][-window:]
+    ids: list[str] = []
+    for entry in reversed(promoted):
+        artifact_id = entry.get("artifact_id")
+        if entry.get("change_id") not in rolled_back and isinstance(artifact_id, str) and artifact_id not in ids:
+            ids.append(artifact_id)
+    return ids
+
+
+def rollback_target(model: str, state: PointerState, history: list[dict[str, Any]],
+                    to: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Where a rollback of ``model`` from ``state`` goes, and the change ids it rolls back.
+
+    Without ``to``: the model that was current before the current one's promotion, skipping
+    rolled-back entries. With ``to``: that artifact id (or change id); an earlier model of the
+    lineage, or any model that was once current.
+    """
+    if state.document is None:
+        raise NothingToRollBack(f"model {model!r} has no pointer to roll back")
+    stack, _ = lineage(history)
+    if not stack or stack[-1].get("artifact_id") != state.artifact_id:
+        raise PointerConflict(f"model {model!r}: the history does not end at the current model {state.artifact_id}; "
+                              "name the target with --to")
+    if to is None:
+        if len(stack) < 2:
+            raise NothingToRollBack(f"model {model!r}: nothing earlier to roll back to; {state.artifact_id} is the "
+                                    "first model of its history that was not rolled back")
+        return dict(stack[-2]), [str(stack[-1].get("change_id"))]
+    if to in (state.artifact_id, state.document.get("change_id")):
+        raise NothingToRollBack(f"model {model!r}: {to} is already the current model")
+    for position in range(len(stack) - 2, -1, -1):
+        if to in (stack[position].get("artifact_id"), stack[position].get("change_id")):
+            return dict(stack[position]), [str(e.get("change_id")) for e in stack[position + 1:]]
+    for entry in reversed(history):
+        if entry.get("action") in CHANGES and to in (entry.get("artifact_id"), entry.get("change_id")):
+            return dict(entry), [str(stack[-1].get("change_id"))]
+    raise NothingToRollBack(f"model {model!r}: {to} was never the current model (see 'caravan models history "
+                            f"{model}')")
+
+
 class ModelPointer(abc.ABC):
     """Where model pointers live (a folder on this machine, or Consul KV)."""
 
@@ -87,7 +229,7 @@ class ModelPointer(abc.ABC):
 
     @abc.abstractmethod
     def read(self, model: str) -> PointerState:
-        """The current pointer and its version (version 0: never set)."""
+        """The current pointer and its version (version 0: never set); :class:`PointerCorrupt` if unreadable."""
 
     @abc.abstractmethod
     def compare_and_set(self, model: str, document: dict[str, Any], expected_version: int) -> int | None:
@@ -95,7 +237,7 @@ class ModelPointer(abc.ABC):
 
     @abc.abstractmethod
     def history(self, model: str) -> list[dict[str, Any]]:
-        """Every pointer change, oldest first."""
+        """Every pointer change and rejection, oldest first (an unreadable entry is skipped with a warning)."""
 
     @abc.abstractmethod
     def record(self, model: str, document: dict[str, Any]) -> None:
@@ -114,6 +256,13 @@ class ModelPointer(abc.ABC):
         for another holder, then raises :class:`PromotionLocked`. A holder that dies loses the
         lock on its own (a Consul session TTL, a file lock closed by the kernel).
         """
+
+    def read_for_repair(self, model: str) -> tuple[PointerState, PointerCorrupt | None]:
+        """The pointer, or for a corrupt one an empty state with the version that replacing it must name."""
+        try:
+            return self.read(model), None
+        except PointerCorrupt as exc:
+            return PointerState(None, exc.version, exc.index), exc
 
     def set_if(self, model: str, document: dict[str, Any], state: PointerState) -> PointerState | None:
         """Write ``document`` if the pointer is still as ``state`` saw it; record it in the history.
@@ -151,13 +300,8 @@ class ModelPointer(abc.ABC):
         if state.document is not None and state.document.get("change_id"):
             self.record(model, state.document)
 
-    def rollback_target(self, model: str) -> dict[str, Any]:
-        """The history entry to go back to: the latest one for the current pointer's previous artifact."""
-        state = self.read(model)
-        if state.document is None:
-            raise PointerConflict(f"model {model!r} has no pointer to roll back")
-        previous = state.document.get("previous_artifact_id")
-        for entry in reversed(self.history(model)):
-            if previous and entry.get("artifact_id") == previous:
-                return dict(entry)
-        raise PointerConflict(f"model {model!r}: no earlier model to roll back to (current {state.artifact_id})")
+    def rollback_target(self, model: str, to: str | None = None) -> dict[str, Any]:
+        """The history entry a rollback of ``model`` goes to now (see :func:`rollback_target`)."""
+        self.repair_history(model)
+        target, _ = rollback_target(model, self.read(model), self.history(model), to)
+        return target

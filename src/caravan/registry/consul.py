@@ -2,6 +2,11 @@
 
 Address from ``CONSUL_HTTP_ADDR`` (wins) or ``[consul] address``; the token from
 ``CONSUL_HTTP_TOKEN``, which py-consul reads itself (and which wins over any token argument).
+
+Every request has a read timeout (``[consul] timeout_s``; py-consul >= 1.8 adds a blocking query's
+wait and its jitter on top), so a half-open connection fails the call instead of hanging a watch.
+Errors are classified by HTTP status: 429, 5xx and no answer are :class:`BackendUnavailable`
+(retryable), other 4xx :class:`BackendRejected`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +25,17 @@ import luigi
 
 from ..config import section, setting
 from ..errors import BackendRejected, BackendUnavailable, ConfigurationError, PointerConflict, PromotionLocked
-from .base import ModelPointer, PointerState, current_key, encode, history_key, history_prefix, lock_key
+from .base import (
+    ModelPointer,
+    PointerState,
+    current_key,
+    encode,
+    excerpt,
+    history_key,
+    history_prefix,
+    lock_key,
+    parse_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +46,53 @@ class consul(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sect
     address = luigi.Parameter(default="http://127.0.0.1:8500", description="Consul HTTP API address.")
     cacert = luigi.Parameter(default="", description="CA bundle for Consul's TLS certificate (CONSUL_CACERT wins).")
     watch_wait_s = luigi.IntParameter(default=60, description="Longest single blocking query of a watch.")
+    timeout_s = luigi.FloatParameter(default=30.0, description="Read timeout of every request; a blocking query "
+                                     "gets its wait (plus Consul's wait/16 jitter) on top.")
     lock_ttl_s = luigi.IntParameter(default=15, description="TTL of the promotion lock's session (10-86400 s); "
                                     "renewed every third of it while held.")
     lock_delay_s = luigi.IntParameter(default=15, description="Consul lock-delay after a holder's session "
                                       "is invalidated (a crashed holder's lock waits this long).")
 
 
-def _client(address: str, token: str | None = None) -> Any:
+def _client(address: str, token: str | None = None, timeout_s: float | None = None) -> Any:
     import consul as py_consul
 
     parsed = urlparse(address if "://" in address else f"http://{address}")
     if not parsed.hostname:
         raise ConfigurationError(f"Consul address {address!r} names no host")
     cacert = setting("CONSUL_CACERT", section(consul).cacert)
+    # connections_timeout (py-consul >= 1.8) is the read timeout; for a blocking query py-consul adds
+    # the wait and its jitter, so a watch never times out before Consul answers it.
     return py_consul.Consul(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8500),
-                            scheme=parsed.scheme or "http", token=token, verify=cacert or True)
+                            scheme=parsed.scheme or "http", token=token, verify=cacert or True,
+                            connections_timeout=float(timeout_s or section(consul).timeout_s))
+
+
+_STATUS = re.compile(r"(\d{3})\b")
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of a py-consul error: from its class, or the "<code> <body>" it is raised with.
+
+    None when Consul gave no status to classify (no answer, or an answer that is not Consul's JSON).
+    """
+    import consul as py_consul
+
+    by_class = {py_consul.ACLDisabled: 401, py_consul.ACLPermissionDenied: 403, py_consul.NotFound: 404}
+    for cls, status in by_class.items():
+        if isinstance(exc, cls):
+            return status
+    if isinstance(exc, py_consul.ConsulException):
+        # py-consul's callback raises BadRequest, ClientError and ConsulException as f"{code} {body}".
+        match = _STATUS.match(str(exc))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ConsulPointer(ModelPointer):
@@ -52,40 +100,49 @@ class ConsulPointer(ModelPointer):
 
     name = "consul"
 
-    def __init__(self, address: str | None = None, token: str | None = None) -> None:
+    def __init__(self, address: str | None = None, token: str | None = None, timeout_s: float | None = None) -> None:
+        """``timeout_s``: the read timeout of each request (default ``[consul] timeout_s``)."""
         self.address = address or setting("CONSUL_HTTP_ADDR", section(consul).address)
         if token is None:
             from ..secrets import get_secret
 
             token = get_secret("consul", "token")
-        self.client = _client(self.address, token)
+        self.client = _client(self.address, token, timeout_s)
         self.wait_s = int(section(consul).watch_wait_s)
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import consul as py_consul
         import requests
 
+        backend = f"consul {self.address}"
         try:
             return fn(*args, **kwargs)
         except (requests.RequestException, py_consul.Timeout) as exc:
-            raise BackendUnavailable(f"{what}: {exc}", backend=f"consul {self.address}") from exc
-        except (py_consul.ACLPermissionDenied, py_consul.ACLDisabled) as exc:
-            raise BackendRejected(f"{what}: permission denied ({exc})", backend=f"consul {self.address}") from exc
+            raise BackendUnavailable(f"{what}: no answer ({type(exc).__name__}: {_one_line(str(exc))})",
+                                     backend=backend) from exc
         except py_consul.ConsulException as exc:
-            text = str(exc)
-            retryable = text[:1] == "5" or "429" in text[:4]
-            error = BackendUnavailable if retryable else BackendRejected
-            raise error(f"{what}: {text}", backend=f"consul {self.address}") from exc
+            status = status_of(exc)
+            text = _one_line(str(exc))
+            if status is None:  # an answer, but not Consul's (a proxy's page, a cut body): retry later
+                raise BackendUnavailable(f"{what}: the answer is not Consul's ({text})", backend=backend) from exc
+            if status == 429 or status >= 500:
+                raise BackendUnavailable(f"{what}: HTTP {status} ({text})", backend=backend) from exc
+            if status in (401, 403):
+                raise BackendRejected(f"{what}: permission denied, HTTP {status} ({text})", backend=backend) from exc
+            raise BackendRejected(f"{what}: HTTP {status} ({text})", backend=backend) from exc
 
-    def _state(self, index: Any, data: Any) -> PointerState:
+    def _state(self, model: str, index: Any, data: Any) -> PointerState:
         if data is None:
             return PointerState(None, 0, int(index or 0))
-        return PointerState(json.loads(data["Value"] or b"null"), int(data["ModifyIndex"]), int(index or 0))
+        version, position = int(data["ModifyIndex"]), int(index or 0)
+        document = parse_document(model, data.get("Value"), version=version, index=position,
+                                  where=f"{current_key(model)} in consul {self.address}")
+        return PointerState(document, version, position)
 
     def read(self, model: str) -> PointerState:
         key = current_key(model)
         index, data = self._call(f"GET {key}", self.client.kv.get, key)
-        return self._state(index, data)
+        return self._state(model, index, data)
 
     def compare_and_set(self, model: str, document: dict[str, Any], expected_version: int) -> int | None:
         key = current_key(model)
@@ -93,8 +150,8 @@ class ConsulPointer(ModelPointer):
         if not self._call(f"PUT {key}?cas={expected_version}", self.client.kv.put, key, body, cas=expected_version):
             return None
         # The PUT answers only true: read the new ModifyIndex (if someone wrote since, theirs is newer anyway).
-        index, data = self._call(f"GET {key}", self.client.kv.get, key)
-        return max(self._state(index, data).version, expected_version + 1)
+        _, data = self._call(f"GET {key}", self.client.kv.get, key)
+        return max(int(data["ModifyIndex"]) if data else 0, expected_version + 1)
 
     def record(self, model: str, document: dict[str, Any]) -> None:
         key = history_key(model, str(document["change_id"]))
@@ -103,7 +160,18 @@ class ConsulPointer(ModelPointer):
     def history(self, model: str) -> list[dict[str, Any]]:
         prefix = history_prefix(model)
         _, entries = self._call(f"GET {prefix}?recurse", self.client.kv.get, prefix, recurse=True)
-        return [json.loads(e["Value"]) for e in sorted(entries or [], key=lambda e: e["Key"]) if e.get("Value")]
+        history = []
+        for item in sorted(entries or [], key=lambda e: e["Key"]):
+            try:
+                entry = json.loads(item.get("Value") or b"null")
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                history.append(entry)
+            else:
+                log.warning("model %s: history entry %s is unreadable (%s); skipped", model, item["Key"],
+                            excerpt(item.get("Value")))
+        return history
 
     @contextlib.contextmanager
     def lock(self, model: str, holder: str, timeout_s: float) -> Iterator[None]:
@@ -121,6 +189,7 @@ class ConsulPointer(ModelPointer):
         lost = threading.Event()
         stop = threading.Event()
         renewer: threading.Thread | None = None
+        body_failed = False
         try:
             self._acquire(key, session, holder, timeout_s)
 
@@ -128,16 +197,20 @@ class ConsulPointer(ModelPointer):
                 while not stop.wait(ttl / 3):
                     try:
                         self._call(f"PUT /v1/session/renew/{session}", self.client.session.renew, session)
-                    except (BackendRejected, BackendUnavailable) as exc:
-                        if "404" in str(exc) or isinstance(exc, BackendRejected):
-                            log.error("model %s: lost the promotion lock %s (%s)", model, key, exc)
-                            lost.set()
-                            return
+                    except BackendRejected as exc:  # 404: the session is gone; 403: no longer ours to renew
+                        log.error("model %s: lost the promotion lock %s (%s)", model, key, exc)
+                        lost.set()
+                        return
+                    except BackendUnavailable as exc:
                         log.warning("model %s: renewing the lock session failed, retrying: %s", model, exc)
 
             renewer = threading.Thread(target=renew, name=f"consul-lock-{model}", daemon=True)
             renewer.start()
-            yield
+            try:
+                yield
+            except BaseException:
+                body_failed = True
+                raise
             if lost.is_set():
                 raise PointerConflict(f"model {model!r}: the promotion lock {key} was lost while held "
                                       "(session invalidated); the decision made under it is suspect")
@@ -145,10 +218,21 @@ class ConsulPointer(ModelPointer):
             stop.set()
             if renewer is not None:
                 renewer.join(timeout=5)
+            self._release(model, key, holder, session, quiet=body_failed)
+
+    def _release(self, model: str, key: str, holder: str, session: str, *, quiet: bool) -> None:
+        """Release the lock and destroy its session; a failure never hides the block's own error.
+
+        Destroying the session releases the key too (behaviour ``delete``), and a session left
+        behind expires after its TTL, so a failed release is logged, not raised.
+        """
+        for what, call in ((f"PUT {key}?release", lambda: self.client.kv.put(key, holder, release=session)),
+                           (f"PUT /v1/session/destroy/{session}", lambda: self.client.session.destroy(session))):
             try:
-                self._call(f"PUT {key}?release", self.client.kv.put, key, holder, release=session)
-            finally:
-                self._call(f"PUT /v1/session/destroy/{session}", self.client.session.destroy, session)
+                self._call(what, call)
+            except (BackendRejected, BackendUnavailable) as exc:
+                (log.warning if quiet else log.error)("model %s: %s failed; the session's TTL frees the lock: %s",
+                                                      model, what, exc)
 
     def _acquire(self, key: str, session: str, holder: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -181,7 +265,7 @@ class ConsulPointer(ModelPointer):
             wait = max(1, int(min(self.wait_s, remaining)))
             new_index, data = self._call(f"GET {key}?index={index}", self.client.kv.get, key, index=index,
                                          wait=f"{wait}s")
-            current = self._state(new_index, data)
+            current = self._state(model, new_index, data)
             if current.version != state.version:
                 return current
             # A lower index means the store was reset or restored: start over from 0 (then 1).

@@ -3,12 +3,17 @@
 A check-and-set holds an exclusive ``flock`` on the model's lock file, so concurrent writers on
 one machine never lose an update; documents are replaced by atomic rename, so readers never see
 a partial one. Watching is a cheap ``stat`` of the pointer file.
+
+A pointer file damaged by hand or by another tool (truncated, the wrong shape) reads as
+:class:`PointerCorrupt`; when its version is unreadable too, a repair names ``UNKNOWN_VERSION`` and
+the new version is taken from the clock, so it differs from any version a watcher has seen.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
@@ -18,7 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromotionLocked
-from .base import ModelPointer, PointerState, current_key, history_key, history_prefix, lock_key
+from .base import (
+    UNKNOWN_VERSION,
+    ModelPointer,
+    PointerCorrupt,
+    PointerState,
+    check_document,
+    current_key,
+    excerpt,
+    history_key,
+    history_prefix,
+    lock_key,
+)
+
+log = logging.getLogger(__name__)
 
 
 class FilePointer(ModelPointer):
@@ -78,17 +96,36 @@ class FilePointer(ModelPointer):
         os.replace(temp, path)
 
     def read(self, model: str) -> PointerState:
+        path = self._path(current_key(model))
         try:
-            stored = json.loads(self._path(current_key(model)).read_bytes())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return PointerState(None, 0, 0)
-        return PointerState(stored["document"], int(stored["version"]), int(stored["version"]))
+        version = UNKNOWN_VERSION
+
+        def corrupt(why: str) -> PointerCorrupt:
+            return PointerCorrupt(f"model {model!r}: the pointer file {path} is corrupt ({why}); "
+                                  f"'caravan models promote {model} <artifact URI> --force' replaces it",
+                                  version=version, index=version)
+
+        try:
+            stored = json.loads(raw)
+        except ValueError as exc:
+            raise corrupt(f"not JSON: {str(exc).splitlines()[0]}; starts with {excerpt(raw)}") from None
+        if isinstance(stored, dict) and isinstance(stored.get("version"), int) and stored["version"] > 0:
+            version = int(stored["version"])
+        else:
+            raise corrupt("no version")
+        document = check_document(stored.get("document"), corrupt)
+        return PointerState(document, version, version)
 
     def compare_and_set(self, model: str, document: dict[str, Any], expected_version: int) -> int | None:
         with self._locked(model):
-            if self.read(model).version != expected_version:
+            seen, _ = self.read_for_repair(model)
+            if seen.version != expected_version:
                 return None
-            version = expected_version + 1
+            # A repair of an unreadable version: a clock-based version, larger than any counter before it.
+            version = time.time_ns() // 1000 if expected_version == UNKNOWN_VERSION else expected_version + 1
             self._replace(self._path(current_key(model)),
                           json.dumps({"version": version, "document": document}, sort_keys=True).encode())
             return version
@@ -102,7 +139,19 @@ class FilePointer(ModelPointer):
         folder = self._path(history_prefix(model).rstrip("/"))
         if not folder.is_dir():
             return []
-        return [json.loads(p.read_bytes()) for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+        entries = []
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            try:
+                entry = json.loads(path.read_bytes())
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                entries.append(entry)
+            else:
+                log.warning("model %s: history entry %s is unreadable; skipped", model, path)
+        return entries
 
     def watch(self, model: str, state: PointerState, timeout_s: float) -> PointerState:
         deadline = time.monotonic() + timeout_s
