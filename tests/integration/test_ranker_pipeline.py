@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from caravan import StepFailed
+from caravan.dataio import ParquetSource
 from pipelines.ranker import EvaluateRanker, GridSearchRanker, PrepareDataset, RetrainRanker, TrainRanker, ValidateData
 from pipelines.tabular import EvaluateTabular
 
@@ -32,9 +33,8 @@ def test_retrain_runs_end_to_end_and_picks_a_winner(executor):
     assert winner["valid_auc"] == max(c["valid_auc"] for c in summary["configurations"])
     assert winner["test_auc"] > AUC_FLOOR
     assert retrain.output().read_json("run.json")["winner"]["model"] == winner["model"]
+    assert len({c["model"] for c in summary["configurations"]}) == 2, "two configurations, two models"
     # every training shared one dataset and one text step
-    datasets = {c["model"] for c in summary["configurations"]}
-    assert len(datasets) == 2
     train_manifests = [TrainRanker(**SMALL, **dict(zip(["learning_rate", "num_leaves"], [lr, 7], strict=True)))
                        .output().manifest() for lr in (0.1, 0.2)]
     assert len({m["upstream"]["dataset"] for m in train_manifests}) == 1
@@ -80,12 +80,15 @@ def test_schema_skew_in_external_events_stops_the_run_naming_every_column(local_
         return table.set_column(table.schema.get_field_index("position"), "position",
                                 table["position"].cast(pa.float64()))
 
-    for day in (DAY - dt.timedelta(days=1), DAY):
+    days = (DAY - dt.timedelta(days=1), DAY)
+    for day in days:
         write_events(tmp_path / "events" / f"date={day}", day, skew)
     task = ValidateData(date=DAY, window_days=2, events=str(tmp_path / "events" / "date={date}"))
-    assert PrepareDataset(date=DAY, window_days=2, events=task.events).requires()
-    with pytest.raises(StepFailed) as info:
-        build([task.requires()["dataset"]], workers=1)
+    # The dataset is made of the files written above, one per day, not of the simulation.
+    assert PrepareDataset(date=DAY, window_days=2, events=task.events).requires() == {
+        f"events_{day}": ParquetSource(uri=str(tmp_path / "events" / f"date={day}")) for day in days}
+    assert build([task.requires()["dataset"]], workers=1), "the dataset is prepared as given"
+    with pytest.raises(StepFailed) as info:  # finding the skew is ValidateData's job
         task.run()
     message = str(info.value)
     for column in ("item_price", "surprise", "position"):
