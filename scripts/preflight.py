@@ -159,15 +159,27 @@ def read_dynamic(path: str) -> Dynamic | None:
     wide, order = machine[0] == 2, "<" if machine[1] == 1 else ">"
     try:
         with open(path, "rb") as f:
-            data = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+
+            def read(offset: int, length: int) -> bytes:
+                # Bounds first: a corrupt header must not make us allocate what it claims.
+                if offset < 0 or length < 0 or offset + length > size:
+                    raise ElfError(f"{length} bytes at {offset} lie beyond the end of the file ({size} bytes)")
+                f.seek(offset)
+                return f.read(length)
+
+            data = read(0, 64 if wide else 52)
             if wide:
                 phoff, phentsize, phnum = (struct.unpack(order + "Q", data[32:40])[0],
                                            *struct.unpack(order + "HH", data[54:58]))
             else:
                 phoff, phentsize, phnum = (struct.unpack(order + "I", data[28:32])[0],
                                            *struct.unpack(order + "HH", data[42:46]))
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
+            if phnum == 0:
+                return Dynamic(machine, [], None, [])  # no program headers (an object file): loads nothing
+            if phentsize < (56 if wide else 32):
+                raise ElfError(f"program header entries of {phentsize} bytes")
+            table = read(phoff, phentsize * phnum)
             loads, dynamic = [], None
             for i in range(phnum):
                 entry = table[i * phentsize:(i + 1) * phentsize]
@@ -181,11 +193,10 @@ def read_dynamic(path: str) -> Dynamic | None:
                     dynamic = (offset, filesz)
             if dynamic is None:
                 return Dynamic(machine, [], None, [])  # static: needs nothing
-            f.seek(dynamic[0])
-            raw = f.read(dynamic[1])
-            size = 16 if wide else 8
-            entries = [struct.unpack(order + ("qQ" if wide else "iI"), raw[i:i + size])
-                       for i in range(0, len(raw) - size + 1, size)]
+            raw = read(*dynamic)
+            step = 16 if wide else 8
+            entries = [struct.unpack(order + ("qQ" if wide else "iI"), raw[i:i + step])
+                       for i in range(0, len(raw) - step + 1, step)]
             tags: dict[int, list[int]] = {}
             for tag, value in entries:
                 if tag == DT_NULL:
@@ -198,8 +209,7 @@ def read_dynamic(path: str) -> Dynamic | None:
                      if vaddr <= strtab_addr < vaddr + filesz]
             if not homes:
                 raise ElfError("the string table lies in no loaded segment")
-            f.seek(homes[0])
-            strings = f.read(strsz)
+            strings = read(homes[0], strsz)
     except (OSError, struct.error) as exc:
         raise ElfError(str(exc)) from exc
 
@@ -240,30 +250,27 @@ def scan(site_dirs: list[str]) -> tuple[dict[str, str], list[str]]:
     needs: dict[str, str] = {}
     problems: list[str] = []
     for site in site_dirs:
-        objects: list[tuple[str, Dynamic]] = []
+        objects: list[tuple[str, str, Dynamic]] = []
         provided: dict[str, set[str]] = {}  # top-level entry -> file names and SONAMEs of its objects
-        for top in sorted(os.listdir(site)):
-            names = provided.setdefault(top, set())
-            for folder, dirs, files in os.walk(os.path.join(site, top)):
-                dirs[:] = [d for d in dirs if d != "__pycache__"]
-                for name in files:
-                    if not looks_shared(name):
-                        continue
-                    path = os.path.join(folder, name)
-                    try:
-                        dynamic = read_dynamic(path)
-                    except ElfError as exc:
-                        problems.append(f"cannot read {os.path.relpath(path, site)}: {exc}")
-                        continue
-                    if dynamic is None:
-                        continue
-                    names.add(name)
-                    if dynamic.soname:
-                        names.add(dynamic.soname)
-                    objects.append((path, dynamic))
+        for folder, dirs, files in os.walk(site):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if not looks_shared(name):
+                    continue
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, site)
+                try:
+                    dynamic = read_dynamic(path)
+                except ElfError as exc:
+                    problems.append(f"cannot read {relative}: {exc}")
+                    continue
+                if dynamic is None:
+                    continue
+                top = relative.split(os.sep)[0]  # a package folder, a *.libs folder, or a module at the top
+                provided.setdefault(top, set()).update([name] + ([dynamic.soname] if dynamic.soname else []))
+                objects.append((path, top, dynamic))
         libs_folders = set().union(*(names for top, names in provided.items() if top.endswith(".libs")))
-        for path, dynamic in objects:
-            top = os.path.relpath(path, site).split(os.sep)[0]
+        for path, top, dynamic in objects:
             origin = os.path.dirname(path)
             search = [origin] + [os.path.normpath(p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin))
                                  for p in dynamic.runpath if "ORIGIN" in p]

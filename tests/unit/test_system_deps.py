@@ -191,9 +191,13 @@ def test_the_scan_keeps_only_what_no_wheel_vendors_for_the_object_and_no_manylin
     write(site / "shared" / "librpath.so.3", build_elf([]))
     write(site / "other" / "libother.so.1", build_elf([]))
     write(site / "other" / "notes.so.txt", b"not an ELF file")  # named like one, skipped
+    # A module at the top of site-packages (as cffi installs _cffi_backend), beside a library of its own.
+    write(site / "_top.cpython-311-x86_64-linux-gnu.so", build_elf(["libtop.so.1", "libffi.so.8", "libgomp.so.1"]))
+    write(site / "libtop.so.1", build_elf([]))
     needs, problems = preflight().scan([str(site)])
     assert problems == []
-    assert needs == {"libgomp.so.1": "pkg/_ext.cpython-311-x86_64-linux-gnu.so",
+    assert needs == {"libgomp.so.1": "_top.cpython-311-x86_64-linux-gnu.so",
+                     "libffi.so.8": "_top.cpython-311-x86_64-linux-gnu.so",
                      "libother.so.1": "pkg/_ext.cpython-311-x86_64-linux-gnu.so"}
 
 
@@ -233,6 +237,15 @@ def test_read_dynamic_on_any_bytes_answers_or_raises_elf_error(tmp_path_factory,
     except preflight().ElfError:
         return
     assert result is None or isinstance(result.needed, list)
+
+
+def test_sizes_a_corrupt_header_claims_are_refused_before_anything_is_read(tmp_path):
+    good = build_elf(["libgomp.so.1"])
+    claimed = struct.pack("<qQ", DT_STRSZ, len(b"\0libgomp.so.1\0"))
+    assert good.count(claimed) == 1
+    path = write(tmp_path / "huge.so", good.replace(claimed, struct.pack("<qQ", DT_STRSZ, 2**62)))
+    with pytest.raises(preflight().ElfError, match="beyond the end of the file"):
+        preflight().read_dynamic(str(path))
 
 
 @linux_only
