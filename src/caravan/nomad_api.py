@@ -103,7 +103,7 @@ class NomadRejected(BackendRejected):
         super().__init__(message, backend=backend)
 
 
-def backoff_delay(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0, rand: Callable[[], float] = random.random
+def backoff_delay(attempt: int, *, base_s: float = 0.1, cap_s: float = 2.0, rand: Callable[[], float] = random.random
                   ) -> float:
     """The pause before retry number ``attempt`` (0-based): capped exponential, with "equal jitter" (half fixed,
     half random) so that many workers waiting out one election do not come back in step."""
@@ -136,7 +136,7 @@ class Outage:
 
 
 def retry(what: str, call: Callable[[], _T], *, deadline: float, sleep: Callable[[float], None] = time.sleep,
-          base_s: float = 0.1, cap_s: float = 5.0) -> _T:
+          base_s: float = 0.1, cap_s: float = 2.0) -> _T:
     """``call()`` until it does not raise :class:`~caravan.errors.BackendUnavailable`, or ``deadline``
     (``time.monotonic()``) passes; then the last such error is raised. Rejections and interrupts pass at once."""
     outage = Outage(what)
