@@ -38,7 +38,7 @@ test: preflight $(VENV)/.test lint typecheck
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests jobs pipelines bench
+	$(BIN)/ruff check src tests jobs pipelines bench scripts
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy src/caravan

@@ -143,7 +143,7 @@ def makefile_command(target: str) -> str:
 
 
 def test_ruff_and_mypy_hooks_check_what_make_lint_and_typecheck_check():
-    lint = makefile_command("lint").split()  # .venv/bin/ruff check src tests jobs pipelines bench
+    lint = makefile_command("lint").split()  # .venv/bin/ruff check src tests jobs pipelines bench scripts
     ruff = hooks()["ruff"]
     assert ruff["entry"].split()[:2] == lint[:2]
     covered = re.fullmatch(r"\^\(([^)]*)\)/", ruff["files"])
