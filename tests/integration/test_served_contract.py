@@ -25,8 +25,8 @@ import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from ..badmodels import publish_model
 from ..servers import free_port, process
-from .test_serving import publish_model
 
 URL_ENV = "CARAVAN_TEST_SERVING_URL"
 MODEL = "served-contract"

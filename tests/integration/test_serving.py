@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from caravan import Address, Artifact, open_store
+from caravan import Artifact
 from caravan.registry import open_pointer
 
+from ..badmodels import FEATURES, ROW, publish_model
 from ..servers import free_port, process
 
-FEATURES = [{"name": "price", "type": "double"}, {"name": "position", "type": "int32"},
-            {"name": "popular", "type": "bool"}]
-ROW = {"price": 12.5, "position": 3, "popular": True}
-
-
-def publish_model(root: str, seed: int, corrupt: bool = False) -> Artifact:
-    """A small real LightGBM model as a training artifact (or one whose model file is garbage)."""
-    import lightgbm as lgb
-
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([rng.uniform(1, 50, 2000), rng.integers(1, 20, 2000), rng.integers(0, 2, 2000)])
-    y = (x[:, 0] / 50 + (x[:, 2] * 0.3) + rng.normal(0, 0.3, 2000) > 0.8).astype(float)
-    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1, "seed": seed},
-                        lgb.Dataset(x, y, feature_name=[f["name"] for f in FEATURES]), num_boost_round=5 + seed)
-    artifact = Artifact(open_store(root), Address("ServedModel", {"seed": str(seed), "corrupt": str(corrupt)}))
-    with artifact.writer() as writer:
-        writer.write_text("model.txt", "this is not a LightGBM model\n" if corrupt else booster.model_to_string())
-        writer.write_json("features.json", {"label": "y", "features": FEATURES})
-        writer.write_json("sample.json", [{"price": float(p), "position": int(q), "popular": bool(r)}
-                                          for p, q, r in x[:16]])
-    return artifact
+__all__ = ["FEATURES", "ROW", "Load", "publish_model", "serving"]
 
 
 def point(model: str, artifact: Artifact) -> None:
@@ -53,61 +36,113 @@ def health(url: str) -> dict:
     return requests.get(f"{url}/health", timeout=5).json()
 
 
-def test_hot_reload_under_load_fails_no_request(pointer_kind, model_name, local_root):
-    models = [publish_model(local_root, seed, corrupt=(seed == 10)) for seed in range(21)]
-    point(model_name, models[0])
+@dataclass
+class Load:
+    """Threads posting valid requests until stopped. Every outcome is recorded — a status code, or the name of
+    the exception a request raised — with the model the header and the body name; the test judges them in
+    its own thread (an assert in a load thread would only kill that thread)."""
+
+    url: str
+    threads: int = 3
+    outcomes: list[tuple[int | str, str | None, str | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _running: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                response = session.post(f"{self.url}/predict", json={"rows": [ROW, ROW]}, timeout=10)
+                try:
+                    body = response.json()
+                    model = body.get("model") if isinstance(body, dict) else "<not an object>"
+                except ValueError:
+                    model = "<not JSON>"
+                self.outcomes.append((response.status_code, response.headers.get("x-model-version"), model))
+            except Exception as exc:  # a timeout, a reset: an outcome like any other
+                self.outcomes.append((type(exc).__name__, None, None))
+
+    def __enter__(self) -> Load:
+        self._running = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for thread in self._running:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._running:
+            thread.join(timeout=30)
+
+    def failures(self) -> list[tuple[int | str, str | None, str | None]]:
+        """Outcomes that are not a 200 whose header and body name the same model."""
+        return [o for o in self.outcomes if o[0] != 200 or o[1] is None or o[1] != o[2]]
+
+    def check(self, at_least: int = 50) -> None:
+        """In the test's thread: every load thread ended, enough requests ran, and none failed."""
+        assert not any(thread.is_alive() for thread in self._running), "a load thread did not stop"
+        assert len(self.outcomes) >= at_least, f"only {len(self.outcomes)} requests ran"
+        failures = self.failures()
+        assert not failures, f"{len(failures)} of {len(self.outcomes)} requests failed, e.g. {failures[:5]}"
+
+
+@contextlib.contextmanager
+def serving(model_name: str, pointer_kind: str) -> Iterator[str]:
+    """``caravan serve`` in its own process, following ``model_name``'s pointer; yields its base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "caravan.cli", "serve", "--model", model_name, "--host", "127.0.0.1",
             "--port", str(port), "--pointer", pointer_kind]
     with process(args, f"{url}/metrics", env=dict(os.environ)):
-        deadline = time.monotonic() + 20
-        while health(url).get("model") != models[0].id:
-            assert time.monotonic() < deadline, health(url)
-            time.sleep(0.05)
-        results: list[tuple[int, str | None]] = []
-        stop = threading.Event()
+        yield url
 
-        def load() -> None:
-            session = requests.Session()
-            while not stop.is_set():
-                response = session.post(f"{url}/predict", json={"rows": [ROW, ROW]}, timeout=10)
-                body = response.json()
-                results.append((response.status_code, response.headers.get("x-model-version")))
-                assert body["model"] == response.headers.get("x-model-version")
 
-        generators = [threading.Thread(target=load) for _ in range(3)]
-        for generator in generators:
-            generator.start()
+def wait_for(url: str, condition, what: str, timeout_s: float = 20) -> dict:
+    """Poll /health until ``condition(health)``; the last answer on a timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = health(url)
+        if condition(state):
+            return state
+        assert time.monotonic() < deadline, f"{what}: {state}"
+        time.sleep(0.02)
+
+
+def test_hot_reload_under_load_fails_no_request(pointer_kind, model_name, local_root):
+    """21 promotions under load, one of a model LightGBM refuses and one of a model that kills the process
+    loading it: no request fails, each refused model leaves the previous one serving."""
+    models = [publish_model(local_root, seed, corrupt=(seed == 10), crash="tree_sizes_wrong" if seed == 15 else None)
+              for seed in range(21)]
+    refused = {models[10].id, models[15].id}
+    point(model_name, models[0])
+    with serving(model_name, pointer_kind) as url:
+        wait_for(url, lambda state: state.get("model") == models[0].id, "the first model never served")
         served = [models[0].id]
-        for model in models[1:]:
-            before = health(url)["details"]["reloads_failed"]
-            point(model_name, model)
-            deadline = time.monotonic() + 15
-            while True:
-                state = health(url)
-                if "corrupt=True" in model.id:
-                    if state["details"]["reloads_failed"] > before:
-                        assert state["model"] == served[-1], "the old model keeps serving"
-                        break
-                elif state["model"] == model.id:
+        with Load(url) as load:
+            for model in models[1:]:
+                before = health(url)["details"]["reloads_failed"]
+                point(model_name, model)
+                if model.id in refused:
+                    state = wait_for(url, lambda s, b=before: s["details"]["reloads_failed"] > b,
+                                     f"server did not refuse {model.id}")
+                    assert state["model"] == served[-1], "the old model keeps serving"
+                    assert state["status"] == "degraded" and model.id in state["reason"], state
+                else:
+                    wait_for(url, lambda s, m=model: s.get("model") == m.id,
+                             f"server did not follow the pointer to {model.id}")
                     served.append(model.id)
-                    break
-                assert time.monotonic() < deadline, f"server did not follow the pointer to {model.id}: {state}"
+            deadline = time.monotonic() + 10  # some load on the last model too
+            while sum(1 for o in load.outcomes if o[1] == models[-1].id) < 20 and time.monotonic() < deadline:
                 time.sleep(0.02)
-        stop.set()
-        for generator in generators:
-            generator.join()
         metrics = requests.get(f"{url}/metrics", timeout=5).text
-    statuses = {status for status, _ in results}
-    assert statuses == {200}, f"non-2xx responses: {statuses - {200}}"
-    assert len(results) > 100
-    versions = {version for _, version in results}
+        final = health(url)
+    load.check(at_least=100)
+    versions = {version for _, version, _ in load.outcomes}
     assert versions <= set(served)
     assert len(versions) >= 10, "requests were served by the models as they changed"
-    assert served[-1] == models[-1].id, "the server ends on the model the pointer names"
+    assert served[-1] == models[-1].id and final["status"] == "ok", "the server ends on the model the pointer names"
     assert 'caravan_model_reloads_total{result="failure"} 1.0' in metrics
-    assert 'caravan_model_reloads_total{result="success"} 20.0' in metrics
+    assert 'caravan_model_reloads_total{result="crashed"} 1.0' in metrics
+    assert 'caravan_model_reloads_total{result="success"} 19.0' in metrics
 
 
 # -- bad requests, in process -----------------------------------------------------------------------------

@@ -1,136 +1,56 @@
 """The model server: ``POST /predict``, ``GET /health``, ``GET /metrics``, with hot reload.
 
-A watcher thread follows the model pointer (Consul blocking queries, or a stat of the pointer
-file); on a change it loads the new model beside the old one, checks it on its stored sample,
-and swaps one reference. A model that fails to load or check is logged, counted and shown in
-``/health``, and the old one keeps serving. Losing the pointer backend does not stop serving:
-the watcher backs off and tries again.
+Who does what: :mod:`.watcher` follows the pointer and swaps models (after :mod:`.probe` has loaded each
+new one in a disposable process); :mod:`.limits` bounds and decodes request bodies; :mod:`.model` checks
+rows against the schema and predicts; :mod:`.observe` holds logs, metrics and Sentry. This module wires
+them into one ASGI app.
+
+``POST /predict`` is answered by a plain ASGI function (no Request/Response objects, no router): it is
+the hot path. A body over the byte limit is refused with 413 while it arrives, before any parsing; a
+large body is parsed and scored on a worker thread so that ``/health`` keeps answering; every body that
+is not valid rows gets a 4xx with a short message; a client that leaves is counted as status 499.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
 import logging
 import os
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import BackendError
-from ..registry import ModelPointer, PointerState
-from ..step import artifact_at
-from .model import LoadedModel, ModelHolder, RequestInvalid, load_model
+from ..registry import ModelPointer
+from . import limits
+from .limits import MAX_ROWS, BodyTooLarge, ClientGone
+from .model import LoadedModel, ModelHolder, RequestInvalid, excerpt
+from .observe import Metrics, log_json_lines, sentry
+from .probe import Probe
+from .watcher import Watcher
 
 log = logging.getLogger("caravan.serving")
-MAX_ROWS = 10_000
 # Built once: json.dumps with any non-default option builds a new encoder on every call.
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_JSON_LENIENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# Error bodies may quote client input (a lone surrogate cannot be written as UTF-8): ASCII with escapes.
+_JSON_ERROR = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed and scored on a worker thread
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line, with the request id and model when the record carries them."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                                 "logger": record.name, "message": record.getMessage()}
-        for key in ("request_id", "model", "status", "duration_ms", "path"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class Metrics:
-    """Prometheus metrics of one server (its own registry, so tests can run several)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        self.requests = Counter("caravan_requests", "Prediction requests by status code", ["status"],
-                                registry=self.registry)
-        self.latency = Histogram("caravan_request_seconds", "Prediction request latency by status code", ["status"],
-                                 registry=self.registry,
-                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.model_info = Gauge("caravan_model_info", "The model being served (value 1)", ["artifact_id"],
-                                registry=self.registry)
-        self.reloads = Counter("caravan_model_reloads", "Model reloads by result", ["result"], registry=self.registry)
-
-    def served(self, model: LoadedModel, previous: LoadedModel | None) -> None:
-        if previous is not None:
-            self.model_info.remove(previous.artifact_id)
-        self.model_info.labels(model.artifact_id).set(1)
-
-
-class Watcher(threading.Thread):
-    """Follows the pointer of one model and swaps in each new version that loads and checks."""
-
-    def __init__(self, pointer: ModelPointer, model: str, holder: ModelHolder, metrics: Metrics,
-                 wait_s: float = 30.0, max_backoff_s: float = 30.0) -> None:
-        super().__init__(name=f"watch-{model}", daemon=True)
-        self.pointer, self.model, self.holder, self.metrics = pointer, model, holder, metrics
-        self.wait_s, self.max_backoff_s = wait_s, max_backoff_s
-        self.state = PointerState(None, -1, 0)  # -1: nothing seen yet, so the first read counts as a change
-        self.stopped = threading.Event()
-        self.backend_error: str | None = None
-
-    def run(self) -> None:
-        backoff = 0.5
-        while not self.stopped.is_set():
-            try:
-                state = self.pointer.read(self.model) if self.state.version < 0 else \
-                    self.pointer.watch(self.model, self.state, self.wait_s)
-                self.backend_error = None
-                backoff = 0.5
-            except BackendError as exc:  # the pointer backend is away: keep serving, try again later
-                self.backend_error = str(exc)
-                log.warning("pointer backend unavailable, retrying in %.1f s: %s", backoff, exc)
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-                continue
-            if state.version != self.state.version:
-                self.state = state
-                self.load(state)
-
-    def load(self, state: PointerState) -> None:
-        document = state.document
-        if document is None:
-            return
-        current = self.holder.current
-        if current is not None and current.artifact_id == document.get("artifact_id"):
-            return
-        try:
-            model = load_model(artifact_at(document["artifact_uri"], document["artifact_id"]))
-        except Exception as exc:  # any failure to load or check keeps the old model serving
-            self.holder.failed(document.get("artifact_id"), exc)
-            self.metrics.reloads.labels("failure").inc()
-            log.error("model %s failed to load or check; still serving %s: %s", document.get("artifact_id"),
-                      current.artifact_id if current else None, exc)
-            return
-        self.holder.swap(model)
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.served(model, current)
-        log.info("now serving %s", model.artifact_id, extra={"model": model.artifact_id})
-
-    def stop(self) -> None:
-        self.stopped.set()
+__all__ = ["MAX_ROWS", "create_app", "serve"]
 
 
 def _rows(body: Any) -> tuple[list[Any], bool]:
     """The rows of a request body: one object, a list of objects, or {"rows": [...]}; and whether it was one."""
-    if isinstance(body, dict) and set(body) == {"rows"}:
+    if isinstance(body, dict) and len(body) == 1 and "rows" in body:
         body = body["rows"]
         if not isinstance(body, list):
             raise RequestInvalid("'rows' must be a list of JSON objects", field_name="rows")
@@ -141,6 +61,124 @@ def _rows(body: Any) -> tuple[list[Any], bool]:
             raise RequestInvalid("no rows to predict")
         return body, False
     raise RequestInvalid(f"the body must be a JSON object or a list of objects, got {type(body).__name__}")
+
+
+def _answer(served: LoadedModel, body: bytes, max_rows: int) -> tuple[int, bytes]:
+    """Status and JSON of a prediction request whose body has been read: predictions, or why not (4xx)."""
+    try:
+        rows, single = _rows(limits.decode(body))
+        if len(rows) > max_rows:
+            return 413, _JSON_ERROR.encode({"error": f"at most {max_rows} rows per request, got {len(rows)}"}).encode()
+        predictions = served.predict(rows)
+        payload = {"model": served.artifact_id,
+                   "prediction" if single else "predictions": predictions[0] if single else predictions}
+        return 200, _JSON.encode(payload).encode()
+    except RequestInvalid as exc:
+        field = excerpt(exc.field_name) if exc.field_name is not None else None
+        return 422, _JSON_ERROR.encode({"error": str(exc)[:1000], "field": field, "row": exc.row}).encode()
+
+
+def _predict_endpoint(holder: ModelHolder, watcher: Watcher, metrics: Metrics, large: ThreadPoolExecutor, *,
+                      max_rows: int, max_body_bytes: int | None) -> Callable[..., Awaitable[None]]:
+    """POST /predict as a plain ASGI function; large bodies are handled on ``large``."""
+    report = sentry(holder)
+    requests_ok, latency_ok = metrics.requests.labels("200"), metrics.latency.labels("200")
+    ids, id_prefix = itertools.count(1), uuid.uuid4().hex[:8]
+    limit_of: list[Any] = [None, 0]  # the byte limit of the last model served: (model, bytes)
+
+    def body_limit(served: LoadedModel) -> int:
+        if limit_of[0] is not served:
+            limit_of[:] = [served, max_body_bytes or limits.max_body_bytes(served.names, max_rows)]
+        return int(limit_of[1])
+
+    async def predict(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        request_id = declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = limits.content_length(value)
+            elif name == b"x-request-id":
+                request_id = limits.request_id(value)
+        if request_id is None:  # none, or not short printable ASCII: ours (unique per process, cheaper than uuid4)
+            request_id = f"{id_prefix}-{next(ids):x}"
+        served = holder.current  # this request's model, whatever a swap does meanwhile
+        status = 200
+        try:
+            if served is None:
+                status, reason = 503, watcher.status()[1]
+                data = _JSON_ERROR.encode({"error": f"no model is served: {reason}" if reason else
+                                           "no model loaded yet"}).encode()
+            else:
+                body = await limits.read_body(receive, body_limit(served), declared)
+                if len(body) > OFF_LOOP_BYTES:
+                    status, data = await asyncio.get_running_loop().run_in_executor(
+                        large, _answer, served, body, max_rows)
+                else:
+                    status, data = _answer(served, body, max_rows)
+        except BodyTooLarge as exc:
+            status, data = 413, _JSON_ERROR.encode({"error": limits.too_large_message(exc, max_rows)}).encode()
+        except ClientGone:
+            status, data = 499, b""
+        except Exception as exc:  # a genuine server fault: report it, keep the server up
+            status = 500
+            data = _JSON_ERROR.encode({"error": f"internal error ({type(exc).__name__}); request id {request_id}"})\
+                .encode()
+            log.exception("predict failed", extra={"request_id": request_id})
+            if report is not None:
+                report.capture_exception(exc)
+        elapsed = time.perf_counter() - started
+        if status == 200:
+            requests_ok.inc()
+            latency_ok.observe(elapsed)
+        else:
+            metrics.requests.labels(str(status)).inc()
+            metrics.latency.labels(str(status)).observe(elapsed)
+        if status != 200 or log.isEnabledFor(logging.DEBUG):
+            log.info("predict %s", status, extra={"request_id": request_id, "status": status, "path": "/predict",
+                                                  "duration_ms": round(elapsed * 1000, 3),
+                                                  "model": served.artifact_id if served else None})
+        if status == 499:
+            return  # nobody to answer
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                   (b"x-request-id", request_id.encode("ascii"))]
+        if served is not None:
+            headers.append((b"x-model-version", served.artifact_id.encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return predict
+
+
+def _health_endpoint(holder: ModelHolder, watcher: Watcher, *, max_rows: int,
+                     max_body_bytes: int | None) -> Callable[[Request], Awaitable[Response]]:
+    release = os.environ.get("CARAVAN_RELEASE") or None  # the published tag (serving.nomad.hcl sets it)
+
+    async def health(request: Request) -> Response:
+        served = holder.current
+        status, reason = watcher.status()
+        details = {"reloads_ok": holder.reloads_ok, "reloads_failed": holder.reloads_failed,
+                   "reloads_crashed": holder.reloads_crashed, "last_reload_error": holder.last_error,
+                   "last_error": holder.last_error, "pointer_backend_error": watcher.last_error,
+                   "pointer_errors": watcher.errors, "pointer_version": watcher.state.version,
+                   "pointer_target": watcher.target[0] if watcher.target else None}
+        body: dict[str, Any] = {"status": status, "reason": reason, "model": None, "release": release,
+                                "last_error": watcher.last_error or holder.last_error, "details": details}
+        if served is None:
+            return Response(_JSON_ERROR.encode(body), status_code=503, media_type="application/json")
+        # "schema" and "max_rows" let a client build valid requests from /health alone (the contract tests
+        # and the load test against a deployed server do); "features" stays for the clients that read it.
+        body.update(model=served.artifact_id, uri=served.artifact_uri, features=served.names,
+                    schema=[{"name": f.name, "type": f.type} for f in served.features], max_rows=max_rows,
+                    max_body_bytes=max_body_bytes or limits.max_body_bytes(served.names, max_rows))
+        return Response(_JSON_ERROR.encode(body), media_type="application/json")
+
+    return health
+
+
+async def _prometheus(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class _FastPredict:
@@ -168,100 +206,20 @@ class _Asgi:
         await self.app(scope, receive, send)
 
 
-def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s: float = 30.0) -> _FastPredict:
-    """The ASGI app serving ``model``; the watcher starts with the app and stops with it."""
+def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s: float = 30.0,
+               isolate: bool = True, max_rows: int = MAX_ROWS, max_body_bytes: int | None = None,
+               probe_timeout_s: float = 60.0) -> _FastPredict:
+    """The ASGI app serving ``model``; the watcher (and its probe process) start and stop with the app.
+
+    ``isolate=False`` loads new models in this process without the probe: only for models you trust.
+    ``max_body_bytes`` None: room for ``max_rows`` rows of the served model's features.
+    """
     holder, metrics = ModelHolder(), Metrics()
-    watcher = Watcher(pointer, model, holder, metrics, wait_s=wait_s)
-    sentry = _sentry(holder)
-
-    requests_ok = metrics.requests.labels("200")
-    latency_ok = metrics.latency.labels("200")
-    ids = itertools.count(1)
-    id_prefix = uuid.uuid4().hex[:8]
-
-    async def predict(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """POST /predict as a plain ASGI endpoint: the hot path builds no Request or Response objects."""
-        started = time.perf_counter()
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-                break
-        if request_id is None:
-            request_id = f"{id_prefix}-{next(ids):x}"  # unique per server process, cheaper than a uuid per request
-        served = holder.current  # this request's model, whatever a swap does meanwhile
-        status: int = 200
-        payload: dict[str, Any] = {}
-        try:
-            if served is None:
-                status, payload = 503, {"error": "no model loaded yet"}
-            else:
-                chunks = []
-                more = True
-                while more:
-                    message = await receive()
-                    chunks.append(message.get("body", b""))
-                    more = message.get("more_body", False)
-                try:
-                    body = json.loads(b"".join(chunks))
-                except ValueError as exc:
-                    raise RequestInvalid(f"body is not JSON: {exc}") from None
-                rows, single = _rows(body)
-                if len(rows) > MAX_ROWS:
-                    status, payload = 413, {"error": f"at most {MAX_ROWS} rows per request, got {len(rows)}"}
-                else:
-                    predictions = served.predict(rows)
-                    payload = {"model": served.artifact_id,
-                               "prediction" if single else "predictions": predictions[0] if single else predictions}
-            data = _JSON.encode(payload).encode()
-        except RequestInvalid as exc:
-            status, payload = 422, {"error": str(exc), "field": exc.field_name, "row": exc.row}
-            data = _JSON_LENIENT.encode(payload).encode()
-        except Exception as exc:  # a genuine server fault: report it, keep the server up
-            status = 500
-            data = json.dumps({"error": f"internal error ({type(exc).__name__}); request id {request_id}"}).encode()
-            log.exception("predict failed", extra={"request_id": request_id})
-            if sentry is not None:
-                sentry.capture_exception(exc)
-        elapsed = time.perf_counter() - started
-        if status == 200:
-            requests_ok.inc()
-            latency_ok.observe(elapsed)
-        else:
-            metrics.requests.labels(str(status)).inc()
-            metrics.latency.labels(str(status)).observe(elapsed)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                   (b"x-request-id", request_id.encode("latin-1"))]
-        if served is not None:
-            headers.append((b"x-model-version", served.artifact_id.encode("latin-1")))
-        if status != 200 or log.isEnabledFor(logging.DEBUG):
-            log.info("predict %s", status, extra={"request_id": request_id, "status": status, "path": "/predict",
-                                                  "duration_ms": round(elapsed * 1000, 3),
-                                                  "model": served.artifact_id if served else None})
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
-
-    release = os.environ.get("CARAVAN_RELEASE") or None  # the published tag (serving.nomad.hcl sets it)
-
-    async def health(request: Request) -> Response:
-        served = holder.current
-        details = {"reloads_ok": holder.reloads_ok, "reloads_failed": holder.reloads_failed,
-                   "last_error": holder.last_error, "pointer_backend_error": watcher.backend_error,
-                   "pointer_version": watcher.state.version}
-        if served is None:
-            return JSONResponse({"status": "loading", "model": None, "release": release, "details": details},
-                                status_code=503)
-        # "schema" and "max_rows" let a client build valid requests from /health alone (the contract tests
-        # and the load test against a deployed server do); "features" stays for the clients that read it.
-        return JSONResponse({"status": "ok", "model": served.artifact_id, "uri": served.artifact_uri,
-                             "release": release, "features": served.names,
-                             "schema": [{"name": f.name, "type": f.type} for f in served.features],
-                             "max_rows": MAX_ROWS, "details": details})
-
-    async def prometheus(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    probe = Probe(timeout_s=probe_timeout_s) if isolate else None
+    watcher = Watcher(pointer, model, holder, metrics, probe=probe, wait_s=wait_s)
+    large = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-large")  # two at a time bounds memory
+    predict = _predict_endpoint(holder, watcher, metrics, large, max_rows=max_rows, max_body_bytes=max_body_bytes)
+    health = _health_endpoint(holder, watcher, max_rows=max_rows, max_body_bytes=max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -271,40 +229,25 @@ def create_app(pointer: ModelPointer, model: str, *, watch: bool = True, wait_s:
             yield
         finally:
             watcher.stop()
+            if probe is not None:
+                probe.close()
+            large.shutdown(wait=False)
 
     # POST /predict never reaches this router (see _FastPredict); the route is here so that other methods get 405.
     app = Starlette(routes=[Route("/predict", _Asgi(predict), methods=["POST"]), Route("/health", health),
-                            Route("/metrics", prometheus)], lifespan=lifespan)
-    app.state.holder, app.state.watcher, app.state.metrics = holder, watcher, metrics
+                            Route("/metrics", _prometheus)], lifespan=lifespan)
+    app.state.holder, app.state.watcher, app.state.metrics, app.state.probe = holder, watcher, metrics, probe
     return _FastPredict(app, predict)
 
 
-def _sentry(holder: ModelHolder) -> Any:
-    """Sentry, when SENTRY_DSN is set and sentry-sdk is installed; errors carry the served model as a tag."""
-    if not os.environ.get("SENTRY_DSN"):
-        return None
-    try:
-        import sentry_sdk
-    except ImportError:
-        log.warning("SENTRY_DSN is set but sentry-sdk is not installed; errors are only logged")
-        return None
-
-    def tag(event: dict[str, Any], hint: Any) -> dict[str, Any]:
-        event.setdefault("tags", {})["model_version"] = holder.current.artifact_id if holder.current else None
-        return event
-
-    sentry_sdk.init(dsn=os.environ["SENTRY_DSN"], before_send=tag)  # type: ignore[arg-type]
-    return sentry_sdk
-
-
-def serve(model: str, host: str = "0.0.0.0", port: int = 8080, pointer_kind: str | None = None) -> None:  # noqa: S104
+def serve(model: str, host: str = "0.0.0.0", port: int = 8080, pointer_kind: str | None = None, *,  # noqa: S104
+          isolate: bool = True, max_rows: int = MAX_ROWS, max_body_bytes: int | None = None) -> None:
     """Run the server under uvicorn, logging JSON lines to stdout."""
     import uvicorn
 
     from ..registry import open_pointer
 
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    app = create_app(open_pointer(pointer_kind), model)
+    log_json_lines()
+    app = create_app(open_pointer(pointer_kind), model, isolate=isolate, max_rows=max_rows,
+                     max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

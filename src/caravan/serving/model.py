@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import operator
@@ -21,6 +22,23 @@ log = logging.getLogger("caravan.serving")
 
 _INTEGER_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 _FLOAT_TYPES = {"float", "double", "halffloat", "float16", "float32", "float64"}
+
+
+EXCERPT = 40
+SIGNATURES_KEPT = 256  # distinct type signatures remembered per model (least recently used go first)
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """At most ``limit`` characters of client input, with control characters and lone surrogates escaped."""
+    short = text[:limit]
+    return repr(short)[1:-1] + ("…" if len(text) > limit else "")
+
+
+def names_excerpt(names: Sequence[str], shown: int = 5) -> str:
+    """A few client-given names, each short and escaped, for an error message."""
+    listed = ", ".join(f"'{excerpt(name)}'" for name in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"[{listed}]{more}"
 
 
 class RequestInvalid(ValueError):
@@ -95,7 +113,10 @@ class LoadedModel:
         # deployed model almost always share one or two signatures, so most rows are checked by one
         # tuple lookup instead of one Python call per value. Each maps to a function picking the
         # signature's float values, the only ones that can be NaN or infinite (None is a missing value).
-        self._valid_signatures: dict[tuple[type, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+        # Bounded (LRU): a client sending ever new mixes of types must not grow the server's memory.
+        self._valid_signatures: collections.OrderedDict[tuple[type, ...],
+                                                        Callable[[tuple[Any, ...]], tuple[Any, ...]]] = \
+            collections.OrderedDict()
 
     @staticmethod
     def _floats_of(signature: tuple[type, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
@@ -125,18 +146,20 @@ class LoadedModel:
         expected = self._expected
         pick = self._pick
         valid = self._valid_signatures
+        last: tuple[type, ...] | None = None
         values: list[tuple[Any, ...]] = []
         for i, row in enumerate(rows):
             if type(row) is not dict and not isinstance(row, Mapping):  # JSON gives dicts: skip the ABC check
                 raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
                                      row=i)
             if len(row) != len(expected) or row.keys() != expected:
-                unknown = sorted(set(row) - expected)
+                unknown = sorted(str(name) for name in set(row) - expected)
                 missing = sorted(expected - set(row))
-                problem = "; ".join(part for part in (f"unknown fields {unknown}" if unknown else "",
-                                                      f"missing fields {missing}" if missing else "") if part)
+                problem = "; ".join(part for part in (f"unknown fields {names_excerpt(unknown)}" if unknown else "",
+                                                      f"missing fields {names_excerpt(missing)}" if missing else "")
+                                    if part)
                 first = (unknown or missing)[0]
-                raise RequestInvalid(f"row {i}: {problem}", field_name=str(first), row=i)
+                raise RequestInvalid(f"row {i}: {problem}", field_name=excerpt(first), row=i)
             picked = pick(row)
             signature = tuple(map(type, picked))
             floats = valid.get(signature)
@@ -144,8 +167,14 @@ class LoadedModel:
                 self._check(picked, i)
                 if self._signature_is_valid(signature):
                     valid[signature] = self._floats_of(signature)
-            elif not isfinite(sum(floats(picked))):  # a NaN or an infinity makes the sum non-finite
-                self._check(picked, i)  # the exact check decides (a sum may also just overflow)
+                    if len(valid) > SIGNATURES_KEPT:
+                        valid.popitem(last=False)  # the least recently used
+            else:
+                if signature != last:
+                    valid.move_to_end(signature)  # once per run of rows that share a signature
+                    last = signature
+                if not isfinite(sum(floats(picked))):  # a NaN or an infinity makes the sum non-finite
+                    self._check(picked, i)  # the exact check decides (a sum may also just overflow)
             values.append(picked)
         try:
             # Numbers, bools and None (NaN: a missing value) only, each checked above.
@@ -249,6 +278,7 @@ class ModelHolder:
         self.last_error_at: float | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.reloads_crashed = 0
         self._lock = threading.Lock()
 
     def swap(self, model: LoadedModel) -> None:
@@ -258,7 +288,12 @@ class ModelHolder:
             self.last_error = None
 
     def failed(self, artifact_id: str | None, error: BaseException) -> None:
+        """Count a model that did not load (``crashed``: it killed the probe) and keep why."""
         with self._lock:
             self.reloads_failed += 1
-            self.last_error = f"{artifact_id}: {type(error).__name__}: {error}"
+            if isinstance(error, ModelUnsound):
+                self.reloads_crashed += error.crashed
+                self.last_error = str(error)
+            else:
+                self.last_error = f"{artifact_id}: {type(error).__name__}: {error}"
             self.last_error_at = time.time()
