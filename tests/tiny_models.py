@@ -54,8 +54,12 @@ def make_dataset(root: str, name: str, weights: dict[str, float], *, rows: int =
     return _publish(root, "PrepareDataset", name, None, {f"{split}.parquet": t for split, t in splits.items()})
 
 
-def make_model(root: str, dataset: Artifact, features: list[str], *, name: str, iterations: int = 20) -> Artifact:
-    """A LightGBM model of the dataset's label on ``features``, trained on its train split."""
+def make_model(root: str, dataset: Artifact, features: list[str], *, name: str, iterations: int = 20,
+               crash: str | None = None) -> Artifact:
+    """A LightGBM model of the dataset's label on ``features``, trained on its train split.
+
+    ``crash``: a :data:`tests.badmodels.CRASHERS` variant, for a model file that kills the process loading it.
+    """
     import lightgbm as lgb
 
     from caravan.ml.features import feature_matrix, labels
@@ -67,8 +71,13 @@ def make_model(root: str, dataset: Artifact, features: list[str], *, name: str, 
                         lgb.Dataset(feature_matrix(train, features), labels(train, LABEL), feature_name=features),
                         num_boost_round=iterations)
     sample = valid.select(features).slice(0, 32).to_pylist()
+    text = booster.model_to_string()
+    if crash is not None:
+        from .badmodels import crashing_model_text
+
+        text = crashing_model_text(text, crash)
     return _publish(root, "TrainRanker", name, {"dataset": dataset.id},
-                    {"model.txt": booster.model_to_string(),
+                    {"model.txt": text,
                      "features.json": {"label": LABEL, "features": feature_types(train, features)},
                      "sample.json": sample},
                     metrics={"n_features": len(features)})

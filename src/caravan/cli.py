@@ -112,9 +112,14 @@ def cmd_models_current(args: argparse.Namespace) -> int:
 
 def cmd_models_history(args: argparse.Namespace) -> int:
     from .registry import open_pointer
-    from .registry.base import lineage
+    from .registry.base import PointerCorrupt, lineage
 
-    entries = open_pointer().history(args.model)
+    pointer = open_pointer()
+    entries = pointer.history(args.model)
+    try:
+        pointer.read(args.model)
+    except PointerCorrupt as exc:  # the history is still readable (and names what --force could restore)
+        print(f"caravan: {exc}", file=sys.stderr)
     stack, rolled_back = lineage(entries)
     current = stack[-1].get("change_id") if stack else None
     for entry in entries:

@@ -142,9 +142,12 @@ def judge(candidate: Artifact, current: Artifact | None, *, tolerance: float = 0
     """The verdict on ``candidate``: ``{"decision": "promote"|"reject", "reasons": [...], ...}`` (see the module)."""
     from ..serving.probe import Probe
 
-    with Probe() as probe:  # one warm disposable process for every model this verdict loads
+    probe = Probe()  # one disposable process for every model this verdict loads; started only if one needs it
+    try:
         return _judge(candidate, current, tolerance=tolerance, metric=metric, floor=floor,
                       allow_schema_change=allow_schema_change, probe=probe)
+    finally:
+        probe.close()
 
 
 def _judge(candidate: Artifact, current: Artifact | None, *, tolerance: float, metric: str, floor: Iterable[str],
