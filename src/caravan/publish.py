@@ -1,14 +1,16 @@
-"""``caravan publish``: release the Nomad jobs with a new image, registering only what changed.
+"""``caravan publish``: release the Nomad jobs with a new image, registering only what Nomad's plan says changed.
 
 Publishing renders every ``nomad/*.nomad.hcl`` through Nomad itself (``POST /v1/jobs/parse`` with a
 var-file): the image ``<repository>:<tag>``, the namespace, the datacenters and ``--var`` overrides, each
-sent only to the specs that declare that variable. Nothing is registered unless every spec parses. Each
-parsed job is then compared with the one Nomad holds, leaving out what the server manages (status,
-indexes, version, submit time) and the defaults it fills in where the spec says nothing; only created
-and changed jobs are registered, with ``EnforceIndex`` at the ``JobModifyIndex`` that was read, so that
-a concurrent publish fails loudly instead of being overwritten.
+sent only to the specs that declare that variable. Nothing is registered unless every spec parses.
 
-``caravan trigger retrain`` (caravan.trigger) reuses :class:`Publisher`'s connection and job reads.
+Each parsed job is then planned by Nomad (``PUT /v1/job/:id/plan`` with ``Diff: true``). Parse returns the
+API-level form (node pool ``""``, port host network ``""``, check name ``""``) while Nomad stores the form
+its admission hooks fill in (``"default"``, ``"default"``, ``service: "<svc>" check``); the plan runs those
+hooks before it diffs, so its ``Diff.Type`` (``Added`` / ``Edited`` / ``None``) says created / changed /
+unchanged without phantom changes. Only created and changed jobs are registered, with ``EnforceIndex`` at
+the plan's ``JobModifyIndex``, so a concurrent register in between fails loudly instead of being
+overwritten. Leader elections and dropped connections are waited out (``[publish] retry_s``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import argparse
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import luigi
 
 from .config import section, setting
-from .errors import BackendRejected, CaravanError, ConfigurationError, JobSpecError
+from .errors import BackendRejected, BackendUnavailable, CaravanError, ConfigurationError, JobSpecError
 from .executors.jobspec import labelled_blocks, plain_hcl
+from .jsonable import plain
+from .nomad_api import NomadAPI, backoff_delay
+
+_T = TypeVar("_T")
 
 
 class publish(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
@@ -45,11 +52,11 @@ class publish(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         description='More variables for every spec that declares them, e.g. {"artifact_root": "s3://bucket/caravan"}. '
         "--var wins.",
     )
+    retry_s = luigi.FloatParameter(
+        default=120.0, description="How long each Nomad call waits out a leader election or a dropped connection.",
+    )
 
 
-#: Fields of a registered job that Nomad manages: never a reason to register again.
-SERVER_MANAGED = frozenset({"Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex",
-                            "ModifyIndex", "JobModifyIndex", "NomadTokenID", "VaultToken", "ConsulToken"})
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHORT_CHANGES, _SHORT_VALUE = 5, 60
 
@@ -186,79 +193,86 @@ def variables_for(spec: Spec, common: Mapping[str, Any], flags: Mapping[str, str
     return values
 
 
-# -- comparing jobs -------------------------------------------------------------------------------------
+# -- Nomad's plan diff ----------------------------------------------------------------------------------
+
+#: ``Type`` of a diff node in Nomad's plan (``nomad/structs/diff.go``).
+ADDED, DELETED, EDITED, NONE = "Added", "Deleted", "Edited", "None"
+#: What a job's plan diff type means for publish.
+ACTIONS = {ADDED: "created", EDITED: "changed", NONE: "unchanged"}
 
 
 @dataclass(frozen=True)
 class Change:
-    """One field that differs: its path in the job (``TaskGroups[g].Tasks[t].Config.image``), old and new."""
+    """One change in Nomad's plan diff: ``Added``/``Deleted``/``Edited``, the path of the field in the job
+    (``TaskGroups[g].Tasks[t].Config.image``), and its old and new values as Nomad prints them (strings)."""
 
+    kind: str
     path: str
-    old: Any
-    new: Any
+    old: str = ""
+    new: str = ""
 
     def describe(self, width: int | None) -> str:
-        return f"{self.path}: {_show(self.old, width)} → {_show(self.new, width)}"
+        """One report line: ``Edited  path: "old" → "new"`` (values cut to ``width`` characters)."""
+        head = f"{self.kind:<7} {self.path}"
+        if self.kind == EDITED:
+            return f"{head}: {_show(self.old, width)} → {_show(self.new, width)}"
+        value = self.new if self.kind == ADDED else self.old
+        return f"{head}: {_show(value, width)}" if value else head
 
 
-def _show(value: Any, width: int | None) -> str:
-    text = "(none)" if value is None else json.dumps(value, sort_keys=True, default=str)
+def _show(value: str, width: int | None) -> str:
+    text = json.dumps(value)
     return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
-def _blank(value: Any) -> bool:
-    """None, false, zero, "" and empty collections: what Go's encoding/json calls a zero value."""
-    if value is None or isinstance(value, bool):
-        return not value
-    if isinstance(value, int | float):
-        return value == 0
-    return isinstance(value, str | list | dict) and not value
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    return path + name if name.startswith("[") else f"{path}.{name}"
 
 
-def _names(items: list[Any]) -> list[str] | None:
-    names = [i.get("Name") or i.get("Label") if isinstance(i, dict) else None for i in items]
-    if all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names):
-        return [str(n) for n in names]
-    return None
+def _field_changes(path: str, fields: Any) -> Iterator[Change]:
+    for item in fields or []:
+        if item.get("Type", NONE) == NONE:
+            continue  # the plan is contextual: unchanged fields of a changed object come along
+        name = str(item.get("Name", ""))
+        # A set diff (Datacenters, Specs, Tags...) names its fields after the set itself.
+        where = path if path.rsplit(".", 1)[-1] == name else _join(path, name)
+        yield Change(str(item["Type"]), where, str(item.get("Old") or ""), str(item.get("New") or ""))
 
 
-def _diff(path: str, old: Any, new: Any) -> Iterator[Change]:
-    if new is None or (_blank(new) and _blank(old)):
-        return  # the spec leaves it to the server's default, or both say "nothing"
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(new):
-            yield from _diff(f"{path}.{key}" if path else key, old.get(key), new[key])
+def _object_changes(path: str, objects: Any) -> Iterator[Change]:
+    for item in objects or []:
+        if item.get("Type", NONE) == NONE:
+            continue
+        where = _join(path, str(item.get("Name", "")))
+        yield from _field_changes(where, item.get("Fields"))
+        yield from _object_changes(where, item.get("Objects"))
+
+
+def _node_changes(path: str, node: Mapping[str, Any], children: str = "") -> Iterator[Change]:
+    """A task group's or task's changes; a whole one added or deleted is one line."""
+    kind = node.get("Type", NONE)
+    if kind in (ADDED, DELETED):
+        yield Change(kind, path)
         return
-    if isinstance(old, list) and isinstance(new, list):
-        old_names, new_names = _names(old), _names(new)
-        if old_names is not None and new_names is not None:
-            before = dict(zip(old_names, old, strict=True))
-            for name, item in zip(new_names, new, strict=True):
-                yield from _diff(f"{path}[{name}]", before.get(name), item)
-            yield from (Change(f"{path}[{name}]", before[name], None) for name in old_names if name not in new_names)
-            return
-        if len(old) == len(new):
-            for index, (left, right) in enumerate(zip(old, new, strict=True)):
-                yield from _diff(f"{path}[{index}]", left, right)
-            return
-    if old != new:
-        yield Change(path, old, new)
+    if kind == NONE:
+        return
+    yield from _field_changes(path, node.get("Fields"))
+    yield from _object_changes(path, node.get("Objects"))
+    for child in node.get(children) or [] if children else []:
+        yield from _node_changes(_join(path, f"Tasks[{child.get('Name')}]"), child)
 
 
-def diff_jobs(registered: Mapping[str, Any], parsed: Mapping[str, Any]) -> list[Change]:
-    """What registering ``parsed`` would change in ``registered``, field by field.
-
-    Left out: :data:`SERVER_MANAGED` fields, fields the parsed job leaves unset (null: the server fills its
-    default, e.g. implied constraints and identities) and empty values on both sides. The server keeps only
-    ``Stagger`` and ``MaxParallel`` of a job-level ``update`` block (the rest lives in each group's), so only
-    those are compared there. Not seen as a consequence: removing a whole block whose parsed value is then
-    null (all of a job's ``meta`` or ``constraint`` blocks, say); such a spec is reported unchanged.
-    """
-    old = {k: v for k, v in registered.items() if k not in SERVER_MANAGED}
-    new = {k: v for k, v in parsed.items() if k not in SERVER_MANAGED}
-    if isinstance(new.get("Update"), dict):
-        new["Update"] = {k: v for k, v in new["Update"].items() if k in ("Stagger", "MaxParallel")}
-    return list(_diff("", old, new))
+def plan_changes(diff: Mapping[str, Any] | None) -> list[Change]:
+    """The changes of an edited job in Nomad's plan diff (``Diff`` of ``PUT /v1/job/:id/plan``), in Nomad's
+    order: the job's fields, its objects, then each task group (its fields, objects, tasks)."""
+    if not diff or diff.get("Type") != EDITED:
+        return []
+    changes = [*_field_changes("", diff.get("Fields")), *_object_changes("", diff.get("Objects"))]
+    for group in diff.get("TaskGroups") or []:
+        changes.extend(_node_changes(f"TaskGroups[{group.get('Name')}]", group, "Tasks"))
+    return changes
 
 
 # -- publishing -----------------------------------------------------------------------------------------
@@ -266,16 +280,16 @@ def diff_jobs(registered: Mapping[str, Any], parsed: Mapping[str, Any]) -> list[
 
 @dataclass
 class Planned:
-    """One job: the spec, the parsed job, what Nomad holds now, and the outcome."""
+    """One job: its spec, the parsed job, Nomad's plan for it, and what publishing did."""
 
     spec: Spec
     job: dict[str, Any]
     variables: str
     namespace: str
-    registered: dict[str, Any] | None = None
-    changes: list[Change] = field(default_factory=list)
-    new_version: int | None = None
-    note: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
+    old_version: int | None = None
+    registered: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def job_id(self) -> str:
@@ -283,13 +297,21 @@ class Planned:
 
     @property
     def action(self) -> str:
-        if self.registered is None:
-            return "created"
-        return "changed" if self.changes and self.new_version != self.old_version else "unchanged"
+        """created / changed / unchanged, as Nomad's plan diff says (``Diff.Type``)."""
+        kind = str((self.plan.get("Diff") or {}).get("Type") or "")
+        if kind not in ACTIONS:
+            raise PublishError(f"Nomad's plan for {self.job_id!r} has a diff of type {kind or 'nothing'!r}; "
+                               "expected Added, Edited or None (is this Nomad older than 0.4?)")
+        return ACTIONS[kind]
 
     @property
-    def old_version(self) -> int | None:
-        return None if self.registered is None else int(self.registered.get("Version") or 0)
+    def changes(self) -> list[Change]:
+        return plan_changes(self.plan.get("Diff"))
+
+    @property
+    def modify_index(self) -> int:
+        """The job's modify index the plan was made against (0: no such job), for ``EnforceIndex``."""
+        return int(self.plan.get("JobModifyIndex") or 0)
 
     def rank(self) -> tuple[int, str]:
         """Register the steps first, the services next, the periodic job (which dispatches the steps) last."""
@@ -303,40 +325,40 @@ class PublishError(CaravanError):
 
 
 class Publisher:
-    """Parses specs through Nomad, compares, registers; the client comes from the Nomad executor's settings."""
+    """Parses specs through Nomad, plans each job with Nomad, registers what the plans say changed."""
 
-    def __init__(self, executor: Any = None) -> None:
-        from .executors.nomad import NomadExecutor
+    def __init__(self, api: NomadAPI | None = None, retry_s: float | None = None) -> None:
+        self.api = api if api is not None else NomadAPI.from_config()
+        self.retry_s = float(section(publish).retry_s if retry_s is None else retry_s)
 
-        self.nomad = executor if executor is not None else NomadExecutor()
-        self.client = self.nomad.client
+    def _retried(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call`` with leader elections and dropped connections waited out for ``retry_s``."""
+        return self.api.retry(what, call, deadline=time.monotonic() + self.retry_s)
 
     def _ns(self, namespace: str) -> dict[str, str]:
         return {"namespace": namespace} if namespace else {}
 
     def read_job(self, job_id: str, namespace: str = "") -> dict[str, Any] | None:
         """The registered job, or None when Nomad answers 404."""
-        from nomad.api import exceptions as nx
-
-        def read() -> dict[str, Any] | None:
-            try:
-                response = self.client.job.request(job_id, method="get", params=self._ns(namespace),
-                                                   timeout=self.nomad.timeout_s)
-            except nx.URLNotFoundNomadException:
-                return None
-            return dict(response.json())
-
-        result: dict[str, Any] | None = self.nomad._call(f"GET /v1/job/{job_id}", read)
-        return result
+        found = self._retried(f"GET job {job_id}", lambda: self.api.read(f"job/{job_id}", self._ns(namespace)))
+        return None if found is None else dict(found)
 
     def parse(self, spec: Spec, variables: str) -> dict[str, Any]:
+        """The spec as API job JSON, rendered by Nomad (``POST /v1/jobs/parse``, canonicalized)."""
         body = {"JobHCL": spec.text, "Canonicalize": True, "Variables": variables}
-        response = self.nomad._call("POST /v1/jobs/parse", self.client.jobs.request, "parse", method="post",
-                                    json=body, timeout=self.nomad.timeout_s)
-        return dict(response.json())
+        return dict(self._retried(f"parse {spec.path}", lambda: self.api.post("jobs/parse", body)))
+
+    def plan_job(self, item: Planned) -> dict[str, Any]:
+        """Nomad's plan for registering ``item.job`` (``PUT /v1/job/:id/plan`` with ``Diff``): the server runs
+        its admission hooks (defaults such as node pool, host network and check names) before it diffs, so
+        the diff holds real changes only. Registers nothing."""
+        body = {"Job": item.job, "Diff": True}
+        answer = self._retried(f"plan job {item.job_id}",
+                               lambda: self.api.post(f"job/{item.job_id}/plan", body, self._ns(item.namespace)))
+        return dict(answer)
 
     def plan(self, specs: Sequence[Spec], common: Mapping[str, Any], flags: Mapping[str, str]) -> list[Planned]:
-        """Parse every spec (all or nothing) and compare each job with Nomad's; registers nothing."""
+        """Parse every spec (all or nothing), then ask Nomad for each job's plan; registers nothing."""
         planned, failures = [], []
         for spec in specs:
             try:
@@ -346,7 +368,7 @@ class Publisher:
                 failures.append(f"{spec.path}: {exc}")
                 continue
             planned.append(Planned(spec=spec, job=job, variables=variables,
-                                   namespace=str(job.get("Namespace") or self.nomad.namespace or "")))
+                                   namespace=str(job.get("Namespace") or self.api.namespace or "")))
         if failures:
             raise PublishError(f"{len(failures)} of {len(specs)} job specs did not parse; nothing was registered:\n  "
                                + "\n  ".join(failures))
@@ -359,35 +381,67 @@ class Publisher:
             seen[key] = item.spec.path
         planned.sort(key=Planned.rank)
         for item in planned:
-            item.registered = self.read_job(item.job_id, item.namespace)
-            if item.registered is not None:
-                item.changes = diff_jobs(item.registered, item.job)
+            try:
+                item.plan = self.plan_job(item)
+            except BackendRejected as exc:
+                raise PublishError(f"Nomad refused the plan of {item.job_id!r} ({item.spec.path}); nothing was "
+                                   f"registered: {exc}") from exc
+            if item.action == "changed":
+                current = self.read_job(item.job_id, item.namespace) or {}
+                item.old_version = int(current.get("Version") or 0)
+            item.notes.extend(_plan_notes(item.plan))
         return planned
 
     def apply(self, planned: Sequence[Planned]) -> None:
-        """Register the created and changed jobs, in order; stop at the first refusal."""
+        """Register the created and changed jobs, in order, each at the modify index its plan was made
+        against; stop at the first refusal."""
         done: list[str] = []
         for item in planned:
             if item.action == "unchanged":
                 continue
-            index = 0 if item.registered is None else int(item.registered.get("JobModifyIndex") or 0)
-            body = {"Job": item.job, "EnforceIndex": True, "JobModifyIndex": index,
-                    "Submission": {"Source": item.spec.text, "Format": "hcl2", "Variables": item.variables}}
             try:
-                self.nomad._call(f"POST /v1/jobs ({item.job_id})", self.client.jobs.request, method="post",
-                                 params=self._ns(item.namespace), json=body, timeout=self.nomad.timeout_s)
+                self.register(item)
             except BackendRejected as exc:
                 why = str(exc)
-                if "job modify index" in why:
-                    why = (f"job {item.job_id!r} changed in Nomad after it was read (another publish?); "
-                           f"run publish again to see the difference ({exc})")
+                if "job modify index" in why or "job already exists" in why:
+                    why = (f"job {item.job_id!r} changed in Nomad after it was planned (another publish?); "
+                           f"nothing of it was registered; run publish again to see the difference ({exc})")
                 raise PublishError(f"registering {item.job_id!r} ({item.spec.path}) failed: {why}; "
                                    f"registered before it: {', '.join(done) or 'nothing'}") from exc
             done.append(item.job_id)
-            now = self.read_job(item.job_id, item.namespace) or {}
-            item.new_version = int(now.get("Version") or 0)
-            if item.registered is not None and item.new_version == item.old_version:
-                item.note = "re-registered; Nomad found no change in the spec"
+
+    def register(self, item: Planned) -> None:
+        """``POST /v1/jobs`` with ``EnforceIndex`` at the plan's ``JobModifyIndex``.
+
+        A register that got no answer may have been applied: the job is planned again before any retry. No
+        change left means it was (done); the same modify index means it was not (register again); another
+        index means someone else registered meanwhile, which the retried register reports as a conflict."""
+        body = {"Job": item.job, "EnforceIndex": True, "JobModifyIndex": item.modify_index,
+                "Submission": {"Source": item.spec.text, "Format": "hcl2", "Variables": item.variables}}
+        deadline, attempt = time.monotonic() + self.retry_s, 0
+        while True:
+            try:
+                self.api.post("jobs", body, self._ns(item.namespace))
+                item.registered = True
+                return
+            except BackendUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+            again = self.plan_job(item)
+            if (again.get("Diff") or {}).get("Type") == NONE:
+                item.registered = True
+                return
+            attempt += 1
+            time.sleep(backoff_delay(attempt))  # a pause between attempts; the plan above decided
+
+
+def _plan_notes(plan: Mapping[str, Any]) -> Iterator[str]:
+    if plan.get("Warnings"):
+        yield f"Nomad warns: {str(plan['Warnings']).strip()}"
+    failed = plan.get("FailedTGAllocs") or {}
+    if failed:
+        yield (f"Nomad cannot place group {', '.join(sorted(failed))} now; the job is registered anyway and "
+               "waits for capacity")
 
 
 def _report(planned: Sequence[Planned], full_diff: bool, dry_run: bool) -> str:
@@ -396,19 +450,19 @@ def _report(planned: Sequence[Planned], full_diff: bool, dry_run: bool) -> str:
     for item in planned:
         action = item.action
         if action == "created":
-            version = f"v{item.new_version or 0}"
+            version = "v0"
         elif action == "changed":
-            new = item.new_version if item.new_version is not None else (item.old_version or 0) + 1
-            version = f"v{item.old_version} → v{new}"
+            old = item.old_version or 0
+            version = f"v{old} → v{old + 1}"
         else:
-            version = f"v{item.old_version}"
-        note = f"  ({item.note})" if item.note else ""
-        lines.append(f"{action:<10} {item.job_id:<{id_width}}  {version:<12} {item.spec.path}{note}")
-        if action == "changed" or (full_diff and item.changes):
-            shown = item.changes if full_diff else item.changes[:_SHORT_CHANGES]
-            lines.extend(f"    {c.describe(None if full_diff else _SHORT_VALUE)}" for c in shown)
-            if len(shown) < len(item.changes):
-                lines.append(f"    … and {len(item.changes) - len(shown)} more (--diff shows every change)")
+            version = ""
+        lines.append(f"{action:<10} {item.job_id:<{id_width}}  {version:<12} {item.spec.path}".rstrip())
+        lines.extend(f"    ({note})" for note in item.notes)
+        changes = item.changes
+        shown = changes if full_diff else changes[:_SHORT_CHANGES]
+        lines.extend(f"    {c.describe(None if full_diff else _SHORT_VALUE)}" for c in shown)
+        if len(shown) < len(changes):
+            lines.append(f"    … and {len(changes) - len(shown)} more (--diff shows every change)")
     counts = {a: sum(1 for p in planned if p.action == a) for a in ("created", "changed", "unchanged")}
     summary = ", ".join(f"{n} {a}" for a, n in counts.items())
     lines.append(summary + (" (dry run: nothing registered)" if dry_run else ""))
@@ -443,7 +497,7 @@ def common_variables(tag: str, namespace: str | None) -> dict[str, Any]:
     """The variables every spec gets when it declares them: [publish] variables, datacenters, namespace, image,
     release (the tag itself)."""
     cfg = section(publish)
-    common: dict[str, Any] = {str(k): _plain(v) for k, v in cfg.variables.items()}
+    common: dict[str, Any] = {str(k): plain(v) for k, v in cfg.variables.items()}
     if cfg.datacenters:
         common["datacenters"] = [str(d) for d in cfg.datacenters]
     if namespace:
@@ -451,15 +505,6 @@ def common_variables(tag: str, namespace: str | None) -> dict[str, Any]:
     common["image"] = image_for(tag)
     common["release"] = tag  # for specs that report what they run (serving's /health)
     return common
-
-
-def _plain(value: Any) -> Any:
-    """luigi's frozen JSON values (tuples, FrozenOrderedDict) as lists and dicts."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def publish_command(args: argparse.Namespace) -> int:
@@ -474,10 +519,10 @@ def publish_command(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigurationError(f"--var {', '.join(unknown)}: no spec in {directory} declares such a variable")
     publisher = Publisher()
-    common = common_variables(args.version, publisher.nomad.namespace)
+    common = common_variables(args.version, publisher.api.namespace)
     image = flags.get("image") or common["image"]
-    print(f"publishing {len(specs)} job specs from {directory} with image {image} to Nomad {publisher.nomad.address}"
-          + (f" (namespace {publisher.nomad.namespace})" if publisher.nomad.namespace else ""))
+    print(f"publishing {len(specs)} job specs from {directory} with image {image} to Nomad {publisher.api.address}"
+          + (f" (namespace {publisher.api.namespace})" if publisher.api.namespace else ""))
     planned = publisher.plan(specs, common, flags)
     if not args.dry_run:
         publisher.apply(planned)

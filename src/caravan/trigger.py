@@ -1,5 +1,7 @@
 """``caravan trigger retrain``: start a retraining run now instead of waiting for the schedule.
 
+Nomad is reached through :class:`caravan.nomad_api.NomadAPI` (``[nomad]`` settings, ``NOMAD_*`` variables).
+
 - No ``--date``, or yesterday's (UTC): force-launch the periodic job (``POST /v1/job/:id/periodic/force``).
   Its run computes the date itself when it starts, yesterday, exactly as a scheduled run does. Nomad
   answers with an evaluation, not the child: the child job id is that evaluation's ``JobID``
@@ -14,11 +16,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import CaravanError, ConfigurationError
-from .publish import Publisher
+from .nomad_api import NomadAPI
+
+_T = TypeVar("_T")
+#: How long a read waits out a leader election. Launches are sent once: a launch that got no answer may
+#: have happened, and sending it again could start a second run.
+READ_RETRY_S = 60.0
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -34,19 +43,23 @@ class Triggered:
     how: str
 
 
-def _existing(publisher: Publisher, job_id: str) -> dict[str, Any]:
-    found = publisher.read_job(job_id)
+def _read(api: NomadAPI, what: str, call: Callable[[], _T]) -> _T:
+    return api.retry(what, call, deadline=time.monotonic() + READ_RETRY_S)
+
+
+def _existing(api: NomadAPI, job_id: str) -> dict[str, Any]:
+    found = _read(api, f"GET job {job_id}", lambda: api.read(f"job/{job_id}"))
     if found is None:
-        namespace = publisher.nomad.namespace or "default"
+        namespace = api.namespace or "default"
         raise CaravanError(f"job {job_id!r} not found in Nomad namespace {namespace!r} at "
-                           f"{publisher.nomad.address}; publish it first (caravan publish --version TAG)")
+                           f"{api.address}; publish it first (caravan publish --version TAG)")
     if found.get("Stop"):
         raise CaravanError(f"job {job_id!r} is stopped; publish it again to start it")
-    return found
+    return dict(found)
 
 
-def _force(publisher: Publisher, job: str, hint: str) -> str:
-    found = _existing(publisher, job)
+def _force(api: NomadAPI, job: str, hint: str) -> str:
+    found = _existing(api, job)
     periodic = found.get("Periodic")
     if periodic is None:
         raise CaravanError(f"job {job!r} is not periodic (a {found.get('Type')} job without a periodic block); "
@@ -54,47 +67,43 @@ def _force(publisher: Publisher, job: str, hint: str) -> str:
     if not periodic.get("Enabled", True):
         raise CaravanError(f"job {job!r} has its periodic launches disabled (periodic.enabled = false), and Nomad "
                            f"does not force-launch a disabled job; {hint}")
-    nomad = publisher.nomad
-    answer = nomad._call(f"POST /v1/job/{job}/periodic/force", publisher.client.job.request, job, "periodic",
-                         "force", method="post", timeout=nomad.timeout_s).json()
+    answer = api.post(f"job/{job}/periodic/force")
     if answer.get("EvalID"):
-        child = nomad._get("evaluation", str(answer["EvalID"])).json().get("JobID")
+        eval_id = str(answer["EvalID"])
+        child = _read(api, f"GET evaluation {eval_id}", lambda: api.get(f"evaluation/{eval_id}")).get("JobID")
         if child:
             return str(child)
     # No evaluation to read: the newest child of the periodic job.
-    children = nomad._call("GET /v1/jobs", publisher.client.jobs.request, method="get",
-                           params={"prefix": f"{job}/periodic-"}, timeout=nomad.timeout_s).json()
+    children = _read(api, "GET jobs", lambda: api.get("jobs", {"prefix": f"{job}/periodic-"}))
     mine = sorted((c for c in children if c.get("ParentID") == job), key=lambda c: int(c.get("CreateIndex", 0)))
     if not mine:
         raise CaravanError(f"job {job!r} was force-launched but Nomad shows no child job")
     return str(mine[-1]["ID"])
 
 
-def _dispatch(publisher: Publisher, job: str, date: dt.date) -> str:
-    found = _existing(publisher, job)
+def _dispatch(api: NomadAPI, job: str, date: dt.date) -> str:
+    found = _existing(api, job)
     meta = (found.get("ParameterizedJob") or {}).get("MetaRequired") or []
     if found.get("ParameterizedJob") is None or "date" not in meta:
         raise CaravanError(f"job {job!r} is not a parameterized job that requires meta 'date'; "
                            "a backfill is dispatched with -meta date=YYYY-MM-DD")
-    nomad = publisher.nomad
-    answer = nomad._call(f"POST /v1/job/{job}/dispatch", publisher.client.job.request, job, "dispatch",
-                         method="post", json={"Meta": {"date": date.isoformat()}}, timeout=nomad.timeout_s).json()
+    answer = api.post(f"job/{job}/dispatch", {"Meta": {"date": date.isoformat()}})
     return str(answer["DispatchedJobID"])
 
 
 def trigger_retrain(job: str = "retrain-ranker", date: dt.date | None = None, backfill_job: str | None = None, *,
-                    publisher: Publisher | None = None, now: dt.datetime | None = None) -> Triggered:
+                    api: NomadAPI | None = None, now: dt.datetime | None = None) -> Triggered:
     """Force-launch the periodic ``job`` (``date`` None or yesterday), else dispatch its backfill for ``date``."""
     latest = last_complete_day(now)
     if date is not None and date > latest:
         raise ConfigurationError(f"--date {date} is not a complete day yet; the latest complete UTC day is {latest}")
-    publisher = publisher or Publisher()
+    api = api or NomadAPI.from_config()
     backfill = backfill_job or f"{job}-backfill"
     if date is None or date == latest:
         hint = f"publish it with schedule_enabled = true, or dispatch {backfill!r} with --date {latest}"
-        child = _force(publisher, job, hint)
+        child = _force(api, job, hint)
         return Triggered(child, f"force-launched the periodic job {job!r}; the run retrains on {latest}")
-    child = _dispatch(publisher, backfill, date)
+    child = _dispatch(api, backfill, date)
     return Triggered(child, f"dispatched {backfill!r} with date={date} (the periodic {job!r} only does yesterday)")
 
 

@@ -1,10 +1,17 @@
-"""`caravan publish` and `caravan trigger retrain`, driven in-process against the Nomad double through python-nomad."""
+"""`caravan publish` and `caravan trigger retrain`, driven in-process against the Nomad double through python-nomad.
+
+The parse/plan tests on a small spec (`small_spec`) run unchanged against a real `nomad agent -dev` when
+CARAVAN_TEST_NOMAD_ADDR is set; the ones that publish the project's specs need the double (their vault blocks
+need a Vault-enabled cluster).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,20 +20,22 @@ from urllib.parse import urlsplit
 import hcl2
 import pytest
 from hcl2.utils import process_escape_sequences
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nomad
 from caravan import ConfigurationError
 from caravan.cli import main
+from caravan.nomad_api import NomadAPI
 from caravan.publish import (
+    Change,
     Publisher,
     PublishError,
     coerce,
     common_variables,
-    diff_jobs,
     find_specs,
     image_for,
+    plan_changes,
     read_spec,
     render_var_file,
     variables_for,
@@ -34,6 +43,7 @@ from caravan.publish import (
 from caravan.trigger import last_complete_day
 
 from ..doubles.nomad import NomadDouble
+from ..doubles.nomad import plan as nomad_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "nomad"
@@ -57,7 +67,8 @@ def registrations(double: NomadDouble, since: int = 0) -> list[tuple[str, str]]:
     found = []
     for method, raw in double.requests[since:]:
         path = urlsplit(raw).path
-        job_write = path.startswith("/v1/job/") and not path.endswith(("/dispatch", "/periodic/force"))
+        job_write = path.startswith("/v1/job/") and not path.endswith(
+            ("/dispatch", "/periodic/force", "/plan", "/evaluate", "/revert", "/stable", "/scale"))
         if method in ("POST", "PUT") and (path == "/v1/jobs" or job_write):
             found.append((method, raw))
     return found
@@ -110,12 +121,47 @@ def test_list_variables_reach_the_jobs_as_lists(double, capsys):
 
 def test_the_same_tag_again_reports_every_job_unchanged_and_registers_nothing(double, capsys):
     assert publish(capsys, "--version", "v1")[0] == 0
+    indexes = {j: client(double).job.get_job(j)["JobModifyIndex"] for j in JOB_IDS}
     before = len(double.requests)
     code, out, _ = publish(capsys, "--version", "v1")
-    assert code == 0
+    assert code == 0, out
     assert actions(out) == dict.fromkeys(JOB_IDS, "unchanged")
     assert registrations(double, before) == []
+    assert {j: client(double).job.get_job(j)["JobModifyIndex"] for j in JOB_IDS} == indexes
     assert all(client(double).job.get_job(j)["Version"] == 0 for j in JOB_IDS)
+    # Parse gives the API form and Nomad stores its defaults: the plan, not a field-by-field compare, says so.
+    stored = client(double).job.get_job("serving")
+    assert stored["NodePool"] == "default"
+    assert stored["TaskGroups"][0]["Services"][0]["Checks"][0]["Name"] == 'service: "caravan-ranker" check'
+
+
+def test_one_changed_variable_registers_exactly_that_job_and_prints_the_plan_diff(double, capsys):
+    assert publish(capsys, "--version", "v1")[0] == 0
+    before = len(double.requests)
+    code, out, _ = publish(capsys, "--version", "v1", "--var", "count=3")  # only serving declares count
+    assert code == 0, out
+    assert actions(out) == {**dict.fromkeys(JOB_IDS, "unchanged"), "serving": "changed"}
+    assert [urlsplit(raw).path for _, raw in registrations(double, before)] == ["/v1/jobs"]
+    assert re.search(r"^changed +serving +v0 → v1 ", out, re.M)
+    assert '    Edited  TaskGroups[server].Count: "2" → "3"\n' in out
+    serving = client(double).job.get_job("serving")
+    assert (serving["Version"], serving["TaskGroups"][0]["Count"]) == (1, 3)
+
+
+def test_a_new_spec_is_created_and_the_others_left_alone(double, capsys, tmp_path):
+    jobs = tmp_path / "nomad"
+    shutil.copytree(SPECS, jobs)
+    assert main(["publish", "--version", "v1", "--jobs-dir", str(jobs)]) == 0
+    text = (jobs / "make-numbers.nomad.hcl").read_text()
+    (jobs / "make-more-numbers.nomad.hcl").write_text(text.replace('job "make-numbers"', 'job "make-more-numbers"'))
+    capsys.readouterr()
+    before = len(double.requests)
+    assert main(["publish", "--version", "v1", "--jobs-dir", str(jobs)]) == 0
+    out = capsys.readouterr().out
+    assert actions(out) == {**dict.fromkeys(JOB_IDS, "unchanged"), "make-more-numbers": "created"}
+    assert len(registrations(double, before)) == 1
+    assert "1 created, 0 changed, 13 unchanged" in out
+    assert client(double).job.get_job("make-more-numbers")["Version"] == 0
 
 
 def test_a_new_tag_changes_every_job_by_one_version_with_a_diff_naming_the_image(double, capsys):
@@ -124,7 +170,8 @@ def test_a_new_tag_changes_every_job_by_one_version_with_a_diff_naming_the_image
     assert code == 0
     assert actions(out) == dict.fromkeys(JOB_IDS, "changed")
     assert re.search(r"^changed +make-numbers +v0 → v1 ", out, re.M)
-    assert 'TaskGroups[step].Tasks[step].Config.image: "caravan:v1" → "caravan:v2"' in out
+    assert 'Edited  TaskGroups[step].Tasks[step].Config.image: "caravan:v1" → "caravan:v2"' in out
+    assert 'Edited  TaskGroups[server].Tasks[serve].Env[CARAVAN_RELEASE]: "v1" → "v2"' in out
     assert all(client(double).job.get_job(j)["Version"] == 1 for j in JOB_IDS)
 
 
@@ -133,7 +180,8 @@ def test_diff_prints_every_change_in_full(double, capsys):
     long_root = "s3://bucket/" + "x" * 200
     code, out, _ = publish(capsys, "--version", "v1", "--var", f"artifact_root={long_root}", "--diff", "--dry-run")
     assert code == 0
-    assert f'Env.CARAVAN_ARTIFACT_ROOT: "" → "{long_root}"' in out
+    # The spec's env var was "": to Nomad's diff a value from "" is Added, not Edited.
+    assert f'Added   TaskGroups[retrain].Tasks[retrain].Env[CARAVAN_ARTIFACT_ROOT]: "{long_root}"' in out
     code, out, _ = publish(capsys, "--version", "v1", "--var", f"artifact_root={long_root}", "--dry-run")
     assert long_root not in out and "…" in out  # the short diff truncates values
 
@@ -186,7 +234,8 @@ def test_the_retrain_job_is_periodic_without_overlap_on_its_schedule(double, cap
     code, out, _ = publish(capsys, "--version", "v1", "--var", "schedule=*/30 * * * *",
                            "--var", "artifact_root=s3://models/caravan")
     assert code == 0 and actions(out)["retrain-ranker"] == "changed"
-    assert 'Periodic.Specs[0]: "0 */3 * * *" → "*/30 * * * *"' in out
+    # Specs is a set to Nomad's diff: one member deleted, one added (diff.go stringSetDiff).
+    assert 'Added   Periodic.Specs: "*/30 * * * *"\n    Deleted Periodic.Specs: "0 */3 * * *"\n' in out
     job = client(double).job.get_job("retrain-ranker")
     assert job["Periodic"]["Specs"] == ["*/30 * * * *"]
     assert job["TaskGroups"][0]["Tasks"][0]["Env"]["CARAVAN_ARTIFACT_ROOT"] == "s3://models/caravan"
@@ -194,22 +243,39 @@ def test_the_retrain_job_is_periodic_without_overlap_on_its_schedule(double, cap
     assert actions(out)["make-numbers"] == "unchanged"
 
 
-def test_a_concurrent_change_makes_the_registration_fail_loudly(double, capsys):
+def test_a_concurrent_register_between_plan_and_register_is_a_clear_conflict(double, capsys):
     publish(capsys, "--version", "v1")
     publisher = Publisher()
     specs = find_specs(SPECS, ())
     planned = publisher.plan(specs, common_variables("v2", None), {})
-    # Someone else registers make-numbers between our read and our write.
+    planned_index = next(p.modify_index for p in planned if p.job_id == "make-numbers")
+    # Someone else registers make-numbers between our plan and our register.
     n = client(double)
     job = n.job.get_job("make-numbers")
     job["TaskGroups"][0]["Tasks"][0]["Env"]["SOMEONE"] = "else"
     n.jobs.register_job({"Job": job})
+    now = n.job.get_job("make-numbers")["JobModifyIndex"]
     with pytest.raises(PublishError, match=r"registering 'make-numbers' .*make-numbers.nomad.hcl.* changed in Nomad "
-                                           r"after it was read") as info:
+                                           r"after it was planned") as info:
         publisher.apply(planned)
-    assert "registered before it: evaluate, gate-model" in str(info.value)
+    message = str(info.value)
+    assert f"Enforcing job modify index {planned_index}: job exists with conflicting job modify index: {now}" in message
+    assert "registered before it: evaluate, gate-model" in message
     assert n.job.get_job("make-numbers")["TaskGroups"][0]["Tasks"][0]["Env"]["SOMEONE"] == "else"
     assert n.job.get_job("serving")["Version"] == 0  # nothing after the refusal
+
+
+def test_a_job_created_by_someone_else_after_the_plan_is_a_conflict_too(double, capsys, tmp_path):
+    jobs = tmp_path / "nomad"
+    jobs.mkdir()
+    shutil.copy(SPECS / "make-numbers.nomad.hcl", jobs)
+    publisher = Publisher()
+    planned = publisher.plan(find_specs(jobs, ()), common_variables("v1", None), {})
+    assert [(p.action, p.modify_index) for p in planned] == [("created", 0)]
+    double.load_hcl(jobs / "make-numbers.nomad.hcl")
+    with pytest.raises(PublishError, match=r"'make-numbers' changed in Nomad after it was planned.*"
+                                           r"Enforcing job modify index 0: job already exists"):
+        publisher.apply(planned)
 
 
 def test_only_and_var_are_checked(double, capsys):
@@ -323,25 +389,301 @@ def test_var_files_round_trip_through_hcl(values):
     assert {k: _decode(v) for k, v in parsed.items()} == values
 
 
-# -- comparing ------------------------------------------------------------------------------------------
+# -- Nomad's plan: parse form, stored form, diff ----------------------------------------------------------
+
+SMALL = """
+variable "image" {
+  type    = string
+  default = "busybox:1"
+}
+variable "count" {
+  type    = number
+  default = 1
+}
+variable "cpu" {
+  type    = number
+  default = 100
+}
+variable "greeting" {
+  type    = string
+  default = "hello"
+}
+variable "tags" {
+  type    = list(string)
+  default = ["a"]
+}
+
+job "JOB_ID" {
+  type        = "service"
+  datacenters = ["dc1"]
+
+  group "web" {
+    count = var.count
+
+    network {
+      port "http" {
+        to = 8080
+      }
+    }
+
+    service {
+      name     = "JOB_ID-web"
+      port     = "http"
+      provider = "nomad"
+      tags     = var.tags
+
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "web" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        ports = ["http"]
+      }
+
+      env {
+        GREETING = var.greeting
+      }
+
+      resources {
+        cpu    = var.cpu
+        memory = 64
+      }
+    }
+  }
+}
+"""
 
 
-def test_the_diff_ignores_what_the_server_manages_and_fills_in():
-    parsed = {"ID": "j", "Type": "batch", "Meta": None, "Stop": False, "Update": {"MaxParallel": 1, "Canary": 2},
-              "TaskGroups": [{"Name": "g", "Constraints": None, "Tasks": [{"Name": "t", "Config": {"image": "a:1"},
-                                                                             "Env": {}}]}]}
-    registered = {**parsed, "Status": "running", "Version": 4, "JobModifyIndex": 99, "SubmitTime": 1,
-                  "Update": {"MaxParallel": 1, "Canary": 0}, "Meta": {"added": "by server"},
-                  "TaskGroups": [{"Name": "g", "Constraints": [{"LTarget": "${attr.vault.version}"}],
-                                  "Tasks": [{"Name": "t", "Config": {"image": "a:1"}, "Env": None,
-                                             "Identities": [{"Name": "vault_default"}]}]}]}
-    assert diff_jobs(registered, parsed) == []
-    changed = {**parsed, "Stop": False, "TaskGroups": [{"Name": "g", "Tasks": [
-        {"Name": "t", "Config": {"image": "a:2"}}, {"Name": "sidecar", "Config": {}}]}]}
-    registered["Stop"] = True
-    paths = {c.path: (c.old, c.new) for c in diff_jobs(registered, changed)}
-    assert paths == {"Stop": (True, False), "TaskGroups[g].Tasks[t].Config.image": ("a:1", "a:2"),
-                     "TaskGroups[g].Tasks[sidecar]": (None, {"Name": "sidecar", "Config": {}})}
+@pytest.fixture
+def nomad_target(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The Nomad the small-spec tests use: a real agent from CARAVAN_TEST_NOMAD_ADDR, else a fresh double."""
+    real = os.environ.get("CARAVAN_TEST_NOMAD_ADDR")
+    if real:
+        monkeypatch.setenv("NOMAD_ADDR", real)
+        yield real
+        return
+    with NomadDouble() as server:
+        monkeypatch.setenv("NOMAD_ADDR", server.address)
+        yield server.address
+
+
+@pytest.fixture
+def small_job(nomad_target: str) -> Iterator[str]:
+    """A fresh job id for the small spec; purged afterwards (a real agent keeps what tests register)."""
+    job_id = f"caravan-plan-{uuid.uuid4().hex[:8]}"
+    yield job_id
+    nomad.Nomad(address=nomad_target, timeout=10).job.deregister_job(job_id, purge=True)
+
+
+def small_spec(job_id: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"{job_id}.nomad.hcl"
+    path.write_text(SMALL.replace("JOB_ID", job_id))
+    return path
+
+
+def plan_of(publisher: Publisher, spec: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Nomad's plan for the small spec with ``values`` for its variables (through publish's own calls)."""
+    parsed = read_spec(spec)
+    variables = render_var_file(values)
+    job = publisher.parse(parsed, variables)
+    from caravan.publish import Planned
+
+    return publisher.plan_job(Planned(spec=parsed, job=job, variables=variables, namespace=""))
+
+
+def test_parse_gives_the_api_form_and_a_read_the_stored_form(nomad_target, small_job, tmp_path):
+    n = nomad.Nomad(address=nomad_target, timeout=10)
+    job = n.jobs.parse(small_spec(small_job, tmp_path).read_text(), canonicalize=True)
+    group = job["TaskGroups"][0]
+    assert job["NodePool"] == ""
+    assert group["Networks"][0]["DynamicPorts"][0]["HostNetwork"] == ""
+    assert group["Services"][0]["Checks"][0]["Name"] == ""
+    n.jobs.register_job({"Job": job})
+    stored = n.job.get_job(small_job)
+    group = stored["TaskGroups"][0]
+    assert stored["NodePool"] == "default"
+    assert group["Networks"][0]["DynamicPorts"][0]["HostNetwork"] == "default"
+    assert group["Services"][0]["Checks"][0]["Name"] == f'service: "{small_job}-web" check'
+
+
+def test_the_plan_sees_no_change_in_the_parse_form_and_exactly_the_edited_fields(nomad_target, small_job, tmp_path):
+    spec = small_spec(small_job, tmp_path)
+    publisher = Publisher(NomadAPI(nomad_target))
+    created = plan_of(publisher, spec, {})
+    assert (created["Diff"]["Type"], created["JobModifyIndex"]) == ("Added", 0)
+    n = nomad.Nomad(address=nomad_target, timeout=10)
+    n.jobs.register_job({"Job": publisher.parse(read_spec(spec), "")})
+    stored_index = n.job.get_job(small_job)["JobModifyIndex"]
+    same = plan_of(publisher, spec, {})
+    assert (same["Diff"]["Type"], same["JobModifyIndex"]) == ("None", stored_index)
+    assert plan_changes(same["Diff"]) == []
+    edited = plan_of(publisher, spec, {"count": 2, "image": "busybox:2", "greeting": "hi", "tags": ["a", "b"]})
+    assert (edited["Diff"]["Type"], edited["JobModifyIndex"]) == ("Edited", stored_index)
+    # diff.go's order: a group's fields, its objects, then its tasks (fields, objects); tags are a set.
+    assert plan_changes(edited["Diff"]) == [
+        Change("Edited", "TaskGroups[web].Count", "1", "2"),
+        Change("Added", "TaskGroups[web].Service.Tags", "", "b"),
+        Change("Edited", "TaskGroups[web].Tasks[web].Env[GREETING]", "hello", "hi"),
+        Change("Edited", "TaskGroups[web].Tasks[web].Config.image", "busybox:1", "busybox:2"),
+    ]
+    (count,) = [f for f in edited["Diff"]["TaskGroups"][0]["Fields"] if f["Name"] == "Count"]
+    assert count["Annotations"] == ["forces create"]  # scheduler/annotate.go annotateCountChange
+    (task,) = edited["Diff"]["TaskGroups"][0]["Tasks"]
+    assert task["Annotations"] == ["forces create/destroy update"]
+
+
+@pytest.fixture(scope="module")
+def plan_double() -> Iterator[NomadDouble]:
+    with NomadDouble() as server:
+        yield server
+
+
+VALUES = st.fixed_dictionaries({
+    "image": st.sampled_from(["busybox:1", "busybox:2", "alpine:3"]),
+    "count": st.integers(min_value=1, max_value=4),
+    "cpu": st.sampled_from([100, 250, 500]),
+    "greeting": st.text(alphabet="abcxyz -", min_size=1, max_size=8),
+    "tags": st.lists(st.sampled_from(["a", "b", "c"]), unique=True, max_size=3),
+})
+BASE = {"image": "busybox:1", "count": 1, "cpu": 100, "greeting": "hello", "tags": ["a"]}
+PATHS = {"image": "TaskGroups[web].Tasks[web].Config.image", "count": "TaskGroups[web].Count",
+         "cpu": "TaskGroups[web].Tasks[web].Resources.CPU", "greeting": "TaskGroups[web].Tasks[web].Env[GREETING]"}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=VALUES)
+def test_random_variable_edits_give_exactly_the_edited_fields(plan_double, tmp_path, values):
+    spec = small_spec("random-edits", tmp_path)
+    publisher = Publisher(NomadAPI(plan_double.address))
+    plan_double.load_hcl(spec)  # the defaults, BASE
+    plan = plan_of(publisher, spec, values)
+    expected = [Change("Edited", PATHS[name], str(BASE[name]), str(values[name]))
+                for name in PATHS if values[name] != BASE[name]]
+    expected += [Change("Added", "TaskGroups[web].Service.Tags", "", t) for t in set(values["tags"]) - {"a"}]
+    expected += [Change("Deleted", "TaskGroups[web].Service.Tags", t, "") for t in {"a"} - set(values["tags"])]
+    assert sorted(plan_changes(plan["Diff"]), key=repr) == sorted(expected, key=repr)
+    assert plan["Diff"]["Type"] == ("Edited" if expected else "None")
+
+
+# -- the double's diff against diff.go, by hand ------------------------------------------------------------
+
+
+@given(st.text(max_size=3), st.text(max_size=3), st.booleans())
+def test_field_diff_follows_diff_go(old, new, contextual):
+    found = nomad_plan.field_diff(old, new, "F", contextual)
+    if old == new:
+        assert found == (nomad_plan._field("None", "F", old, new) if contextual else None)
+    elif old == "":
+        assert (found["Type"], found["Old"], found["New"]) == ("Added", "", new)
+    elif new == "":
+        assert (found["Type"], found["Old"], found["New"]) == ("Deleted", old, "")
+    else:
+        assert (found["Type"], found["Old"], found["New"]) == ("Edited", old, new)
+
+
+def _job(**changes: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "ID": "j", "Name": "j", "Type": "batch", "Priority": 50, "Datacenters": ["dc1"], "Meta": {"team": "ml"},
+        "Version": 3, "JobModifyIndex": 40, "SubmitTime": 1, "Status": "running",
+        "Periodic": {"Enabled": True, "Spec": "", "Specs": ["0 * * * *"], "SpecType": "cron",
+                     "ProhibitOverlap": True, "TimeZone": "UTC"},
+        "TaskGroups": [{"Name": "g", "Count": 1, "Networks": [
+            {"Mode": "", "DynamicPorts": [{"Label": "http", "Value": 0, "To": 80, "HostNetwork": "default"}]}],
+            "Tasks": [{"Name": "t", "Driver": "docker", "KillTimeout": 5, "Config": {"image": "a:1", "args": ["x"]},
+                       "Templates": [{"DestPath": "local/a", "EmbeddedTmpl": "1"},
+                                     {"DestPath": "local/b", "EmbeddedTmpl": "2"}]}]}],
+    }
+    for key, value in changes.items():
+        job[key] = value
+    return job
+
+
+def _f(kind: str, name: str, old: str = "", new: str = "") -> dict[str, Any]:
+    return {"Type": kind, "Name": name, "Old": old, "New": new, "Annotations": None}
+
+
+def test_the_double_diffs_a_job_as_diff_go_does():
+    old = _job()
+    new = _job(Priority=70, Meta={"team": "ml", "owner": "me"}, Datacenters=["dc1", "dc2"], Version=9,
+               Status="pending",
+               Periodic={**old["Periodic"], "Specs": ["*/5 * * * *"]})
+    new["TaskGroups"] = [{**old["TaskGroups"][0], "Networks": [
+        {"Mode": "", "DynamicPorts": [{"Label": "http", "Value": 0, "To": 8080, "HostNetwork": "default"}]}],
+        "Tasks": [{**old["TaskGroups"][0]["Tasks"][0], "KillTimeout": 9,
+                   "Templates": [{"DestPath": "local/b", "EmbeddedTmpl": "2"},
+                                 {"DestPath": "local/a", "EmbeddedTmpl": "one"}]}]}]
+    diff = nomad_plan.job_diff(old, new)
+    # Server-managed fields (Version, Status...) are filtered; Meta is a map, flattened as Meta[key].
+    assert diff["Type"] == "Edited" and diff["ID"] == "j"
+    assert diff["Fields"] == [_f("Added", "Meta[owner]", new="me"), _f("Edited", "Priority", "50", "70")]
+    datacenters, periodic = diff["Objects"]
+    assert datacenters == {"Type": "Added", "Name": "Datacenters", "Objects": None,
+                           "Fields": [_f("Added", "Datacenters", new="dc2"), _f("None", "Datacenters", "dc1", "dc1")]}
+    # Periodic changed only in its Specs set: Edited, with its unchanged fields for context.
+    assert periodic["Type"] == "Edited" and {f["Type"] for f in periodic["Fields"]} == {"None"}
+    assert periodic["Objects"] == [{"Type": "Edited", "Name": "Specs", "Objects": None, "Fields": [
+        _f("Added", "Specs", new="*/5 * * * *"), _f("Deleted", "Specs", old="0 * * * *")]}]
+    (group,) = diff["TaskGroups"]
+    assert (group["Type"], group["Fields"]) == ("Edited", None)
+    # Networks are keyed by content: a changed port is a deleted network and an added one, never Edited.
+    assert [(o["Name"], o["Type"]) for o in group["Objects"]] == [("Network", "Added"), ("Network", "Deleted")]
+    (added_port,) = group["Objects"][0]["Objects"]
+    assert added_port["Name"] == "Dynamic Port" and _f("Added", "To", new="8080") in added_port["Fields"]
+    (task,) = group["Tasks"]
+    # Templates match by DestPath whatever their order: only local/a changed.
+    assert task["Fields"] == [_f("Edited", "KillTimeout", "5", "9")]
+    (template,) = task["Objects"]
+    assert template["Name"] == "Template" and _f("Edited", "EmbeddedTmpl", "1", "one") in template["Fields"]
+    assert _f("None", "DestPath", "local/a", "local/a") in template["Fields"]
+    assert plan_changes(diff) == [
+        Change("Added", "Meta[owner]", "", "me"), Change("Edited", "Priority", "50", "70"),
+        Change("Added", "Datacenters", "", "dc2"),
+        Change("Added", "Periodic.Specs", "", "*/5 * * * *"), Change("Deleted", "Periodic.Specs", "0 * * * *", ""),
+        Change("Added", "TaskGroups[g].Network.Dynamic Port.HostNetwork", "", "default"),
+        Change("Added", "TaskGroups[g].Network.Dynamic Port.Label", "", "http"),
+        Change("Added", "TaskGroups[g].Network.Dynamic Port.To", "", "8080"),
+        Change("Deleted", "TaskGroups[g].Network.Dynamic Port.HostNetwork", "default", ""),
+        Change("Deleted", "TaskGroups[g].Network.Dynamic Port.Label", "http", ""),
+        Change("Deleted", "TaskGroups[g].Network.Dynamic Port.To", "80", ""),
+        Change("Edited", "TaskGroups[g].Tasks[t].KillTimeout", "5", "9"),
+        Change("Edited", "TaskGroups[g].Tasks[t].Template.EmbeddedTmpl", "1", "one"),
+    ]
+    # KillTimeout alone is an in-place update (annotate.go), a template change is destructive.
+    nomad_plan.annotate(diff, nomad_plan.desired_updates(old, new, diff))
+    assert task["Annotations"] == ["forces create/destroy update"]
+    assert group["Updates"] == {"create/destroy update": 1}
+
+
+def test_a_new_job_is_added_whole_and_an_identical_one_is_none():
+    job = _job()
+    added = nomad_plan.job_diff(None, job)
+    assert added["Type"] == "Added" and plan_changes(added) == []
+    assert {f["Type"] for f in added["Fields"]} == {"Added"}
+    assert [(g["Name"], g["Type"]) for g in added["TaskGroups"]] == [("g", "Added")]
+    assert [(t["Name"], t["Type"]) for t in added["TaskGroups"][0]["Tasks"]] == [("t", "Added")]
+    same = nomad_plan.job_diff(job, {**job, "Version": 4, "JobModifyIndex": 99, "SubmitTime": 2})
+    assert same == {"Type": "None", "ID": "j", "Fields": None, "Objects": None, "TaskGroups": [
+        {"Type": "None", "Name": "g", "Fields": None, "Objects": None, "Updates": None,
+         "Tasks": [{"Type": "None", "Name": "t", "Fields": None, "Objects": None, "Annotations": None}]}]}
+    reply = nomad_plan.plan_reply(job, job, with_diff=True)
+    assert (reply["JobModifyIndex"], reply["Index"], reply["FailedTGAllocs"], reply["Warnings"]) == (40, 40, None, "")
+    assert reply["Annotations"]["DesiredTGUpdates"]["g"]["Ignore"] == 1
+    assert reply["Diff"]["TaskGroups"][0]["Updates"] == {"ignore": 1}
+
+
+def test_go_values_are_printed_as_go_prints_them():
+    assert [nomad_plan.go_value(v) for v in (True, 8080, 8080.0, 0.5, 1e21, "x")] == \
+        ["true", "8080", "8080", "0.5", "1e+21", "x"]
+    assert nomad_plan.flatten_all({"args": ["a", 1], "labels": {"k": "v"}, "none": None}) == \
+        {"args[0]": "a", "args[1]": "1", "labels[k]": "v", "none": "nil"}
 
 
 # -- trigger retrain ------------------------------------------------------------------------------------

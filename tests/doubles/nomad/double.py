@@ -61,6 +61,7 @@ from .common import FIRST_INDEX, AllocRec, HTTPError, JobRec, send_signal
 from .faults import Faults
 from .hcl import JobSpecError, hcl_to_job
 from .jobs import JobEndpoint
+from .plan import PlanEndpoint
 from .prestart import Prestart
 from .reads import Reads
 from .routes import Handler, Routes
@@ -68,7 +69,7 @@ from .scheduler import Scheduler
 from .state import StateStore
 
 
-class NomadDouble(Routes, Reads, JobEndpoint, Scheduler, Client, Prestart, Faults, StateStore):
+class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, Prestart, Faults, StateStore):
     """A Nomad agent on a loopback port, with an in-memory state store and a client that runs tasks."""
 
     def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,

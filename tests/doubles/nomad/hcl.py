@@ -23,6 +23,8 @@ from typing import Any
 import hcl2
 from hcl2.utils import SerializationOptions, process_escape_sequences
 
+from .admission import api_canonicalize, networks, services
+
 SECOND_NS = 1_000_000_000
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": SECOND_NS,
              "m": 60 * SECOND_NS, "h": 3600 * SECOND_NS}
@@ -320,6 +322,7 @@ def _reschedule(block: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"Name": name, "Count": body.get("count"), "Meta": _strings(_block(body, "meta")),
+            "Networks": networks(body), "Services": services(body),
             "RestartPolicy": _restart(_block(body, "restart")),
             "ReschedulePolicy": _reschedule(_block(body, "reschedule")),
             "Tasks": [_task(task, inner) for task, inner in _labelled(body, "task")]}
@@ -388,7 +391,7 @@ def _fill(target: dict[str, Any], defaults: dict[str, Any]) -> None:
 
 _JOB_DEFAULTS: dict[str, Any] = {
     "Region": "global", "Namespace": "default", "Type": "service", "Priority": 50, "AllAtOnce": False,
-    "Datacenters": ["*"], "NodePool": "default", "Constraints": None, "Affinities": None, "Spreads": None,
+    "Datacenters": ["*"], "NodePool": "", "Constraints": None, "Affinities": None, "Spreads": None,
     "Update": None, "Multiregion": None, "Periodic": None, "ParameterizedJob": None, "Dispatched": False,
     "DispatchIdempotencyToken": "", "Payload": None, "Meta": None, "ConsulToken": "", "ConsulNamespace": "",
     "VaultToken": "", "VaultNamespace": "", "NomadTokenID": "", "Status": "", "StatusDescription": "",
@@ -449,7 +452,7 @@ def canonicalize(job: dict[str, Any]) -> dict[str, Any]:
                 _fill(task["Vault"], _VAULT_DEFAULTS)
             for template in task["Templates"] or []:
                 _fill(template, _TEMPLATE_DEFAULTS)
-    return job
+    return api_canonicalize(job)  # NodePool "", service names: the parse form (admission.py)
 
 
 def validate_job(job: dict[str, Any]) -> list[str]:

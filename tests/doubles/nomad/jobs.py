@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+from .admission import admit
 from .common import (
     ALLOC_NOT_NEEDED,
     MAX_PAYLOAD,
@@ -29,7 +30,7 @@ class JobEndpoint:
 
     def _register(self, job: dict[str, Any], namespace: str,
                   enforce_index: int | None = None) -> dict[str, Any]:
-        canonicalize(job)
+        admit(canonicalize(job))  # the stored form: server-side defaults (admission.py)
         job["Namespace"] = namespace
         problems = validate_job(job)
         if problems:

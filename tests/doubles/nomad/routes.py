@@ -24,6 +24,7 @@ class Routes:
         "/allocations": (("GET",), "_get_job_allocs"),
         "/evaluations": (("GET",), "_get_job_evals"),
         "/summary": (("GET",), "_get_summary"),
+        "/plan": (("PUT", "POST"), "_plan"),  # plan.py
     }
 
     def _decode(self, req: Request) -> Any:
