@@ -1,4 +1,4 @@
-"""What every bench shares: the repository root on ``sys.path``, one percentile, one goal verdict.
+"""What every bench shares: the repository root on ``sys.path``, one percentile, one goal verdict, a checked build.
 
 Import it first in a bench (``from common import ROOT, percentile, verdict``): a bench runs as a
 script, so its own folder is on ``sys.path`` and this module is found; importing it puts the
@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -43,3 +44,19 @@ def verdict(goal: str, problems: Sequence[str]) -> int:
         return 1
     print(f"\ngoal ({goal}): met", flush=True)
     return 0
+
+
+def build(tasks: Iterable[Any], workers: int = 1) -> Any:
+    """Run ``tasks`` with luigi's local scheduler; its detailed result, or exit naming what failed.
+
+    ``luigi.build()`` alone returns True when tasks failed (only scheduling must succeed), so a bench
+    that trusted it could time a failure; this checks luigi's own status instead.
+    """
+    import luigi
+    from luigi.execution_summary import LuigiStatusCode
+
+    result = luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING",
+                         detailed_summary=True)
+    if result.status not in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY):
+        raise SystemExit(f"luigi run failed ({result.status.name}):\n{result.summary_text}")
+    return result
