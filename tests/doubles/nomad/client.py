@@ -6,16 +6,12 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 from .common import (
-    DATACENTER,
     ENV_UNSAFE,
     MAX_EVENTS,
-    NODE_ID,
-    NODE_NAME,
     REGION,
     ZERO_TIME,
     AllocRec,
@@ -152,7 +148,8 @@ class Client:
             run.proc = proc
             if self._closing.is_set():  # stop() ran while this process was starting
                 send_signal(proc, signal.SIGKILL)
-            self.processes_started += 1
+            self.stats["processes_started"] += 1
+            self._leader_event("running")
             idx = self._bump()
             self._task_event(rec, run.name, "Started", "Task started by client", idx)
             self._set_task(rec, run.name, idx, State="running", StartedAt=rfc3339(now_ns()))
@@ -170,6 +167,7 @@ class Client:
                      run: TaskRun) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         """(the runtime ``NOMAD_*`` variables, the task's ``env`` block interpolated, the interpolation view)."""
         job, group, task = rec.job, rec.group, run.spec
+        node = rec.node or self._nodes[0]
         alloc_dir, task_dir = rec.root / "alloc", rec.root / run.name
         name = rec.alloc["Name"]
         runtime = {
@@ -178,7 +176,7 @@ class Client:
             "NOMAD_SHORT_ALLOC_ID": rec.alloc["ID"][:8], "NOMAD_ALLOC_NAME": name,
             "NOMAD_ALLOC_INDEX": name[name.rindex("[") + 1:-1], "NOMAD_GROUP_NAME": group["Name"],
             "NOMAD_TASK_NAME": run.name, "NOMAD_JOB_ID": job["ID"], "NOMAD_JOB_NAME": job["Name"],
-            "NOMAD_NAMESPACE": job["Namespace"], "NOMAD_REGION": REGION, "NOMAD_DC": DATACENTER,
+            "NOMAD_NAMESPACE": job["Namespace"], "NOMAD_REGION": REGION, "NOMAD_DC": node["Datacenter"],
             "NOMAD_CPU_LIMIT": str(task["Resources"]["CPU"]),
             "NOMAD_MEMORY_LIMIT": str(task["Resources"]["MemoryMB"]),
         }
@@ -188,8 +186,11 @@ class Client:
         for key, value in meta.items():
             clean = ENV_UNSAFE.sub("_", key)
             runtime[f"NOMAD_META_{clean}"] = runtime[f"NOMAD_META_{clean.upper()}"] = value
-        view = {**runtime, "node.unique.id": NODE_ID, "node.unique.name": NODE_NAME,
-                "node.datacenter": DATACENTER, "node.region": REGION, "attr.kernel.name": sys.platform}
+        view = {**runtime, "node.unique.id": node["ID"], "node.unique.name": node["Name"],
+                "node.datacenter": node["Datacenter"], "node.class": node["NodeClass"],
+                "node.pool": node["NodePool"], "node.region": REGION,
+                **{f"attr.{k}": v for k, v in node["Attributes"].items()},
+                **{f"meta.{k}": v for k, v in node["Meta"].items()}}
         task_env = {k: interpolate(str(v), view) for k, v in (task.get("Env") or {}).items()}
         view.update(task_env)
         return runtime, task_env, view

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import os
 import re
 import subprocess
@@ -15,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._http import go_json as go_json  # re-exported for the double's modules
 
 REGION, DATACENTER = "global", "dc1"
 NODE_ID, NODE_NAME = "f2c4e1d0-7b3a-4c55-9e7f-0d1b2a3c4d5e", "nomad-double"
@@ -57,15 +58,6 @@ def now_ns() -> int:
 def rfc3339(ns: int) -> str:
     stamp = dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".") + "Z"
-
-
-def go_json(obj: Any, pretty: bool = False) -> bytes:
-    """JSON as Go's encoding/json writes it (compact, with <, > and & escaped)."""
-    text = json.dumps(obj, ensure_ascii=False, indent=4 if pretty else None,
-                      separators=(",", ": ") if pretty else (",", ":"))
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        text = text.replace(char, escape)
-    return text.encode()
 
 
 def parse_bool(value: str, name: str) -> bool:
@@ -126,6 +118,7 @@ class Reply:
     raw: bytes | None = None
     content_type: str = "application/json"
     stream: Callable[[Callable[[bytes], None]], None] | None = None
+    drop: bool = False  # close the connection without answering (an agent going away mid-request)
 
 
 @dataclass
@@ -135,6 +128,7 @@ class Request:
     query: dict[str, str]
     headers: Any
     body: bytes
+    ambiguous: bool = False  # applied, but the caller gets the leader-loss answer instead of the reply
 
 
 @dataclass
@@ -161,6 +155,7 @@ class AllocRec:
     key: tuple[str, str]
     root: Path
     fault: str | None
+    node: dict[str, Any] = field(default_factory=dict)  # the node it was placed on (see ``nodes``)
     tasks: dict[str, TaskRun] = field(default_factory=dict)
     kill: threading.Event = field(default_factory=threading.Event)
     lost: bool = False

@@ -43,6 +43,7 @@ that has no Vault, as the executor contract needs.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -59,8 +60,10 @@ from typing import Any
 from .client import Client
 from .common import FIRST_INDEX, AllocRec, HTTPError, JobRec, send_signal
 from .faults import Faults
+from .gc import GarbageCollector
 from .hcl import JobSpecError, hcl_to_job
-from .jobs import JobEndpoint
+from .jobs import IDEMPOTENCY_VERSIONS, JobEndpoint
+from .nodes import make_nodes
 from .plan import PlanEndpoint
 from .prestart import Prestart
 from .reads import Reads
@@ -69,19 +72,46 @@ from .scheduler import Scheduler
 from .state import StateStore
 
 
-class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, Prestart, Faults, StateStore):
+class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, Prestart, Faults,
+                  GarbageCollector, StateStore):
     """A Nomad agent on a loopback port, with an in-memory state store and a client that runs tasks."""
 
     def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,
                  acl_token: str | None = None, kill_timeout_s: float = 5.0, vault_addr: str | None = None,
                  vault_token: str | None = None, consul_addr: str | None = None,
                  consul_token: str | None = None, render_templates: bool | None = None,
-                 inherit_env: bool = True) -> None:
+                 inherit_env: bool = True, nodes: list[dict[str, Any]] | None = None,
+                 gc_threshold_s: float = 4 * 3600, dispatch_idempotency: str = "1.11.2",
+                 dispatch_race_window_s: float = 0.0) -> None:
         """``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a ``vault``
         block; ``consul_addr``/``consul_token``: the client's Consul. ``render_templates`` defaults to whether
         either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
         that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
-        as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``."""
+        as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``.
+
+        The cluster: ``nodes`` (see :func:`.nodes.make_nodes`; default one node large enough for any test
+        that does not ask for limits), ``gc_threshold_s`` (``job_gc_threshold``, used by :meth:`gc`),
+        ``dispatch_idempotency`` (``"1.11.2"`` or ``"1.11.1"``: how the FSM treats a second dispatch of one
+        token that passed the check, see :meth:`_dispatch`) and ``dispatch_race_window_s`` (the time between a
+        dispatch's token check on a snapshot and its Raft apply; 0: check and apply are one step)."""
+        if dispatch_idempotency not in IDEMPOTENCY_VERSIONS:
+            raise ValueError(f"dispatch_idempotency must be one of {IDEMPOTENCY_VERSIONS}, "
+                             f"not {dispatch_idempotency!r}")
+        self.dispatch_idempotency = dispatch_idempotency
+        self.dispatch_race_window_s = dispatch_race_window_s
+        self.gc_threshold_s = gc_threshold_s
+        self._nodes = make_nodes(nodes, dispatch_idempotency)
+        # Counters for tests and benches: processes started, children dispatched, stops (DELETE
+        # /v1/job/:id) and requests received, jobs purged by GC, leader-loss answers and dropped connections,
+        # and dispatches the 1.11.2 FSM dropped as duplicates.
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("processes_started", "dispatches", "stops", "requests", "gc_purged", "no_leader_answers",
+             "dropped_connections", "duplicate_dispatches_dropped"), 0)
+        self._leader_windows: list[tuple[float, bool]] = []
+        self._leader_triggers: list[tuple[str, float, bool]] = []
+        self._leader_answers = 0
+        self._wanted: dict[str, list[tuple[str, str, str | None]]] = {}
+        self._unblock_queued = False
         self.env = dict(env or {})
         self.inherit_env = inherit_env
         self.python = python
@@ -99,7 +129,6 @@ class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, P
         self.requests: list[tuple[str, str]] = []
         # Test-only: called with (method, path, status, body bytes) for every response body (and stream chunk).
         self.response_hook: Callable[[str, str, int, bytes], None] | None = None
-        self.processes_started = 0
         self._cond = threading.Condition(threading.RLock())
         self._index = FIRST_INDEX
         self._tables: dict[str, int] = defaultdict(int)
@@ -170,3 +199,14 @@ class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, P
         """The directory a task of an allocation runs in (``local/``, ``secrets/``, ``tmp/``)."""
         with self._cond:
             return self._allocs[alloc_id].root / task
+
+    @property
+    def processes_started(self) -> int:
+        """How many task processes the client has started (``stats["processes_started"]``)."""
+        return self.stats["processes_started"]
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        """A copy of the cluster's nodes (``ID``, ``Name``, ``Datacenter``, ``NodeClass``, ``NodeResources``...)."""
+        with self._cond:
+            return copy.deepcopy(self._nodes)

@@ -260,7 +260,7 @@ def hcl_to_job(text: str, variables: dict[str, Any] | None = None) -> dict[str, 
         "Region": body.get("region"), "Namespace": body.get("namespace"), "Priority": body.get("priority"),
         "Datacenters": body.get("datacenters"), "NodePool": body.get("node_pool"),
         "AllAtOnce": body.get("all_at_once"), "Meta": _strings(_block(body, "meta")),
-        "Periodic": _periodic(_block(body, "periodic")),
+        "Periodic": _periodic(_block(body, "periodic")), "Constraints": _constraints(body),
         "ParameterizedJob": _parameterized(_block(body, "parameterized")),
         "TaskGroups": [_group(name, group) for name, group in _labelled(body, "group")],
     }
@@ -297,6 +297,24 @@ def _periodic(block: dict[str, Any] | None) -> dict[str, Any] | None:
             "TimeZone": block.get("time_zone")}
 
 
+def _constraints(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """``constraint`` blocks as ``api.Constraint`` (jobspec2: ``attribute``, ``operator`` default "=", ``value``;
+    the ``distinct_hosts``/``distinct_property`` shorthands become that operator)."""
+    found = []
+    for block in body.get("constraint") or []:
+        if not isinstance(block, dict):
+            continue
+        operand = str(block.get("operator") or "=")
+        if block.get("distinct_hosts"):
+            operand = "distinct_hosts"
+        elif block.get("distinct_property") is not None:
+            operand = "distinct_property"
+            block = {**block, "attribute": block["distinct_property"]}
+        found.append({"LTarget": str(block.get("attribute") or ""), "RTarget": str(block.get("value") or ""),
+                      "Operand": operand})
+    return found or None
+
+
 def _parameterized(block: dict[str, Any] | None) -> dict[str, Any] | None:
     if block is None:
         return None
@@ -325,6 +343,7 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
             "Networks": networks(body), "Services": services(body),
             "RestartPolicy": _restart(_block(body, "restart")),
             "ReschedulePolicy": _reschedule(_block(body, "reschedule")),
+            "Constraints": _constraints(body),
             "Tasks": [_task(task, inner) for task, inner in _labelled(body, "task")]}
 
 
@@ -340,7 +359,7 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
                   "Once": bool(t.get("once")), "ErrMissingKey": bool(t.get("error_on_missing_key"))}
                  for t in body.get("template") or [] if isinstance(t, dict)]
     return {
-        "Name": name, "Driver": body.get("driver"), "User": body.get("user"),
+        "Name": name, "Driver": body.get("driver"), "User": body.get("user"), "Constraints": _constraints(body),
         "Config": _block(body, "config") or {}, "Env": _strings(_block(body, "env")),
         "Meta": _strings(_block(body, "meta")), "RestartPolicy": _restart(_block(body, "restart")),
         "KillTimeout": _duration(body.get("kill_timeout")), "KillSignal": body.get("kill_signal"),

@@ -24,6 +24,8 @@ from .common import (
 )
 from .hcl import canonicalize, multierror, validate_job
 
+IDEMPOTENCY_VERSIONS = ("1.11.2", "1.11.1")  # how the FSM treats a duplicate token (see _dispatch)
+
 
 class JobEndpoint:
     """The job endpoint (a mixin of :class:`NomadDouble`)."""
@@ -95,6 +97,10 @@ class JobEndpoint:
             raise HTTPError(400, "Job ID does not match")
         raw_payload = fields.get("payload")
         payload = b64decode(raw_payload) if isinstance(raw_payload, str) else b""
+        # command/agent/http.go parseIdempotencyToken: a non-empty ?idempotency_token= wins; otherwise the body's
+        # WriteRequest.IdempotencyToken, which encoding/json matches case-insensitively ("idempotencytoken").
+        # python-nomad's own argument sends "idempotency_token" in the body: no field has that name, so Nomad
+        # (and this double) ignore it.
         token = req.query.get("idempotency_token") or fields.get("idempotencytoken") or ""
         prefix = fields.get("idprefixtemplate") or ""
         priority = fields.get("priority") or 0
@@ -138,7 +144,22 @@ class JobEndpoint:
                          DispatchIdempotencyToken=token, Meta={**(parent.get("Meta") or {}), **meta},
                          Payload=base64.b64encode(payload).decode() if payload else None,
                          Priority=priority or parent["Priority"])
-            ev_id, idx = self._launch(child, "job-register")
+        # The check above ran on a snapshot; the Raft apply comes later (nomad/job_endpoint.go Dispatch), so
+        # two dispatches of one token inside this window both pass it.
+        if self.dispatch_race_window_s > 0 and self._closing.wait(self.dispatch_race_window_s):
+            raise HTTPError(500, "rpc error: server is shutting down")
+        with self._cond:
+            if token and self.dispatch_idempotency != "1.11.1" and any(
+                    c.job["DispatchIdempotencyToken"] == token for c in self._children(namespace, job_id)):
+                # 1.11.2 nomad/fsm.go applyUpsertJob: the FSM finds the token and silently drops the apply
+                # (job and eval), yet the endpoint answers with the ids it made up, which never exist.
+                idx = self._bump()
+                self.stats["duplicate_dispatches_dropped"] += 1
+                ev_id = "" if is_parent(child) else str(uuid.uuid4())
+            else:
+                ev_id, idx = self._launch(child, "job-register")
+                self.stats["dispatches"] += 1
+                req.ambiguous = self._leader_event("dispatch")
         return Reply({"DispatchedJobID": child_id, "EvalID": ev_id, "EvalCreateIndex": idx if ev_id else 0,
                       "JobCreateIndex": idx, "Index": idx}, index=idx, read=False)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import copy
-import random
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._http import blocking_query
 from .common import (
     LOG_FRAME,
     MAX_BLOCKING_S,
@@ -30,22 +29,7 @@ class Reads:
     def _blocking(self, req: Request, query: Callable[[], tuple[Any, int, Any]]) -> tuple[Any, int]:
         """Run ``query`` (body, index, watch) under the lock; block while index <= ?index, up to ?wait."""
         min_index, wait_s = blocking_params(req.query)
-        with self._cond:
-            body, index, watch = query()
-            if min_index == 0 or index > min_index:
-                return body, index
-            deadline = time.monotonic() + wait_s + random.uniform(0, wait_s / 16)
-            while not self._closing.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-                new_body, new_index, new_watch = query()
-                if new_watch != watch:
-                    body, index, watch = new_body, new_index, new_watch
-                    if index > min_index:
-                        break
-        return body, index
+        return blocking_query(self._cond, query, min_index, wait_s, self._closing.is_set)
 
     def _read(self, req: Request, query: Callable[[], tuple[Any, int]], missing: str = "",
               watch: Callable[[], Any] | None = None) -> Reply:

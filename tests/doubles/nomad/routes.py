@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._http import index_headers, shutdown
 from .common import JOB_SUFFIXES, LEADER, REGION, HTTPError, Reply, Request, go_json, parse_bool
+from .gc import FORCE_GC_THRESHOLD_S
 from .hcl import JobSpecError
 
 
@@ -47,8 +49,17 @@ class Routes:
         parts = urlsplit(raw_path)
         query = dict(reversed(parse_qsl(parts.query, keep_blank_values=True)))  # the first value wins
         req = Request(method, unquote(parts.path), query, headers, body)
+        with self._cond:
+            self.stats["requests"] += 1
+            if method == "DELETE" and req.path.startswith("/v1/job/"):
+                self.stats["stops"] += 1
+        lost = self._no_leader_reply()
+        if lost is not None:
+            return 500, {}, lost
         try:
             reply = self._route(req)
+            if req.ambiguous:  # applied, but the leader went away before the answer
+                return 500, {}, self._no_leader_reply(force=True) or Reply(drop=True)
         except HTTPError as exc:
             extra = {} if exc.index is None else read_headers(exc.index)
             return exc.status, extra, Reply(raw=exc.reason.encode(), content_type="text/plain; charset=utf-8")
@@ -95,6 +106,10 @@ class Routes:
                     stubs = [self._alloc_stub(a) for a in mine]
                     return Reply(stubs, self._tables["allocs"])
             return self._get_eval(req, eval_id)
+        if path == "/v1/system/gc":
+            allow_methods(method, "PUT")
+            self.gc(FORCE_GC_THRESHOLD_S)
+            return Reply(raw=b"", index=None)
         if path.startswith("/v1/client/fs/logs/"):
             allow_methods(method, "GET")
             return self._logs(req, path[len("/v1/client/fs/logs/"):])
@@ -154,7 +169,7 @@ def allow_methods(method: str, *allowed: str) -> str:
 
 
 def read_headers(index: int) -> dict[str, str]:
-    return {"X-Nomad-Index": str(max(1, index)), "X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0"}
+    return index_headers("Nomad", index)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -168,6 +183,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, extra, reply = double.handle(self.command, self.path, self.headers, body)
+        if reply.drop:  # the agent goes away: no status line, the socket just closes
+            self.close_connection = True
+            shutdown(self.connection)
+            return
         hook = double.response_hook
 
         def sent(data: bytes) -> None:

@@ -79,11 +79,14 @@ class StateStore:
         self._table("evals", idx)
 
     def _update_alloc(self, rec: AllocRec, idx: int, server: bool = False, **fields: Any) -> None:
+        was = rec.alloc.get("ClientStatus")
         rec.alloc.update(fields, ModifyIndex=idx, ModifyTime=now_ns())
         if server:
             rec.alloc["AllocModifyIndex"] = idx
         self._table("allocs", idx)
         self._refresh(rec.key, idx)
+        if rec.alloc["ClientStatus"] in ("complete", "failed") and was != rec.alloc["ClientStatus"]:
+            self._capacity_freed()
 
     def _summary(self, rec: JobRec) -> dict[str, Any]:
         job = rec.job
