@@ -15,10 +15,10 @@ from typing import Any
 from .model import RequestInvalid, excerpt
 
 MAX_ROWS = 10_000
-# JSON of one value, at most: a double in full (-1.2345678901234567e-308, 24 chars) with its quotes, colon,
-# comma and some whitespace or indentation. A row's budget is this per feature plus its name.
-_BYTES_PER_VALUE = 40
-_BYTES_PER_ROW = 16
+# JSON of one value, at most: a double in full (-1.2345678901234567e-308, 24 chars) with its colon, comma
+# and indentation (4 spaces a level). A row's budget is this per feature plus its name as JSON (quotes, escapes).
+_BYTES_PER_VALUE = 48
+_BYTES_PER_ROW = 32
 _BODY_SLACK = 4096  # the {"rows": [...]} around the rows, and whitespace
 # A refused body is read to its end (and thrown away) so that the client, still sending, reads the 413
 # instead of a reset; past this much the connection is closed on it instead.
@@ -40,7 +40,7 @@ class ClientGone(Exception):
 
 def max_body_bytes(feature_names: Iterable[str], max_rows: int = MAX_ROWS) -> int:
     """Room for ``max_rows`` rows of these features written the long way: the default byte limit."""
-    per_row = _BYTES_PER_ROW + sum(len(name.encode()) + _BYTES_PER_VALUE for name in feature_names)
+    per_row = _BYTES_PER_ROW + sum(len(json.dumps(name)) + _BYTES_PER_VALUE for name in feature_names)
     return max_rows * per_row + _BODY_SLACK
 
 
