@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import nomad
 from caravan import ConfigurationError
 from caravan.cli import main
-from caravan.nomad_api import NomadAPI
+from caravan.nomad_api import NomadAPI, NomadUnavailable
 from caravan.publish import (
     Change,
     Publisher,
@@ -276,6 +276,41 @@ def test_a_job_created_by_someone_else_after_the_plan_is_a_conflict_too(double, 
     with pytest.raises(PublishError, match=r"'make-numbers' changed in Nomad after it was planned.*"
                                            r"Enforcing job modify index 0: job already exists"):
         publisher.apply(planned)
+
+
+class AnswerLost(NomadAPI):
+    """The real client, except that the first job register's answer is lost: after Nomad applied it
+    (``applied=True``, a leader change between apply and answer) or before it reached Nomad."""
+
+    def __init__(self, address: str, applied: bool) -> None:
+        super().__init__(address)
+        self.applied, self.lost = applied, False
+
+    def post(self, path: str, json: Any = None, params: Any = None) -> Any:
+        if path == "jobs" and not self.lost:
+            self.lost = True
+            if self.applied:
+                super().post(path, json, params)
+            raise NomadUnavailable(f"POST {self.address}/v1/jobs: no answer: connection reset", backend="nomad")
+        return super().post(path, json, params)
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_register_without_an_answer_is_planned_again_not_sent_twice(double, capsys, tmp_path, applied):
+    jobs = tmp_path / "nomad"
+    jobs.mkdir()
+    shutil.copy(SPECS / "make-numbers.nomad.hcl", jobs)
+    publisher = Publisher(AnswerLost(double.address, applied), retry_s=10)
+    planned = publisher.plan(find_specs(jobs, ()), common_variables("v1", None), {})
+    before = len(double.requests)
+    publisher.apply(planned)
+    sent = [urlsplit(raw).path for method, raw in double.requests[before:] if method != "GET"]
+    # Applied: the new plan shows no change, so nothing is sent again. Not applied: sent once more, at the
+    # same modify index (0: create only), which Nomad accepts because nothing was written in between.
+    assert sent == ["/v1/jobs", "/v1/job/make-numbers/plan"] if applied else \
+        ["/v1/job/make-numbers/plan", "/v1/jobs"]
+    job = client(double).job.get_job("make-numbers")
+    assert (job["Version"], planned[0].registered) == (0, True)
 
 
 def test_only_and_var_are_checked(double, capsys):
