@@ -260,7 +260,7 @@ def _node_changes(path: str, node: Mapping[str, Any], children: str = "") -> Ite
         return
     yield from _field_changes(path, node.get("Fields"))
     yield from _object_changes(path, node.get("Objects"))
-    for child in node.get(children) or [] if children else []:
+    for child in (node.get(children) or []) if children else []:
         yield from _node_changes(_join(path, f"Tasks[{child.get('Name')}]"), child)
 
 
@@ -440,8 +440,8 @@ def _plan_notes(plan: Mapping[str, Any]) -> Iterator[str]:
         yield f"Nomad warns: {str(plan['Warnings']).strip()}"
     failed = plan.get("FailedTGAllocs") or {}
     if failed:
-        yield (f"Nomad cannot place group {', '.join(sorted(failed))} now; the job is registered anyway and "
-               "waits for capacity")
+        yield (f"Nomad's plan cannot place group {', '.join(sorted(failed))} now (FailedTGAllocs): once "
+               "registered, the job waits for room or for a node that fits; nomad job plan shows why")
 
 
 def _report(planned: Sequence[Planned], full_diff: bool, dry_run: bool) -> str:
