@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import random
 import re
 import socket
 import threading
@@ -39,13 +38,14 @@ from types import TracebackType
 from typing import Any, final
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from ._http import blocking_query, go_json, index_headers, shutdown
+
 DATACENTER = "dc1"
 NODE_NAME = "consul-double"
 SERVER_ADDRESS = "127.0.0.1:8300"  # what /v1/status/leader reports
 SERF_CHECK = "serfHealth"
 DEFAULT_QUERY_TIME = 300.0  # blocking query wait when none is given (agent default_query_time)
 MAX_QUERY_TIME = 600.0  # longest blocking query wait (agent max_query_time)
-JITTER_FRACTION = 16  # a blocking query waits up to wait/16 longer (structs.JitterFraction)
 SESSION_TTL_MIN = 10.0  # session_ttl_min default
 SESSION_TTL_MAX = 86400.0  # structs.SessionTTLMax
 LOCK_DELAY_MIN_THRESHOLD_NS = 1000  # a LockDelay number below this is read as seconds
@@ -95,16 +95,6 @@ def format_go_duration(seconds: float) -> str:
 
 def _trim(number: float) -> str:
     return f"{number:.9f}".rstrip("0").rstrip(".")
-
-
-def go_json(obj: Any, pretty: bool = False) -> bytes:
-    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, >, &, U+2028 and U+2029 escaped."""
-    text = json.dumps(obj, ensure_ascii=False, indent=4 if pretty else None,
-                      separators=(",", ": ") if pretty else (",", ":"))
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return (text + "\n" if pretty else text).encode()
 
 
 class HTTPError(Exception):
@@ -279,7 +269,7 @@ class ConsulDouble:
         with self._log_lock:
             connections = list(self._connections)
         for conn in connections:
-            _shutdown(conn)
+            shutdown(conn)
         server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -476,8 +466,7 @@ class ConsulDouble:
 
     def _meta_headers(self, q: _Query, index: int) -> dict[str, str]:
         consistency = "stale" if q.has("stale") else "consistent" if q.has("consistent") else "leader"
-        return {"X-Consul-Index": str(max(index, 1)), "X-Consul-KnownLeader": "true",
-                "X-Consul-LastContact": "0", "X-Consul-Effective-Consistency": consistency,
+        return {**index_headers("Consul", index), "X-Consul-Effective-Consistency": consistency,
                 "X-Consul-Query-Backend": "blocking-query",
                 "X-Consul-Default-ACL-Policy": "deny" if self.acl_token is not None else "allow"}
 
@@ -485,16 +474,19 @@ class ConsulDouble:
         """Evaluate a read until its index passes ?index= or the wait (plus jitter) runs out."""
         wait = q.wait if q.wait is not None and q.wait > 0 else DEFAULT_QUERY_TIME
         wait = min(wait, MAX_QUERY_TIME)
-        deadline = time.monotonic() + wait + random.uniform(0, wait / JITTER_FRACTION)
+
+        def read() -> tuple[_Read, int, int]:
+            result = evaluate()
+            return result, result.index, result.index
+
+        def interrupted() -> bool:
+            if self._down or self._stopping:
+                raise _Dropped
+            return False
+
         with self._cond:
-            while True:
-                if self._down or self._stopping:
-                    raise _Dropped
-                result = evaluate()
-                remaining = deadline - time.monotonic()
-                if q.min_index == 0 or max(result.index, 1) > q.min_index or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            interrupted()
+            result, _ = blocking_query(self._cond, read, q.min_index, wait, interrupted)
         headers = {**self._meta_headers(q, result.index), **result.headers}
         if result.content_type is not None:
             headers["Content-Type"] = result.content_type
@@ -838,13 +830,6 @@ class ConsulDouble:
         self._cond.notify_all()
 
 
-def _shutdown(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up stop()
@@ -939,4 +924,4 @@ class _Handler(BaseHTTPRequestHandler):
     def _drop(self) -> None:
         """Close the TCP connection without an answer, as a dead agent or a cut network would."""
         self.close_connection = True
-        _shutdown(self.connection)
+        shutdown(self.connection)
