@@ -313,6 +313,18 @@ def test_a_register_without_an_answer_is_planned_again_not_sent_twice(double, ca
     assert (job["Version"], planned[0].registered) == (0, True)
 
 
+def test_publish_waits_out_a_leader_election(double, capsys):
+    # Every request in the window gets 500 "No cluster leader" or a dropped connection: nothing was decided.
+    double.leader_loss(1.5, drop_connections=True)
+    code, out, err = publish(capsys, "--version", "v1", "--only", "serving", "make-numbers")
+    assert code == 0, err
+    assert actions(out) == {"make-numbers": "created", "serving": "created"}
+    assert double.stats["no_leader_answers"] >= 1 and double.stats["dropped_connections"] >= 1
+    assert [client(double).job.get_job(j)["Version"] for j in ("make-numbers", "serving")] == [0, 0]
+    code, out, err = publish(capsys, "--version", "v1", "--only", "serving", "make-numbers")
+    assert code == 0 and actions(out) == {"make-numbers": "unchanged", "serving": "unchanged"}, err
+
+
 def test_only_and_var_are_checked(double, capsys):
     code, out, _ = publish(capsys, "--version", "v1", "--only", "serving", "luigid")
     assert code == 0 and actions(out) == {"luigid": "created", "serving": "created"}
