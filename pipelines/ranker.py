@@ -30,6 +30,8 @@ LABEL = "clicked"
 #: Never features: identifiers and the event time (they would leak or not generalise).
 EXCLUDE = ["event_id", "event_time", LABEL]
 NON_NULLABLE = ["event_id", "event_time", "user_id", "item_id", LABEL]
+#: Columns the ranker handles knowingly (ids as features, the text column): no warnings about them.
+KNOWN_COLUMNS = ["event_id", "event_time", "user_id", "item_id", "item_title"]
 
 
 class SimulatedEvents(NomadJobTask):
@@ -69,6 +71,8 @@ class PrepareDataset(DatasetParams, NomadJobTask):
     path_params = ("window_days", "events", "split", "rows_per_day", "seed")
     valid_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the validation split.")
     test_fraction = luigi.FloatParameter(default=0.15, description="Share of rows in the test split.")
+    min_rows = luigi.IntParameter(default=20, significant=False,
+                                  description="Rows every split needs at least; fewer stops the preparation.")
 
     def days(self) -> list[dt.date]:
         return [self.date - dt.timedelta(days=i) for i in reversed(range(self.window_days))]
@@ -81,7 +85,8 @@ class PrepareDataset(DatasetParams, NomadJobTask):
     def hyperparameters(self) -> dict[str, Any]:
         params = {"date": self.date.isoformat(), "window_days": self.window_days, "split": self.split,
                   "key": "user_id", "seed": self.seed, "valid_fraction": self.valid_fraction,
-                  "test_fraction": self.test_fraction, "label": LABEL, "time_column": "event_time"}
+                  "test_fraction": self.test_fraction, "label": LABEL, "time_column": "event_time",
+                  "known_columns": KNOWN_COLUMNS, "min_rows": self.min_rows}
         if self.events != "simulated":
             params["sources"] = [str(self.events).format(date=d) for d in self.days()]
         return params

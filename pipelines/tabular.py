@@ -28,6 +28,8 @@ class TableParams:
     seed = luigi.IntParameter(default=7, description="Seed of the split and of the training.")
     valid_fraction = luigi.FloatParameter(default=0.15, description="Share of rows for validation.")
     test_fraction = luigi.FloatParameter(default=0.2, description="Share of rows for the test.")
+    min_rows = luigi.IntParameter(default=20, significant=False,
+                                  description="Rows every split needs at least; fewer stops the preparation.")
 
 
 class PrepareTable(TableParams, NomadJobTask):
@@ -40,7 +42,8 @@ class PrepareTable(TableParams, NomadJobTask):
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"sources": [self.dataset], "split": "hash", "key": self.key, "seed": self.seed,
-                "valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction, "label": self.label}
+                "valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction, "label": self.label,
+                "min_rows": self.min_rows, "text_columns": list(self.text_columns)}
 
 
 class ProcessTableText(TableParams, NomadJobTask):
