@@ -390,7 +390,9 @@ def _upstream_ids(struct: Any) -> Any:
         if isinstance(struct, ArtifactTask):
             return struct.output().id
         out = struct.output()
-        paths = [getattr(t, "path", None) or getattr(t, "uri", None) for t in flatten(out)]
+        # External data identified by content when its target can say (caravan.dataio.ParquetTarget.fingerprint).
+        paths = [t.fingerprint() if callable(getattr(t, "fingerprint", None))
+                 else getattr(t, "path", None) or getattr(t, "uri", None) for t in flatten(out)]
         return paths if any(paths) else struct.task_id
     if isinstance(struct, Iterable) and not isinstance(struct, (str, bytes)):
         return [_upstream_ids(v) for v in struct]
