@@ -22,7 +22,7 @@ from caravan.registry import open_pointer
 from ..badmodels import FEATURES, ROW, publish_model
 from ..servers import free_port, process
 
-__all__ = ["FEATURES", "ROW", "Load", "publish_model", "serving"]
+__all__ = ["FEATURES", "ROW", "Load", "publish_model", "serving", "serving_process"]
 
 
 def point(model: str, artifact: Artifact) -> None:
@@ -86,13 +86,20 @@ class Load:
 
 
 @contextlib.contextmanager
-def serving(model_name: str, pointer_kind: str) -> Iterator[str]:
-    """``caravan serve`` in its own process, following ``model_name``'s pointer; yields its base URL."""
+def serving_process(model_name: str, pointer_kind: str) -> Iterator[tuple[str, int]]:
+    """``caravan serve`` in its own process, following ``model_name``'s pointer; yields its base URL and pid."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "caravan.cli", "serve", "--model", model_name, "--host", "127.0.0.1",
             "--port", str(port), "--pointer", pointer_kind]
-    with process(args, f"{url}/metrics", env=dict(os.environ)):
+    with process(args, f"{url}/metrics", env=dict(os.environ)) as proc:
+        yield url, proc.pid
+
+
+@contextlib.contextmanager
+def serving(model_name: str, pointer_kind: str) -> Iterator[str]:
+    """``caravan serve`` in its own process, following ``model_name``'s pointer; yields its base URL."""
+    with serving_process(model_name, pointer_kind) as (url, _):
         yield url
 
 
