@@ -20,13 +20,16 @@ from typing import Any
 JITTER_FRACTION = 16
 
 
-def go_json(obj: Any, pretty: bool = False) -> bytes:
-    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, >, &, U+2028 and U+2029 escaped
-    (``?pretty``: indented by 4, with a final newline)."""
+def go_json(obj: Any, pretty: bool = False, html_escape: bool = True) -> bytes:
+    """JSON as Go writes it: compact, UTF-8, with U+2028 and U+2029 escaped and, as encoding/json does (Consul),
+    <, > and & too (``html_escape``; Nomad's codec handles set ``HTMLCharsAsIs``, ``nomad/structs/handlers.go``).
+    ``pretty`` (``?pretty``): indented by 4, with a final newline."""
     text = json.dumps(obj, ensure_ascii=False, indent=4 if pretty else None,
                       separators=(",", ": ") if pretty else (",", ":"))
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    escapes = [("\u2028", "\\u2028"), ("\u2029", "\\u2029")]
+    if html_escape:
+        escapes += [("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")]
+    for char, escape in escapes:
         text = text.replace(char, escape)
     return (text + "\n" if pretty else text).encode()
 

@@ -453,6 +453,17 @@ job "once" {
     assert error_of(lambda: n.jobs.register_job({"Job": {}})).text == "Job ID hasn't been provided"
 
 
+def test_json_keeps_html_characters_and_pretty_ends_with_a_newline(n):
+    job = n.job.get_job("sleepy")
+    job.update(ID="sleepy-html", Name="sleepy-html", Meta={"html": "a<b>&c"})
+    n.jobs.register_job({"Job": job})
+    raw = n.job.request("sleepy-html", method="get").content
+    assert b'"html":"a<b>&c"' in raw, "Nomad's codec sets HTMLCharsAsIs"
+    pretty = n.job.request("sleepy-html", method="get", params={"pretty": ""}).content
+    assert pretty.startswith(b"{\n    ") and pretty.endswith(b"}\n")
+    assert n.job.request("sleepy-html", method="get", params={"pretty": "0"}).content == raw
+
+
 def test_acl_token_is_required_when_acls_are_on():
     with NomadDouble(acl_token="secret") as server:
         anonymous = nomad.Nomad(address=server.address, timeout=5)

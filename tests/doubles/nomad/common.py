@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._http import go_json as go_json  # re-exported for the double's modules
+from .. import _http
 
 REGION, DATACENTER = "global", "dc1"
 NODE_ID, NODE_NAME = "f2c4e1d0-7b3a-4c55-9e7f-0d1b2a3c4d5e", "nomad-double"
@@ -58,6 +58,12 @@ def now_ns() -> int:
 def rfc3339(ns: int) -> str:
     stamp = dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".") + "Z"
+
+
+def go_json(obj: Any, pretty: bool = False) -> bytes:
+    """JSON as Nomad's HTTP API writes it: its codec handles set ``HTMLCharsAsIs`` (``nomad/structs/
+    handlers.go``), so <, > and & are not escaped, unlike encoding/json; ``?pretty`` adds a final newline."""
+    return _http.go_json(obj, pretty, html_escape=False)
 
 
 def parse_bool(value: str, name: str) -> bool:

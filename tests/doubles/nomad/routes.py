@@ -69,7 +69,8 @@ class Routes:
         if reply.index is not None:
             extra = read_headers(reply.index) if reply.read else {"X-Nomad-Index": str(max(1, reply.index))}
         if reply.raw is None and reply.stream is None:
-            reply.raw = go_json(reply.body, pretty="pretty" in req.query)
+            # http.go wrap: ?pretty (any value but "0") indents
+            reply.raw = go_json(reply.body, pretty="pretty" in req.query and req.query["pretty"] != "0")
         return 200, extra, reply
 
     def _route(self, req: Request) -> Reply:
