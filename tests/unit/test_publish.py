@@ -350,6 +350,18 @@ def test_auto_promote_reaches_only_the_serving_spec_as_a_bool(double, capsys):
     assert code == 1 and "auto_promote='yes': not a bool" in err
 
 
+def test_auto_promote_changes_only_the_serving_groups_update_strategy(double, capsys):
+    assert publish(capsys, "--version", "v1")[0] == 0
+    stored = client(double).job.get_job("serving")
+    # The job-level update block lives in each group (api/tasks.go); Nomad keeps Stagger/MaxParallel at job level.
+    assert stored["TaskGroups"][0]["Update"]["Canary"] == 1 and stored["Update"]["Canary"] == 0
+    before = len(double.requests)
+    code, out, _ = publish(capsys, "--version", "v1", "--var", "auto_promote=true")
+    assert code == 0 and actions(out)["serving"] == "changed" and "0 created, 1 changed, 12 unchanged" in out
+    assert '    Edited  TaskGroups[server].Update.AutoPromote: "false" → "true"\n' in out
+    assert len(registrations(double, before)) == 1
+
+
 def test_the_nomad_token_is_sent_but_never_printed(capsys, monkeypatch):
     token = "f5c0a1c4-token-never-shown-0123456789ab"
     with NomadDouble(acl_token=token) as server:

@@ -9,10 +9,12 @@ says nothing. Register and plan first convert the job to ``structs.Job`` and run
 - ``nomad/structs/structs.go`` ``NetworkResource.Canonicalize``: each port's ``HostNetwork`` ``""`` →
   ``"default"``;
 - ``nomad/structs/services.go`` ``Service.Canonicalize`` / ``ServiceCheck.Canonicalize``: a check without a
-  name is named ``service: "<service name>" check``; a Consul service's namespace is ``"default"``.
+  name is named ``service: "<service name>" check``; a Consul service's namespace is ``"default"``;
+- ``command/agent/job_endpoint.go`` ``ApiJobToStructJob``: the job-level update strategy keeps only
+  ``Stagger`` and ``MaxParallel`` (each group holds its own, merged at parse time).
 
-The HCL side (``network`` and ``service`` blocks as ``api.NetworkResource`` / ``api.Service`` JSON) lives here
-too, so that the parse form carries the fields that differ.
+The HCL side (``network``, ``service`` and ``update`` blocks as ``api.NetworkResource`` / ``api.Service`` /
+``api.UpdateStrategy`` JSON) lives here too, so that the parse form carries the fields that differ.
 """
 
 from __future__ import annotations
@@ -91,12 +93,58 @@ def services(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     return out or None
 
 
+_UPDATE_FIELDS = {"Stagger": "stagger", "MaxParallel": "max_parallel", "HealthCheck": "health_check",
+                  "MinHealthyTime": "min_healthy_time", "HealthyDeadline": "healthy_deadline",
+                  "ProgressDeadline": "progress_deadline", "Canary": "canary", "AutoRevert": "auto_revert",
+                  "AutoPromote": "auto_promote"}
+_DURATIONS = frozenset({"Stagger", "MinHealthyTime", "HealthyDeadline", "ProgressDeadline"})
+SECOND_NS = 1_000_000_000
+# api/jobs.go DefaultUpdateStrategy
+DEFAULT_UPDATE = {"Stagger": 30 * SECOND_NS, "MaxParallel": 1, "HealthCheck": "checks",
+                  "MinHealthyTime": 10 * SECOND_NS, "HealthyDeadline": 300 * SECOND_NS,
+                  "ProgressDeadline": 600 * SECOND_NS, "Canary": 0, "AutoRevert": False, "AutoPromote": False}
+
+
+def update(body: dict[str, Any]) -> dict[str, Any] | None:
+    """An ``update`` block as ``api.UpdateStrategy`` (unset fields null until canonicalized)."""
+    blocks = _blocks(body, "update")
+    if not blocks:
+        return None
+    merged: dict[str, Any] = {}
+    for block in blocks:
+        merged.update(block)
+    return {key: (None if merged.get(name) is None else _ns(merged[name]) if key in _DURATIONS else merged[name])
+            for key, name in _UPDATE_FIELDS.items()}
+
+
+def _update_empty(strategy: dict[str, Any]) -> bool:
+    # api/jobs.go UpdateStrategy.Empty: nothing set to a non-zero value.
+    return not any(value for value in strategy.values() if value is not None)
+
+
+def _canonical_update(strategy: dict[str, Any]) -> dict[str, Any]:
+    return {key: DEFAULT_UPDATE[key] if strategy.get(key) is None else strategy[key] for key in DEFAULT_UPDATE}
+
+
 def api_canonicalize(job: dict[str, Any]) -> dict[str, Any]:
-    """What ``api.Job.Canonicalize`` adds beyond the HCL conversion: ``NodePool`` ``""`` and a group service's
-    default name ``<job>-<group>``. The parse form; in place."""
+    """What ``api.Job.Canonicalize`` adds beyond the HCL conversion: ``NodePool`` ``""``, the update strategy
+    (``api/jobs.go``: canonicalized, or the default for service and system jobs; ``api/tasks.go``: each group
+    merges its own over the job's, or inherits a non-empty one) and a group service's default name
+    ``<job>-<group>``. The parse form; in place, and idempotent."""
     if job.get("NodePool") is None:
         job["NodePool"] = ""  # api/jobs.go: pointerOf("")
+    if job.get("Update") is not None:
+        job["Update"] = _canonical_update(job["Update"])
+    elif job.get("Type") in ("service", "system"):
+        job["Update"] = dict(DEFAULT_UPDATE)
     for group in job.get("TaskGroups") or []:
+        own, inherited = group.get("Update"), job.get("Update")
+        if inherited is not None and own is not None:
+            group["Update"] = {**inherited, **{k: v for k, v in own.items() if v is not None}}
+        elif inherited is not None and not _update_empty(inherited):
+            group["Update"] = dict(inherited)
+        if group.get("Update") is not None:
+            group["Update"] = _canonical_update(group["Update"])
         for service in group.get("Services") or []:
             if not service.get("Name"):
                 service["Name"] = f"{job.get('Name') or job.get('ID')}-{group.get('Name')}"
@@ -109,6 +157,10 @@ def admit(job: dict[str, Any]) -> dict[str, Any]:
     api_canonicalize(job)
     if not job["NodePool"]:
         job["NodePool"] = "default"
+    if job.get("Update") is not None:
+        job["Update"] = {key: job["Update"].get(key) if key in ("Stagger", "MaxParallel") else
+                         ("" if key == "HealthCheck" else False if key.startswith("Auto") else 0)
+                         for key in DEFAULT_UPDATE}
     for group in job.get("TaskGroups") or []:
         for network in group.get("Networks") or []:
             for port in (network.get("DynamicPorts") or []) + (network.get("ReservedPorts") or []):

@@ -23,7 +23,7 @@ from typing import Any
 import hcl2
 from hcl2.utils import SerializationOptions, process_escape_sequences
 
-from .admission import api_canonicalize, networks, services
+from .admission import api_canonicalize, networks, services, update
 
 SECOND_NS = 1_000_000_000
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": SECOND_NS,
@@ -261,6 +261,7 @@ def hcl_to_job(text: str, variables: dict[str, Any] | None = None) -> dict[str, 
         "Datacenters": body.get("datacenters"), "NodePool": body.get("node_pool"),
         "AllAtOnce": body.get("all_at_once"), "Meta": _strings(_block(body, "meta")),
         "Periodic": _periodic(_block(body, "periodic")), "Constraints": _constraints(body),
+        "Update": update(body),
         "ParameterizedJob": _parameterized(_block(body, "parameterized")),
         "TaskGroups": [_group(name, group) for name, group in _labelled(body, "group")],
     }
@@ -340,7 +341,7 @@ def _reschedule(block: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"Name": name, "Count": body.get("count"), "Meta": _strings(_block(body, "meta")),
-            "Networks": networks(body), "Services": services(body),
+            "Networks": networks(body), "Services": services(body), "Update": update(body),
             "RestartPolicy": _restart(_block(body, "restart")),
             "ReschedulePolicy": _reschedule(_block(body, "reschedule")),
             "Constraints": _constraints(body),
