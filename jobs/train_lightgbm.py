@@ -31,8 +31,13 @@ def train(ctx: StepContext) -> None:
     p = ctx.params
     dataset, text = ctx.inputs["dataset"], ctx.inputs.get("text")
     train_table, valid_table = load_split(dataset, text, "train"), load_split(dataset, text, "valid")
-    features = list(p.get("features") or numeric_columns(train_table.schema, exclude=p.get("exclude") or ()))
+    exclude = [*(p.get("exclude") or ()), p["label"]]
+    features = list(p.get("features") or numeric_columns(train_table.schema, exclude=exclude))
     features = [f for f in features if f != p["label"]]
+    unused = [f"{f.name} ({f.type})" for f in train_table.schema if f.name not in features and f.name not in exclude]
+    if unused:  # never drop a column without a word: a string column needs --text-columns to count
+        ctx.log.warning("columns not used as features (only numeric ones are; strings need --text-columns): %s",
+                        ", ".join(unused))
     params = booster_params(p)
     dtrain = lgb.Dataset(feature_matrix(train_table, features), labels(train_table, p["label"]),
                          feature_name=features, free_raw_data=True)

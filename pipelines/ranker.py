@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import luigi
 
 from caravan.artifacts import ArtifactTask
 from caravan.dataio import ParquetSource
+from caravan.errors import ConfigurationError
 from caravan.promotion import PromoteModel
 from caravan.tasks import NomadJobTask, plain
 
@@ -161,7 +165,8 @@ class TrainRanker(TrainParams, NomadJobTask):
         return {"dataset": self.clone(PrepareDataset), "text": self.clone(ProcessText)}
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"label": LABEL, "exclude": EXCLUDE, "objective": self.objective, "learning_rate": self.learning_rate,
+        return {"label": LABEL, "exclude": [*EXCLUDE, *self.text_columns], "objective": self.objective,
+                "learning_rate": self.learning_rate,
                 "num_leaves": self.num_leaves, "num_iterations": self.num_iterations,
                 "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
                 "early_stopping_rounds": self.early_stopping_rounds, "num_threads": self.num_threads,
@@ -184,6 +189,8 @@ class EvaluateRanker(TrainParams, NomadJobTask):
 
 
 DEFAULT_GRID = {"learning_rate": [0.05, 0.1], "num_leaves": [15, 63]}
+#: Metrics a grid winner can be picked by (recorded by every training and evaluation); '-' = lower is better.
+GRID_METRICS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "test_average_precision", "test_ndcg@10")
 
 
 def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,6 +202,79 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+def _expected_type(param: luigi.Parameter) -> tuple[str, Any]:
+    """What a grid value for ``param`` must be, in words, and a check of one value."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if isinstance(param, luigi.BoolParameter):
+        return "a boolean (true or false)", lambda v: isinstance(v, bool)
+    if isinstance(param, luigi.IntParameter):
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(param, luigi.FloatParameter):
+        return "a number", number
+    if isinstance(param, luigi.ChoiceParameter):
+        return f"one of {sorted(param._choices)}", lambda v: v in param._choices
+    if type(param) is luigi.Parameter:
+        return "a string", lambda v: isinstance(v, str)
+
+    def parses(v: Any) -> bool:
+        try:
+            param.normalize(param.parse(v) if isinstance(v, str) else v)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    return f"a value {type(param).__name__} accepts", parses
+
+
+def _json(value: Any) -> str:
+    """``value`` as the user wrote it, in JSON (luigi hands frozen dicts and tuples)."""
+    try:
+        return json.dumps(plain(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def check_grid(grid: Any, trained: type[luigi.Task]) -> list[dict[str, Any]]:
+    """The grid's configurations, once ``grid`` is known to be a non-empty JSON object of lists whose keys
+    are parameters of ``trained`` and whose values have those parameters' types; else one line saying what is wrong."""
+    params = {name: param for name, param in trained.get_params() if param.significant}
+    allowed = ", ".join(sorted(params))
+    if not isinstance(grid, Mapping):
+        raise ConfigurationError(f'grid must be a JSON object of lists, like {{"learning_rate": [0.05, 0.1]}}, '
+                                 f"not {_json(grid)}")
+    grid = {str(name): list(values) if isinstance(values, (list, tuple)) else values for name, values in grid.items()}
+    if not grid:
+        raise ConfigurationError(f"grid is empty: name at least one parameter of {trained.__name__} with a list of "
+                                 f"values (allowed: {allowed})")
+    unknown = sorted(set(grid) - set(params))
+    if unknown:
+        raise ConfigurationError(f"grid names parameters {trained.__name__} does not have: {', '.join(unknown)} "
+                                 f"(allowed: {allowed})")
+    problems = []
+    for name in sorted(grid):
+        values = grid[name]
+        if not isinstance(values, list) or not values:
+            problems.append(f"{name} must be a non-empty list of values, not {_json(values)}")
+            continue
+        expected, fits = _expected_type(params[name])
+        wrong = [v for v in values if not fits(v)]
+        if wrong:
+            problems.append(f"{name} takes {expected}, not {', '.join(_json(v) for v in wrong)}")
+    if problems:
+        raise ConfigurationError("grid: " + "; ".join(problems))
+    return expand_grid(grid)
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` when it is one a grid can be judged by (optionally '-'-prefixed); else the names allowed."""
+    if str(metric).removeprefix("-") not in GRID_METRICS:
+        raise ConfigurationError(f"metric {metric!r} is not recorded by the grid's trainings and evaluations; "
+                                 f"use one of {', '.join(GRID_METRICS)} (prefix '-' for lower-is-better)")
+    return str(metric)
+
+
 class GridSearchRanker(TrainParams, ArtifactTask):
     """Train and evaluate every grid configuration (sharing one dataset and one text step); pick the best."""
 
@@ -203,11 +283,14 @@ class GridSearchRanker(TrainParams, ArtifactTask):
     metric = luigi.Parameter(default="valid_auc", description="Validation metric that picks the winner (higher "
                              "is better; prefix with '-' for lower-is-better, e.g. -valid_logloss).")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Before anything is scheduled or dispatched: a bad grid or metric is one line, not a failed training.
+        check_grid(self.grid, TrainRanker)
+        check_metric(self.metric)
+
     def configurations(self) -> list[dict[str, Any]]:
-        unknown = sorted(set(self.grid) - {name for name, _ in TrainRanker.get_params()})
-        if unknown:
-            raise ValueError(f"grid names parameters TrainRanker does not have: {unknown}")
-        return expand_grid(plain(self.grid))
+        return check_grid(self.grid, TrainRanker)
 
     def requires(self) -> list[EvaluateRanker]:
         return [self.clone(EvaluateRanker, **config) for config in self.configurations()]
@@ -239,6 +322,10 @@ class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
     model = luigi.Parameter(default="ranker", description="Model name whose pointer the winner may replace.")
     tolerance = luigi.FloatParameter(default=0.01, description="How much worse (holdout AUC) than the current "
                                      "model the winner may be and still be promoted.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_grid(self.grid, TrainRanker)  # now, not after validation has run
 
     def requires(self) -> dict[str, ValidateData]:
         return {"validation": self.clone(ValidateData, reference_model=self.model)}
