@@ -248,6 +248,10 @@ class NomadExecutor(Executor):
                 wait = min(wait, max(0.0, placement_deadline - time.monotonic()))
             job, index = self._retry(f"wait for {child_id}", partial(self._block_job, child_id, index, wait),
                                      deadline)
+            if job is None and artifact.exists():  # finished and already garbage-collected: the artifact says how
+                log.warning("%s was garbage-collected before caravan saw it end; %s is published", child_id,
+                            artifact.id)
+                return {"ID": child_id, "Status": DONE}
             if job is None:
                 raise StepFailed(f"child job {child_id} was purged by someone else while caravan waited on it",
                                  job_id=child_id, artifact=artifact.id)
@@ -348,6 +352,8 @@ class NomadExecutor(Executor):
         heads = [a for a in allocs if not a.get("NextAllocation")]
         complete = bool(heads) and all(a.get("ClientStatus") == "complete" for a in heads)
         why = ", ".join(f"{a['ID'][:8]} {a.get('ClientStatus')}" for a in allocs) or "no allocation ran"
+        if not allocs and dead_job is not None and request.artifact.exists():
+            complete, why = True, "allocations garbage-collected; the artifact is published"
         if dead_job is not None and dead_job.get("Stop"):
             complete, why = False, f"child job was stopped by someone else ({why})"
         return StepResult(executor=self.name, job_id=child_id, alloc_ids=tuple(a["ID"] for a in allocs),
