@@ -1,9 +1,12 @@
 """The Nomad double: an in-process Nomad agent that the real ``python-nomad`` drives (see :mod:`.double`).
 
 Modules by concern: ``common`` (constants, records, helpers), ``state`` (the state store and its indexes),
-``jobs`` (the job endpoint), ``scheduler`` (placement, blocked evals, rescheduling), ``client`` (running
-tasks), ``prestart`` (vault and template hooks), ``faults`` (staged failures), ``reads`` (blocking reads and
-logs), ``routes`` (HTTP routing), ``hcl`` (jobspec conversion) and ``templates`` (the template renderer).
+``jobs`` (the job endpoint, the dispatch-idempotency race), ``scheduler`` (placement, blocked evals,
+rescheduling), ``nodes`` (finite nodes, constraints, bin-packing metrics), ``gc`` (job GC), ``client`` (running
+tasks), ``prestart`` (vault and template hooks), ``faults`` (staged failures, leader loss), ``reads`` (blocking
+reads and logs), ``routes`` (HTTP routing), ``admission`` and ``plan`` (stored form, ``/v1/job/:id/plan``),
+``hcl`` (jobspec conversion) and ``templates`` (the template renderer). HTTP helpers shared with the Consul
+double are in ``tests/doubles/_http.py``.
 """
 
 from .common import HTTPError, Reply

@@ -17,9 +17,18 @@ subprocess, whatever the driver, so that pipelines run end to end through HTTP:
   and kills with SIGTERM then SIGKILL after the kill timeout.
 * job ids with ``/`` work raw and ``%2F``-escaped; errors are ``text/plain``; a wrong method is 405.
 
-The node runs batch and sysbatch work only: service and system jobs stay unplaced (a blocked eval with
+The client runs batch and sysbatch work only: service and system jobs stay unplaced (a blocked eval with
 "missing drivers"), so a registered serving spec never starts a server. Faults (:meth:`NomadDouble.inject`)
 stage what a real cluster does on a bad day.
+
+A cluster, not a quiet single node (N11, each behaviour cited in its module): ``nodes`` with finite CPU,
+memory and disk, datacenters, classes, attributes and meta; allocations use them while not terminal, a job that
+does not fit gets ``FailedTGAllocs`` and a blocked eval that is re-run when an allocation completes, and one whose
+constraints or datacenters no node meets never places (``nodes``, ``scheduler``). :meth:`NomadDouble.leader_loss`
+opens windows in which the API answers ``500 No cluster leader`` or drops connections while the cluster keeps
+working (``faults``). :meth:`NomadDouble.gc` and ``PUT /v1/system/gc`` collect dead jobs (``gc``). Two
+dispatches of one token inside ``dispatch_race_window_s`` race as on Nomad 1.11.1 or 1.11.2 (``jobs``).
+``stats`` counts processes started, dispatches, stops and requests for tests and benches.
 
 Templates and Vault, as a client with Vault (and Consul) integration does it (N8, V3). Given ``vault_addr``
 and ``vault_token`` (the token the client would derive from the task's workload identity) or
