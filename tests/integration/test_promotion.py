@@ -33,17 +33,18 @@ def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model
     assert run1["promotion"]["decision"] == "promote"
     assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
 
-    second = RetrainRanker(date=DAY2, model=model_name, **SMALL)
+    # A tolerance of a whole AUC point: the second winner is promoted whatever its score, so the
+    # rollback below always has somewhere to go (the gate still checks soundness and schema).
+    second = RetrainRanker(date=DAY2, model=model_name, tolerance=1.0, **SMALL)
     assert build([second])
     run2 = second.output().read_json("run.json")
     verdict = run2["promotion"]
+    assert verdict["decision"] == "promote", verdict
     current = pointer.read(model_name)
-    if verdict["decision"] == "promote":
-        assert current.artifact_id == run2["winner"]["model"]
-        assert current.document["previous_artifact_id"] == run1["winner"]["model"]
-    else:
-        assert current.artifact_id == run1["winner"]["model"]
+    assert current.artifact_id == run2["winner"]["model"]
+    assert current.document["previous_artifact_id"] == run1["winner"]["model"]
     assert verdict["current"] == run1["winner"]["model"], "the second run was judged against the first winner"
+    assert verdict["current_score"] is not None, "both winners scored on the second run's holdout rows"
 
     before = pointer.read(model_name)
     bad = TrainRanker(date=DAY2, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
@@ -61,10 +62,11 @@ def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model
 
     assert caravan_cli(["models", "history", model_name]) == 0
     assert "reject" in capsys.readouterr().out
-    if verdict["decision"] == "promote":
-        assert caravan_cli(["models", "rollback", model_name]) == 0
-        assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
-        assert pointer.read(model_name).document["action"] == "rollback"
+    assert caravan_cli(["models", "rollback", model_name]) == 0
+    assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
+    assert pointer.read(model_name).document["action"] == "rollback"
+    assert caravan_cli(["models", "rollback", model_name]) == 1, "nothing before the first winner"
+    assert pointer.read(model_name).artifact_id == run1["winner"]["model"]
     assert caravan_cli(["models", "current", model_name]) == 0
     assert pointer.read(model_name).artifact_id in capsys.readouterr().out
 
@@ -125,7 +127,9 @@ def test_the_lock_keeps_two_overlapping_decisions_from_recording_a_rejection_twi
     pointer.set_if(model_name, {"artifact_id": better.output().id, "artifact_uri": better.output().uri,
                                 "action": "promote"}, pointer.read(model_name))
     demanding = -1.0  # the candidate would have to beat the current model by a whole AUC point: rejected
-    assert build([GateModel(candidate=worse.output().id, current=better.output().id, tolerance=demanding)])
+    # The verdict PromoteModel will ask for: against the current model, with it as the floor too.
+    assert build([GateModel(candidate=worse.output().id, current=better.output().id, tolerance=demanding,
+                            floor=[better.output().id])])
 
     class SlowHistory:
         def __init__(self) -> None:
@@ -180,3 +184,31 @@ def test_promote_through_the_cli_respects_the_gate_unless_forced(pointer_kind, m
     assert open_pointer().read(model_name).document["action"] == "force"
     with pytest.raises(SystemExit):
         caravan_cli(["models", "promote"])
+
+
+def test_the_pipeline_gate_stops_a_slow_decline_and_records_every_decision(model_name, local_root, test_specs):
+    """PromoteModel through the gate-model step: the floor (best of the recent promotions) reaches the step."""
+    from ..tiny_models import holdout_auc, make_dataset, make_model
+
+    data = make_dataset(local_root, "d", {"s1": 1.0, "s2": 0.35, "s3": 0.35}, rows=6000)
+    models = [make_model(local_root, data, features, name=name)
+              for name, features in (("a", ["s1", "s2", "s3"]), ("b", ["s1", "s2"]), ("c", ["s1"]))]
+    a, b, c = (holdout_auc(m, data) for m in models)
+    assert a > b > c, (a, b, c)
+    tolerance = (max(a - b, b - c) + (a - c)) / 2  # each step within it, the whole slide not
+    pointer = open_pointer()
+    decisions = []
+    for model in models:
+        task = PromoteModel(model=model_name, candidate=model.id, tolerance=tolerance)
+        assert build([task])
+        decisions.append(task.output().read_json("verdict.json"))
+    assert [d["decision"] for d in decisions] == ["promote", "promote", "reject"]
+    assert "slow decline" in decisions[2]["reasons"][0] and models[0].id in decisions[2]["reasons"][0]
+    assert pointer.read(model_name).artifact_id == models[1].id
+    assert [(h["action"], h["artifact_id"]) for h in pointer.history(model_name)] == [
+        ("promote", models[0].id), ("promote", models[1].id), ("reject", models[2].id)]
+
+    again = PromoteModel(model=model_name, candidate=models[1].id, tolerance=tolerance / 2)
+    assert build([again])
+    assert again.output().read_json("verdict.json")["decision"] == "already current"
+    assert len(pointer.history(model_name)) == 3, "re-promoting the current model records nothing"
