@@ -599,6 +599,45 @@ def test_the_plan_sees_no_change_in_the_parse_form_and_exactly_the_edited_fields
     assert task["Annotations"] == ["forces create/destroy update"]
 
 
+BIG = """
+job "JOB_ID" {
+  type        = "batch"
+  datacenters = ["dc1"]
+
+  group "big" {
+    task "big" {
+      driver = "raw_exec"
+
+      config {
+        command = "/bin/true"
+      }
+
+      resources {
+        cpu    = 100
+        memory = 100000000
+      }
+    }
+  }
+}
+"""
+
+
+def test_a_job_no_node_can_hold_is_published_with_the_plans_placement_failure(nomad_target, small_job, tmp_path,
+                                                                                capsys):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / f"{small_job}.nomad.hcl").write_text(BIG.replace("JOB_ID", small_job))
+    planned = Publisher(NomadAPI(nomad_target)).plan(find_specs(jobs, ()), {}, {})
+    (metric,) = planned[0].plan["FailedTGAllocs"].values()
+    assert metric["NodesEvaluated"] >= 1
+    if not os.environ.get("CARAVAN_TEST_NOMAD_ADDR"):  # a real agent may filter the node first (no raw_exec)
+        assert (metric["NodesExhausted"], metric["DimensionExhausted"]) == (1, {"memory": 1})
+    code = main(["publish", "--version", "v1", "--jobs-dir", str(jobs)])
+    out = capsys.readouterr().out
+    assert code == 0 and actions(out) == {small_job: "created"}
+    assert "(Nomad's plan cannot place group big now (FailedTGAllocs)" in out
+
+
 @pytest.fixture(scope="module")
 def plan_double() -> Iterator[NomadDouble]:
     with NomadDouble() as server:

@@ -495,8 +495,13 @@ def plan_reply(old: Obj | None, new: Obj, *, with_diff: bool, failed: Mapping[st
 class PlanEndpoint:
     """``PUT|POST /v1/job/:id/plan`` (a mixin of the double): ``command/agent/job_endpoint.go`` ``jobPlan``
     then ``nomad/job_endpoint.go`` ``Plan``: admission (the stored form's defaults) and validation as for a
-    register, the diff against the stored job, nothing written. The double's plans place nothing:
-    ``FailedTGAllocs`` is always null here and the update counts assume every wanted allocation runs."""
+    register, the diff against the stored job, nothing written.
+
+    ``FailedTGAllocs``: for a batch job that is not a parent (parameterized or periodic), one allocation of
+    each group the plan would place is tried on the double's nodes as the scheduler would (``nodes.py``
+    ``select_node``); a group nothing fits gets that ``AllocMetric``, ``CoalescedFailures`` for the rest.
+    Parents and service jobs (which this batch-only client never places) get none. The update counts assume
+    every wanted allocation of the stored job runs."""
 
     def _plan(self, req: Any, ns: str, job_id: str) -> Any:
         from .admission import admit
@@ -522,5 +527,23 @@ class PlanEndpoint:
         with self._cond:
             rec = self._jobs.get((namespace, job["ID"]))
             old = copy.deepcopy(rec.job) if rec is not None else None
-        reply = plan_reply(old, new, with_diff=bool(fields.get("diff")))
+            reply = plan_reply(old, new, with_diff=bool(fields.get("diff")))
+            reply["FailedTGAllocs"] = self._plan_failures(new, reply["Annotations"]["DesiredTGUpdates"]) or None
         return Reply(reply, index=reply["Index"], read=False)
+
+    def _plan_failures(self, job: dict[str, Any], updates: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+        from .common import is_parent
+        from .nodes import select_node
+
+        if is_parent(job) or job.get("Type") not in ("batch", "sysbatch"):
+            return {}
+        failed = {}
+        allocs = list(self._allocs.values())
+        for group in job.get("TaskGroups") or []:
+            counts = updates.get(group["Name"]) or {}
+            wanted = int(counts.get("Place") or 0) + int(counts.get("DestructiveUpdate") or 0)
+            if wanted:
+                choice = select_node(job, group, self._nodes, allocs)
+                if choice.node is None:
+                    failed[group["Name"]] = {**choice.metric, "CoalescedFailures": wanted - 1}
+        return failed
