@@ -811,6 +811,19 @@ def test_trigger_retrain_force_launches_the_periodic_job_and_prints_the_child(do
     assert code == 0 and re.fullmatch(r"retrain-ranker/periodic-\d+", out.strip()) and out.strip() != child
 
 
+def test_trigger_retrain_reads_through_a_leader_election_and_launches_once(double, capsys):
+    publish(capsys, "--version", "v1")
+    double.inject("retrain-ranker", "fail")
+    before = double.stats["no_leader_answers"]
+    double.leader_loss(1.0)
+    code, out, err = trigger(capsys)
+    assert code == 0, err
+    assert double.stats["no_leader_answers"] > before
+    forced = [raw for method, raw in double.requests if urlsplit(raw).path.endswith("/periodic/force")]
+    assert len(forced) == 1  # sent once, after the reads got through
+    assert client(double).job.get_job(out.strip())["ParentID"] == "retrain-ranker"
+
+
 def test_trigger_retrain_for_another_day_dispatches_the_backfill(double, capsys):
     publish(capsys, "--version", "v1")
     double.inject("retrain-ranker-backfill", "fail")
