@@ -301,7 +301,7 @@ class Planned:
         kind = str((self.plan.get("Diff") or {}).get("Type") or "")
         if kind not in ACTIONS:
             raise PublishError(f"Nomad's plan for {self.job_id!r} has a diff of type {kind or 'nothing'!r}; "
-                               "expected Added, Edited or None (is this Nomad older than 0.4?)")
+                               "expected Added, Edited or None")
         return ACTIONS[kind]
 
     @property
@@ -367,6 +367,9 @@ class Publisher:
             except (BackendRejected, ConfigurationError) as exc:
                 failures.append(f"{spec.path}: {exc}")
                 continue
+            except BackendUnavailable as exc:
+                raise PublishError(f"Nomad did not answer within {self.retry_s:g} s while parsing {spec.path}; "
+                                   f"nothing was registered: {exc}") from exc
             planned.append(Planned(spec=spec, job=job, variables=variables,
                                    namespace=str(job.get("Namespace") or self.api.namespace or "")))
         if failures:
@@ -386,6 +389,9 @@ class Publisher:
             except BackendRejected as exc:
                 raise PublishError(f"Nomad refused the plan of {item.job_id!r} ({item.spec.path}); nothing was "
                                    f"registered: {exc}") from exc
+            except BackendUnavailable as exc:
+                raise PublishError(f"Nomad did not answer the plan of {item.job_id!r} within {self.retry_s:g} s; "
+                                   f"nothing was registered: {exc}") from exc
             if item.action == "changed":
                 current = self.read_job(item.job_id, item.namespace) or {}
                 item.old_version = int(current.get("Version") or 0)
@@ -401,11 +407,13 @@ class Publisher:
                 continue
             try:
                 self.register(item)
-            except BackendRejected as exc:
+            except (BackendRejected, BackendUnavailable) as exc:
                 why = str(exc)
                 if "job modify index" in why or "job already exists" in why:
                     why = (f"job {item.job_id!r} changed in Nomad after it was planned (another publish?); "
                            f"nothing of it was registered; run publish again to see the difference ({exc})")
+                elif isinstance(exc, BackendUnavailable):
+                    why = f"Nomad did not answer within {self.retry_s:g} s ({exc}); run publish again"
                 raise PublishError(f"registering {item.job_id!r} ({item.spec.path}) failed: {why}; "
                                    f"registered before it: {', '.join(done) or 'nothing'}") from exc
             done.append(item.job_id)

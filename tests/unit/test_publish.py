@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,6 +324,19 @@ def test_publish_waits_out_a_leader_election(double, capsys):
     assert [client(double).job.get_job(j)["Version"] for j in ("make-numbers", "serving")] == [0, 0]
     code, out, err = publish(capsys, "--version", "v1", "--only", "serving", "make-numbers")
     assert code == 0 and actions(out) == {"make-numbers": "unchanged", "serving": "unchanged"}, err
+
+
+def test_a_nomad_that_never_answers_is_one_clear_error(tmp_path):
+    jobs = tmp_path / "nomad"
+    jobs.mkdir()
+    shutil.copy(SPECS / "make-numbers.nomad.hcl", jobs)
+    with socket.socket() as unused:  # a port nothing listens on: every connection is refused
+        unused.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    publisher = Publisher(NomadAPI(address), retry_s=0.3)
+    with pytest.raises(PublishError, match=r"Nomad did not answer within 0.3 s while parsing .*make-numbers.nomad.hcl; "
+                                           r"nothing was registered: .*POST .*/v1/jobs/parse: no answer"):
+        publisher.plan(find_specs(jobs, ()), common_variables("v1", None), {})
 
 
 def test_only_and_var_are_checked(double, capsys):
