@@ -67,17 +67,10 @@ def main() -> int:
         print(f"{readable(artifact.id):<100} {status:<7} {artifact.manifest().get('duration_s', 0):>6.1f}")
     grid = retrain.grid_search()
     if grid.output().exists():
-        summary = grid.output().read_json("summary.json")
-        metric = summary["metric"].lstrip("-")
-        print(f"\n{'configuration':<44} {metric:>10} {'test_auc':>9} {'ndcg@10':>8} {'iters':>6}")
-        for row in summary["configurations"]:
-            mark = "  <- winner" if row["model"] == summary["winner"]["model"] else ""
-            print(f"{row['config']!s:<44} {row[metric]:>10.4f} {row['test_auc']:>9.4f} "
-                  f"{row.get('test_ndcg@10', float('nan')):>8.4f} {row['best_iteration']:>6}{mark}")
-        print(f"\nwinner: {summary['winner']['model']}")
+        print()
+        print("\n".join(grid.summary_lines()))
     if retrain.output().exists():
-        promotion = retrain.output().read_json("run.json")["promotion"]
-        print(f"promotion of {retrain.model!r}: {promotion['decision']}: {'; '.join(promotion['reasons'])}")
+        print("\n".join(retrain.summary_lines()))
     built = sum(not v for v in before.values())
     print(f"root: {retrain.output().store.root_uri}")
     print(f"built {built}, reused {len(tasks) - built} in {elapsed:.1f} s" + ("" if built else ": nothing rebuilt"))

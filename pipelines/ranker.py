@@ -100,11 +100,10 @@ class ValidateData(DatasetParams, NomadJobTask):
     """Schema skew stops the run; value drift against the production model's data is measured."""
 
     job = "validate-data"
-    path_params = ("window_days", "events", "reference", "reference_model", "fail_on_drift")
-    reference = luigi.Parameter(default="", description="Artifact id of a PrepareDataset to compare with; '' = the "
-                                "dataset of --reference-model's current model, read when the step runs.")
-    reference_model = luigi.Parameter(default="ranker", description="Model whose current pointer names the "
-                                      "reference data ('' = no drift check).")
+    path_params = ("window_days", "events", "reference", "fail_on_drift")
+    reference = luigi.Parameter(default="", description="Artifact id of a PrepareDataset to measure drift against "
+                                "('' = no drift check). RetrainRanker passes the current model's training data, "
+                                "resolved before this task's address is computed.")
     drift_threshold = luigi.FloatParameter(default=0.2, description="PSI above which a column counts as drifted.")
     fail_on_drift = luigi.BoolParameter(default=False, description="Stop the run when any column drifted.")
 
@@ -116,8 +115,7 @@ class ValidateData(DatasetParams, NomadJobTask):
         from caravan.ml.stats import table_schema
 
         return {"expected_schema": table_schema(SIMULATED_SCHEMA.empty_table()), "non_nullable": NON_NULLABLE,
-                "reference": self.reference, "reference_model": self.reference_model,
-                "drift_threshold": self.drift_threshold,
+                "reference": self.reference, "drift_threshold": self.drift_threshold,
                 "fail_on_drift": self.fail_on_drift}
 
 
@@ -313,6 +311,18 @@ class GridSearchRanker(TrainParams, ArtifactTask):
                                    metric: best[metric], "test_auc": best.get("test_auc")})
         log.info("grid winner %s with %s = %s", best["config"], metric, best[metric])
 
+    def summary_lines(self) -> list[str]:
+        """The grid as a table, the winner marked (caravan's run summary and `make demo` print it)."""
+        summary = self.output().read_json("summary.json")
+        metric = summary["metric"].lstrip("-")
+        lines = [f"{'configuration':<44} {metric:>10} {'test_auc':>9} {'ndcg@10':>8} {'iters':>6}"]
+        for row in summary["configurations"]:
+            mark = "  <- winner" if row["model"] == summary["winner"]["model"] else ""
+            lines.append(f"{row['config']!s:<44} {row[metric]:>10.4f} {row.get('test_auc', float('nan')):>9.4f} "
+                         f"{row.get('test_ndcg@10', float('nan')):>8.4f} {row.get('best_iteration', ''):>6}{mark}")
+        lines.append(f"winner: {summary['winner']['model']}")
+        return lines
+
 
 class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
     """The periodic entry point: validate the new data, grid-search, and promote the winner through the gate."""
@@ -327,8 +337,16 @@ class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
         super().__init__(*args, **kwargs)
         check_grid(self.grid, TrainRanker)  # now, not after validation has run
 
+    def reference(self) -> str:
+        """The current model's training data (drift reference): read once per task, before its address exists."""
+        if "_reference" not in self.__dict__:
+            from caravan.promotion import reference_dataset
+
+            self.__dict__["_reference"] = reference_dataset(self.model)
+        return str(self.__dict__["_reference"])
+
     def requires(self) -> dict[str, ValidateData]:
-        return {"validation": self.clone(ValidateData, reference_model=self.model)}
+        return {"validation": self.clone(ValidateData, reference=self.reference())}
 
     def grid_search(self) -> GridSearchRanker:
         return self.clone(GridSearchRanker)
@@ -348,3 +366,8 @@ class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
                                            "winner": summary["winner"], "promotion": verdict})
             writer.metrics.update(grid.output().metrics)
             writer.metrics["promotion"] = verdict["decision"]
+
+    def summary_lines(self) -> list[str]:
+        """The promotion verdict, with its reasons (caravan's run summary and `make demo` print it)."""
+        promotion = self.output().read_json("run.json")["promotion"]
+        return [f"promotion of {self.model!r}: {promotion['decision']}: {'; '.join(promotion['reasons'])}"]

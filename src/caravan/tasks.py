@@ -21,6 +21,7 @@ from .errors import JobSpecError, StepFailed
 from .executors.base import StepRequest, executor_name, get_executor
 from .executors.jobspec import load_spec
 from .jsonable import plain as plain  # re-exported: pipelines import it from here
+from .progress import configure_for_luigi as configure_for_luigi  # registers the luigi CLI's story (progress.py)
 
 log = logging.getLogger("caravan.tasks")
 
