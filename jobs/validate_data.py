@@ -4,6 +4,11 @@ Schema skew (a missing or unexpected column, a changed type, nulls where none ar
 the step with an error that lists every offending column. Value drift (population stability
 index per numeric column against the statistics of a reference dataset, normally the one the
 current production model was trained on) is recorded; ``fail_on_drift`` decides if it stops the run.
+
+The reference dataset arrives as a parameter (``reference``, an artifact id), resolved by the
+pipeline before this step's address was computed (``caravan.promotion.reference_dataset``): this
+append-only step never reads the live pointer, so its address names everything it compared with.
+A reference that cannot be read fails the step (an outage is retried; it is never "no drift").
 """
 
 from __future__ import annotations
@@ -21,29 +26,13 @@ class DriftError(ValueError):
 
 
 def reference_dataset(ctx: StepContext) -> Artifact | None:
-    """The dataset to compare with: given by id, or the one the model's current version was trained on."""
-    p = ctx.params
-    if p.get("reference"):
-        return Artifact(ctx.output.store, p["reference"])
-    if not p.get("reference_model"):
+    """The dataset to compare with, as given by id ('' or absent: none)."""
+    reference = ctx.params.get("reference")
+    if not reference:
         return None
-    from caravan.registry import open_pointer
-    from caravan.registry.gate import holdout_of
-    from caravan.step import artifact_at
-
-    document = open_pointer().read(p["reference_model"]).document
-    if document is None:
-        return None
-    try:
-        dataset, _ = holdout_of(artifact_at(document["artifact_uri"], document["artifact_id"]))
-        dataset.manifest()
-    except Exception as exc:  # a broken pointer must not stop new data from being validated; say so loudly
-        ctx.log.warning("current model %s of %s is unreadable (%s): drift not measured", document["artifact_id"],
-                        p["reference_model"], exc)
-        ctx.writer.metrics["reference_error"] = f"{type(exc).__name__}: {exc}"
-        return None
-    ctx.log.info("reference data: %s (trained %s, current model of %s)", dataset.id, document["artifact_id"],
-                 p["reference_model"])
+    dataset = Artifact(ctx.output.store, str(reference))
+    dataset.manifest()  # not found, corrupt or unreachable: the step fails and says which
+    ctx.log.info("reference data: %s", dataset.id)
     return dataset
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import luigi
 
 from .artifacts import Artifact, ArtifactTask, current_run_id
-from .errors import PointerConflict
+from .errors import ArtifactCorruptError, ArtifactNotFoundError, PointerConflict
 from .registry import ModelPointer, PointerState, open_pointer
-from .registry.base import floor_models, new_change_id, utc_now
+from .registry.base import PointerCorrupt, floor_models, new_change_id, utc_now
 from .tasks import NomadJobTask
 
 log = logging.getLogger("caravan.promotion")
@@ -69,6 +69,33 @@ def decide(pointer: ModelPointer, model: str, candidate: Artifact, state: Pointe
         return "moved", {}
     log.info("model %s now serves %s (%s)", model, candidate.id, action)
     return "promote", written.document
+
+
+def reference_dataset(model: str, pointer: ModelPointer | None = None) -> str:
+    """The id of the dataset the current model of ``model`` was trained on; '' when there is no current model.
+
+    For drift checks, resolved *before* a task's address is computed so that the address names it.
+    Only a pointer or model that is absent, corrupt or records no dataset counts as "none" (logged);
+    an outage (store, Consul) raises, so the run fails and is retried rather than skipping the check.
+    """
+    from .registry.gate import holdout_of
+    from .step import artifact_at
+
+    try:
+        document = (pointer or open_pointer()).read(model).document
+    except PointerCorrupt as exc:
+        log.warning("no reference data for drift: %s", exc)
+        return ""
+    if document is None:
+        return ""
+    try:
+        dataset, _ = holdout_of(artifact_at(document["artifact_uri"], document["artifact_id"]))
+        dataset.manifest()
+    except (ArtifactNotFoundError, ArtifactCorruptError, ValueError) as exc:
+        log.warning("no reference data for drift: the current model %s of %s is unreadable: %s",
+                    document["artifact_id"], model, exc)
+        return ""
+    return dataset.id
 
 
 class GateModel(NomadJobTask):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from caravan.artifacts import Artifact
 from caravan.cli import main as caravan_cli
 from caravan.promotion import GateModel, PromoteModel
 from caravan.registry import open_pointer
@@ -45,6 +46,10 @@ def test_retrain_twice_reject_a_bad_candidate_then_roll_back(pointer_kind, model
     assert current.document["previous_artifact_id"] == run1["winner"]["model"]
     assert verdict["current"] == run1["winner"]["model"], "the second run was judged against the first winner"
     assert verdict["current_score"] is not None, "both winners scored on the second run's holdout rows"
+    first_winner = second.input()["validation"].store, run1["winner"]["model"]
+    trained_on = Artifact(*first_winner).manifest()["upstream"]["dataset"]
+    assert second.input()["validation"].read_json("report.json")["reference"] == trained_on, \
+        "drift measured against the data the current model was trained on, named in the step's address"
 
     before = pointer.read(model_name)
     bad = TrainRanker(date=DAY2, window_days=2, rows_per_day=5000, num_iterations=1, learning_rate=1e-6,
