@@ -701,6 +701,17 @@ def test_field_diff_follows_diff_go(old, new, contextual):
         assert (found["Type"], found["Old"], found["New"]) == ("Edited", old, new)
 
 
+@given(st.lists(st.sampled_from(["dc1", "dc2", "dc3", "eu"]), max_size=4),
+       st.lists(st.sampled_from(["dc1", "dc2", "dc3", "eu"]), max_size=4))
+def test_datacenters_diff_as_a_set(old, new):
+    diff = nomad_plan.job_diff(_job(Datacenters=old), _job(Datacenters=new))
+    expected = sorted([Change("Added", "Datacenters", "", d) for d in set(new) - set(old)]
+                      + [Change("Deleted", "Datacenters", d, "") for d in set(old) - set(new)],
+                      key=lambda c: (c.old, c.new))  # diff.go sorts a set's fields by name, old, new
+    assert plan_changes(diff) == expected
+    assert diff["Type"] == ("Edited" if set(old) != set(new) else "None")  # order and repeats are no change
+
+
 def _job(**changes: Any) -> dict[str, Any]:
     job: dict[str, Any] = {
         "ID": "j", "Name": "j", "Type": "batch", "Priority": 50, "Datacenters": ["dc1"], "Meta": {"team": "ml"},
