@@ -47,7 +47,7 @@ _T = TypeVar("_T")
 __all__ = ["NomadExecutor", "check_address", "idempotency_token", "nomad"]
 
 DONE = "dead"
-_TOKEN = re.compile(r"^caravan-[0-9a-f]{32}-(\d+)$")
+_TOKEN = re.compile(r"caravan-[0-9a-f]{32}-([0-9]+)")
 # How long a dispatched child may stay invisible (a follower a little behind) before the dispatch is
 # taken as one that never happened.
 CONFIRM_S = 5.0
@@ -60,7 +60,7 @@ def idempotency_token(artifact_id: str, attempt: int) -> str:
 
 def token_attempt(token: str) -> int | None:
     """The attempt number inside a token made by :func:`idempotency_token` (None for any other token)."""
-    found = _TOKEN.match(token or "")
+    found = _TOKEN.fullmatch(token or "")
     return int(found.group(1)) if found else None
 
 
