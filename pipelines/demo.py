@@ -65,12 +65,9 @@ def main() -> int:
             continue
         status = "reused" if before[task.task_id] else "built"
         print(f"{readable(artifact.id):<100} {status:<7} {artifact.manifest().get('duration_s', 0):>6.1f}")
-    grid = retrain.grid_search()
-    if grid.output().exists():
-        print()
-        print("\n".join(grid.summary_lines()))
     if retrain.output().exists():
-        print("\n".join(retrain.summary_lines()))
+        print()
+        print("\n".join(retrain.summary_lines()))  # the grid with its winner, then the promotion verdict
     built = sum(not v for v in before.values())
     print(f"root: {retrain.output().store.root_uri}")
     print(f"built {built}, reused {len(tasks) - built} in {elapsed:.1f} s" + ("" if built else ": nothing rebuilt"))

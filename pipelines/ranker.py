@@ -368,6 +368,8 @@ class RetrainRanker(DatasetParams, TextParams, ArtifactTask):
             writer.metrics["promotion"] = verdict["decision"]
 
     def summary_lines(self) -> list[str]:
-        """The promotion verdict, with its reasons (caravan's run summary and `make demo` print it)."""
+        """The grid's table and the promotion verdict with its reasons (caravan's run summary and `make demo`)."""
         promotion = self.output().read_json("run.json")["promotion"]
-        return [f"promotion of {self.model!r}: {promotion['decision']}: {'; '.join(promotion['reasons'])}"]
+        grid = self.grid_search()
+        table = grid.summary_lines() if grid.output().exists() else []
+        return [*table, f"promotion of {self.model!r}: {promotion['decision']}: {'; '.join(promotion['reasons'])}"]

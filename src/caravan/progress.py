@@ -61,7 +61,7 @@ class _SummaryHandler(logging.Handler):
 
 
 class _Story:
-    """The artifact tasks this process scheduled, and which of them were complete when scheduled."""
+    """The tasks this process scheduled (luigi's scheduling events happen in the worker's main process)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -71,13 +71,10 @@ class _Story:
         with self._lock:
             self.tasks: dict[str, luigi.Task] = {}
             self.edges: dict[str, list[str]] = {}
-            self.present: set[str] = set()
 
-    def seen(self, task: luigi.Task, present: bool = False) -> None:
+    def seen(self, task: luigi.Task) -> None:
         with self._lock:
             self.tasks.setdefault(task.task_id, task)
-            if present:
-                self.present.add(task.task_id)
 
     def edge(self, task: luigi.Task, dep: luigi.Task) -> None:
         self.seen(task)
@@ -104,7 +101,7 @@ class _Story:
 
     def finish(self) -> None:
         try:
-            lines = summary_lines(self.ordered(), self.present)
+            lines = summary_lines(self.ordered())
         finally:
             self.reset()
         if lines:
@@ -124,41 +121,54 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(shown)
 
 
-def summary_lines(tasks: list[luigi.Task], present: set[str]) -> list[str]:
-    """caravan's summary of a run: counts, one line per artifact, then each complete task's own lines."""
-    from .artifacts import ArtifactTask
+def summary_lines(tasks: list[luigi.Task]) -> list[str]:
+    """caravan's summary of a run: counts, one line per artifact, then each complete task's own lines.
 
-    artifact_tasks = [t for t in tasks if isinstance(t, ArtifactTask)]
-    if not artifact_tasks:
-        return []
-    rows, extra, counts = [], [], {"built": 0, "reused": 0, "not built": 0}
-    for task in artifact_tasks:
+    An artifact was built by this run when its manifest carries this run's id (the luigi worker's, which
+    every step it dispatches records); complete with another id, it was reused. Built ones are listed in
+    the order they finished, after the reused ones.
+    """
+    from .artifacts import ArtifactTask, current_run_id
+
+    entries: dict[str, list[tuple[str, str, luigi.Task]]] = {"reused": [], "built": [], "not built": []}
+    for task in tasks:
+        if not isinstance(task, ArtifactTask):
+            continue
         artifact = task.output()
         try:
-            complete = task.task_id in present or task.complete()
+            manifest = artifact.manifest() if task.complete() else None
         except Exception as exc:  # a store outage at the very end must not hide luigi's summary
-            rows.append(f"  {'unknown':<9} {'':>7}  {artifact.id}  ({exc})")
+            entries["not built"].append(("", f"  {'unknown':<9} {'':>7}  {artifact.id}  ({exc})", task))
             continue
-        status = "reused" if task.task_id in present else "built" if complete else "not built"
-        counts[status] += 1
-        duration = ""
-        if status == "built":
-            seconds = float(artifact.manifest().get("duration_s") or 0)
-            duration = f"{seconds:.1f} s" if seconds >= 0.1 else "<0.1 s"
-        rows.append(f"  {status:<9} {duration:>7}  {artifact.id}")
-        lines = getattr(task, "summary_lines", None)
-        if complete and callable(lines):
+        if manifest is None:
+            entries["not built"].append(("", f"  {'not built':<9} {'':>7}  {artifact.id}", task))
+        elif manifest.get("run_id") == current_run_id():
+            seconds = float(manifest.get("duration_s") or 0)
+            took = f"{seconds:.1f} s" if seconds >= 0.1 else "<0.1 s"
+            entries["built"].append((str(manifest.get("finished_at", "")), f"  {'built':<9} {took:>7}  {artifact.id}",
+                                     task))
+        else:
+            entries["reused"].append(("", f"  {'reused':<9} {'':>7}  {artifact.id}", task))
+    if not any(entries.values()):
+        return []
+    entries["built"].sort(key=lambda entry: entry[0])
+    ordered = [*entries["reused"], *entries["built"], *entries["not built"]]
+    extra: list[str] = []
+    for _, _, task in ordered:
+        own = getattr(task, "summary_lines", None)
+        if task.output().exists() and callable(own):
             try:
-                extra.extend(lines())
+                # A task may repeat what an upstream one said (a retraining shows its grid search's table).
+                extra.extend(line for line in own() if line not in extra)
             except Exception as exc:
                 extra.append(f"({task.get_task_family()} could not summarise itself: {exc})")
-    root = artifact_tasks[-1].output().store.root_uri
-    head = f"built {counts['built']}, reused {counts['reused']}"
-    if counts["not built"]:
-        head += f", NOT built {counts['not built']}"
-    elif not counts["built"]:
+    head = f"built {len(entries['built'])}, reused {len(entries['reused'])}"
+    if entries["not built"]:
+        head += f", NOT built {len(entries['not built'])}"
+    elif not entries["built"]:
         head += ": nothing rebuilt"
-    return [f"{head} (artifacts under {root})", *rows, *(["", *extra] if extra else [])]
+    root = ordered[-1][2].output().store.root_uri
+    return [f"{head} (artifacts under {root})", *(line for _, line, _ in ordered), *(["", *extra] if extra else [])]
 
 
 def configure_for_luigi() -> bool:
@@ -185,7 +195,7 @@ def configure_for_luigi() -> bool:
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_PRESENT)
 def _on_present(task: luigi.Task) -> None:
     if configure_for_luigi():  # otherwise nobody will ask for the summary: keep nothing
-        _story.seen(task, present=True)
+        _story.seen(task)
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
