@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import percentile, verdict  # first: puts the repository root on sys.path
+from servers import free_port, process
 
 for _name in list(os.environ):  # the script names every setting the servers need itself
     if _name.startswith(("CARAVAN_", "CONSUL_")):
@@ -308,11 +308,11 @@ def load(target: Target, pid: int | None, bodies: list[bytes], connections: int,
                     continue
                 in_a_row = 0
                 done = time.perf_counter()
-                if sent >= measure_from and done <= measure_to:
-                    latencies.append(done - sent)
-                if status != 200:
+                if status != 200:  # a failure, never throughput
                     failed += 1
                     error = error or f"{status}: {body[:200]!r}"
+                elif sent >= measure_from and done <= measure_to:
+                    latencies.append(done - sent)
         except OSError as exc:
             failed, error = failed + 1, error or f"{type(exc).__name__}: {exc}"
         finally:
@@ -340,11 +340,6 @@ def load(target: Target, pid: int | None, bodies: list[bytes], connections: int,
         run.latencies.extend(latencies)
         if error:
             print(f"  failure at {target.url}: {error}", flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else math.nan
 
 
 # -- the model ----------------------------------------------------------------------------------------------
@@ -476,9 +471,7 @@ def load_test_url(target: Target, args: argparse.Namespace) -> int:
             problems.append(f"{case}: no request completed in the measured window")
         elif p99 > args.max_p99_ms:
             problems.append(f"{case}: p99 {p99:.1f} ms above {args.max_p99_ms:g} ms")
-    print(f"\ngoal (no failed request, p99 <= {args.max_p99_ms:g} ms in every case): "
-          f"{'met' if not problems else 'NOT met: ' + '; '.join(problems)}")
-    return 1 if problems else 0
+    return verdict(f"no failed request, p99 <= {args.max_p99_ms:g} ms in every case", problems)
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -515,7 +508,6 @@ def main() -> int:
 
     from caravan.registry.file import FilePointer
     from caravan.serving.model import load_model
-    from tests.servers import free_port, process
 
     booster, fresh = train(args.features, args.trees, args.leaves)
     names = booster.feature_name()
@@ -557,8 +549,8 @@ def main() -> int:
         baseline_args = [sys.executable, __file__, "--baseline-server", str(port_b), str(model_file)]
         env = {"CARAVAN_POINTER": "file", "CARAVAN_POINTER_ROOT": f"{tmp}/pointers",
                "CARAVAN_ARTIFACT_ROOT": f"{tmp}/artifacts"}
-        with process(caravan_args, f"http://127.0.0.1:{port_c}/metrics", env=env, cwd=ROOT) as caravan_proc, \
-                process(baseline_args, f"http://127.0.0.1:{port_b}/health", cwd=ROOT) as baseline_proc:
+        with process(caravan_args, f"http://127.0.0.1:{port_c}/metrics", env=env) as caravan_proc, \
+                process(baseline_args, f"http://127.0.0.1:{port_b}/health") as baseline_proc:
             deadline = time.monotonic() + 30
             while requests.get(f"http://127.0.0.1:{port_c}/health", timeout=5).json().get("model") != artifact.id:
                 if time.monotonic() > deadline:
@@ -595,17 +587,19 @@ def main() -> int:
         for what, seconds in floor[case]:
             print(f"{case:<10} {what:<40} {seconds * 1e6:>9.1f} {n_rows / seconds:>14.0f}")
     print()
-    verdicts = []
+    problems = []
     for case in cases:
         caravan, baseline = runs[case, "caravan"], runs[case, "baseline (raw ASGI)"]
-        ratio = caravan.rate / baseline.rate
-        per_round = [c / b for c, b in zip(caravan.per_round, baseline.per_round, strict=True)]
-        verdicts.append(ratio >= GOAL)
+        ratio = caravan.rate / baseline.rate if baseline.rate else math.nan
+        per_round = [c / b if b else math.nan for c, b in zip(caravan.per_round, baseline.per_round, strict=True)]
         print(f"caravan/baseline throughput, {case:<9} {ratio:>6.2f}   (per round: "
               f"{', '.join(f'{r:.2f}' for r in per_round)})")
-    print(f"\ngoal (caravan >= {GOAL:.0%} of the baseline's throughput in every case): "
-          f"{'met' if all(verdicts) else 'NOT met'}; failed requests: {failed}")
-    return 1 if failed else 0
+        if not ratio >= GOAL:  # NaN (nothing measured) misses too
+            problems.append(f"{case}: caravan at {ratio:.2f} of the baseline")
+    if failed:
+        problems.append(f"{failed} failed requests (non-200 or no answer)")
+    return verdict(f"caravan >= {GOAL:.0%} of the baseline's throughput in every case, no failed request",
+                   problems)
 
 
 def lgb_booster(model_file: Path) -> Any:
