@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -240,6 +242,12 @@ def read_parquet_uri(uri: str, columns: list[str] | None = None) -> pyarrow.Tabl
     return read_input(uri, columns=columns)[0]
 
 
+#: How long a fingerprint's listing may answer "is there data?" (only "yes": an empty one is listed again).
+RECENT_LISTING_S = 60.0
+_recent_listings: dict[str, tuple[float, int]] = {}
+_recent_lock = threading.Lock()
+
+
 class ParquetTarget(luigi.Target):
     """A luigi target for external Parquet data at a URI; exists when there is at least one Parquet object.
 
@@ -250,11 +258,20 @@ class ParquetTarget(luigi.Target):
         self.uri = uri
 
     def exists(self) -> bool:
+        # luigi asks right after the downstream address took the fingerprint: that listing answers,
+        # so an unchanged input costs one listing per run, not two.
+        with _recent_lock:
+            seen = _recent_listings.get(self.uri)
+        if seen is not None and time.monotonic() - seen[0] < RECENT_LISTING_S and seen[1]:
+            return True
         return bool(parquet_stats(self.uri)[1])
 
     def fingerprint(self) -> dict[str, Any]:
-        """The input's identity by content (see :func:`input_fingerprint`)."""
-        return input_fingerprint(self.uri)
+        """The input's identity by content (see :func:`input_fingerprint`), always from a fresh listing."""
+        stats = parquet_stats(self.uri)[1]
+        with _recent_lock:
+            _recent_listings[self.uri] = (time.monotonic(), len(stats))
+        return fingerprint_of(self.uri, stats)
 
 
 class ParquetSource(luigi.ExternalTask):
