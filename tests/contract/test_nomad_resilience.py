@@ -167,6 +167,8 @@ def test_a_step_survives_a_leader_election(make_double, after, drop, window_s, c
     assert double.stats["no_leader_answers"] + double.stats["dropped_connections"] > 0, "the election happened"
     assert double.processes_started == 1, "exactly one process ran"
     assert stops_sent(double) == [], "caravan stopped nothing"
+    # An unanswered dispatch is followed by a look-up of the artifact's children, not by a second dispatch.
+    assert len(double.dispatch_requests) == 1, double.dispatch_requests
     outages = [r for r in caplog.records if "Nomad unavailable" in r.getMessage()]
     assert len(outages) <= 3, [r.getMessage() for r in outages]  # once per outage, not once per request
 

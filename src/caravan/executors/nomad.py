@@ -137,7 +137,7 @@ class NomadExecutor(Executor):
                 log.info("%s already published by %s", artifact.id, children[-1]["ID"])
                 return str(children[-1]["ID"]), ""
             attempt = self._next_attempt(children, deadline)
-            dispatched = self._dispatch(request, attempt, deadline)
+            dispatched = self._dispatch(request, attempt, deadline, known={str(c["ID"]) for c in children})
             if dispatched is not None:
                 return dispatched
         raise StepFailed(f"dispatching step {spec.name}: Nomad answered with child ids that never appeared, "
@@ -172,9 +172,11 @@ class NomadExecutor(Executor):
                 highest = max(highest, attempt)
         return highest + 1
 
-    def _dispatch(self, request: StepRequest, attempt: int, deadline: float) -> tuple[str, str] | None:
+    def _dispatch(self, request: StepRequest, attempt: int, deadline: float, known: set[str]
+                  ) -> tuple[str, str] | None:
         """Dispatch and confirm the child; None when the answer named a child that never appeared and no
-        other child of the artifact exists (the caller looks again)."""
+        other child of the artifact exists (the caller looks again). ``known``: the artifact's children
+        before this dispatch."""
         spec, artifact = request.spec, request.artifact
         token = idempotency_token(artifact.id, attempt)
         path = f"job/{spec.name}/dispatch"
@@ -193,6 +195,9 @@ class NomadExecutor(Executor):
                 live = self._live(children)
                 if live:
                     return str(live["ID"]), ""
+                new = [c for c in children if str(c["ID"]) not in known]
+                if new:  # the dispatch did happen, and its child has already finished: follow it to its result
+                    return str(new[0]["ID"]), ""
                 pauses += 1
                 time.sleep(min(backoff_delay(pauses), max(0.0, deadline - time.monotonic())))
             except NomadRejected as exc:
