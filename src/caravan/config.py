@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import TypeVar
 
 import luigi
+
+from .errors import ConfigurationError
 
 _C = TypeVar("_C", bound=luigi.Config)
 
@@ -66,6 +69,13 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         default="",
         description="Where the local executor makes each step's working directory (default: the system temp dir).",
     )
+    environment = luigi.Parameter(
+        default="",
+        description="The environment (production, staging, dev...) in every shared name: Consul services "
+        "caravan-<env>-<service>, KV caravan/<env>/models/, Vault <mount>/data/caravan/<env>/, Vault roles "
+        "caravan-<env>-<role>. Empty: derived from the Nomad namespace (see caravan.config.environment). "
+        "Env CARAVAN_ENVIRONMENT wins.",
+    )
 
 
 @functools.cache
@@ -88,3 +98,42 @@ def setting(env_name: str, configured: str) -> str:
 def artifact_root() -> str:
     """The artifact root in effect (``CARAVAN_ARTIFACT_ROOT`` or ``[caravan] artifact_root``)."""
     return setting("CARAVAN_ARTIFACT_ROOT", section(caravan).artifact_root)
+
+
+#: An environment name: it becomes part of DNS-style Consul service names, KV keys, Vault paths and role names.
+_ENVIRONMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+#: The environment of a process that names none and runs in no Nomad namespace (or in "default").
+LOCAL_ENVIRONMENT = "dev"
+#: The Nomad namespace whose environment is "production" (the other caravan-<env> namespaces give <env>).
+PRODUCTION_NAMESPACE = "caravan"
+
+
+def check_environment(name: str) -> str:
+    """``name`` if it is a valid environment name (1-32 of ``[a-z0-9-]``, no leading or trailing hyphen)."""
+    # fullmatch: "$" would let "prod\n" through.
+    if not isinstance(name, str) or not _ENVIRONMENT.fullmatch(name):
+        raise ConfigurationError(f"environment {name!r} (CARAVAN_ENVIRONMENT or [caravan] environment) must be "
+                                 "1-32 of [a-z0-9-], starting and ending with a letter or digit")
+    return name
+
+
+def environment_of_namespace(namespace: str) -> str:
+    """The environment a Nomad namespace stands for: ``caravan`` is production, ``caravan-<env>`` is ``<env>``,
+    no namespace or ``default`` is ``dev`` (a laptop, a dev agent), any other namespace is its own name."""
+    if not namespace or namespace == "default":
+        return LOCAL_ENVIRONMENT
+    if namespace == PRODUCTION_NAMESPACE:
+        return "production"
+    return namespace.removeprefix(f"{PRODUCTION_NAMESPACE}-") or namespace
+
+
+def environment() -> str:
+    """The environment in effect: ``CARAVAN_ENVIRONMENT``, else ``[caravan] environment``, else derived from the
+    Nomad namespace (``NOMAD_NAMESPACE``, which Nomad sets in every task, else ``[nomad] namespace``)."""
+    named = setting("CARAVAN_ENVIRONMENT", section(caravan).environment)
+    if not named:
+        # luigi's config, not caravan.nomad_api's section class: importing the Nomad client here would make
+        # every import of caravan.config pay for it.
+        configured = luigi.configuration.get_config().get("nomad", "namespace", "")
+        named = environment_of_namespace(setting("NOMAD_NAMESPACE", configured))
+    return check_environment(named)

@@ -355,7 +355,7 @@ def test_model_names_are_checked_before_any_request(name):
     safe = bool(name) and name[0].isascii() and name[0].isalnum() and ".." not in name and \
         len(name) <= MAX_MODEL_NAME and all(c.isascii() and (c.isalnum() or c in "_.-") for c in name)
     if safe:
-        assert current_key(name) == f"caravan/models/{name}/current"
+        assert current_key(name) == f"caravan/dev/models/{name}/current"
     else:
         with pytest.raises(ConfigurationError):
             current_key(name)

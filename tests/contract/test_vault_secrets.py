@@ -16,7 +16,7 @@ from caravan.secrets.vault import VaultSecrets
 from tests.servers import poll_until
 
 POLICY = """
-path "secret/data/caravan/storage" { capabilities = ["read"] }
+path "secret/data/caravan/dev/storage" { capabilities = ["read"] }
 """
 
 
@@ -39,7 +39,7 @@ def storage_secret(bao: tuple[str, hvac.Client], monkeypatch: pytest.MonkeyPatch
     _, admin = bao
     value = {"aws_access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
              "aws_secret_access_key": f"sk-{uuid.uuid4().hex}"}
-    admin.secrets.kv.v2.create_or_update_secret("caravan/storage", secret=value)
+    admin.secrets.kv.v2.create_or_update_secret("caravan/dev/storage", secret=value)
     return value
 
 
@@ -82,16 +82,16 @@ def test_a_missing_secret_names_the_path_not_a_value(bao: tuple[str, hvac.Client
     source = VaultSecrets(address, admin.token)
     with pytest.raises(SecretNotFound) as caught:
         source.read("no-such-secret")
-    assert "secret/data/caravan/no-such-secret" in str(caught.value) and address in str(caught.value)
+    assert "secret/data/caravan/dev/no-such-secret" in str(caught.value) and address in str(caught.value)
 
 
 def test_a_path_outside_the_policy_is_access_denied_naming_the_path(bao: tuple[str, hvac.Client]) -> None:
     address, admin = bao
-    admin.secrets.kv.v2.create_or_update_secret("caravan/nomad", secret={"token": "nomad-" + uuid.uuid4().hex})
+    admin.secrets.kv.v2.create_or_update_secret("caravan/dev/nomad", secret={"token": "nomad-" + uuid.uuid4().hex})
     token = scoped_token(admin)
     with pytest.raises(SecretAccessDenied) as caught:
         VaultSecrets(address, token).read("nomad")
-    assert "secret/data/caravan/nomad" in str(caught.value)
+    assert "secret/data/caravan/dev/nomad" in str(caught.value)
     assert token not in str(caught.value)
 
 

@@ -35,11 +35,11 @@ from ..servers import succeeded
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "caravan-leak-test"
 POLICY = """
-path "secret/data/caravan/storage" { capabilities = ["read"] }
-path "secret/data/caravan/consul" { capabilities = ["read"] }
-path "secret/data/caravan/nomad" { capabilities = ["read"] }
+path "secret/data/caravan/dev/storage" { capabilities = ["read"] }
+path "secret/data/caravan/dev/consul" { capabilities = ["read"] }
+path "secret/data/caravan/dev/nomad" { capabilities = ["read"] }
 """
-STEP_POLICY = 'path "secret/data/caravan/storage" { capabilities = ["read"] }\n'
+STEP_POLICY = 'path "secret/data/caravan/dev/storage" { capabilities = ["read"] }\n'
 
 
 def find(markers: dict[str, str], text: str | bytes, where: str) -> list[str]:
@@ -70,10 +70,10 @@ def cluster(vault_server: tuple[str, str], s3_endpoint: str, scheduler_url: str,
     }
     admin = hvac.Client(url=vault_addr, token=root_token)
     kv = admin.secrets.kv.v2
-    kv.create_or_update_secret("caravan/storage", secret={"aws_access_key_id": "AKIALEAKTEST",
+    kv.create_or_update_secret("caravan/dev/storage", secret={"aws_access_key_id": "AKIALEAKTEST",
                                                           "aws_secret_access_key": markers["s3 secret key"]})
-    kv.create_or_update_secret("caravan/consul", secret={"token": markers["consul token"]})
-    kv.create_or_update_secret("caravan/nomad", secret={"token": markers["nomad token"]})
+    kv.create_or_update_secret("caravan/dev/consul", secret={"token": markers["consul token"]})
+    kv.create_or_update_secret("caravan/dev/nomad", secret={"token": markers["nomad token"]})
     admin.sys.create_or_update_policy("caravan-retrain", POLICY)
     admin.sys.create_or_update_policy("caravan-step", STEP_POLICY)
     if "approle/" not in admin.sys.list_auth_methods()["data"]:

@@ -1,6 +1,7 @@
 """The ModelPointer interface: which artifact is model M's current model, changed only by check-and-set.
 
-The pointer of model ``M`` is one JSON document at ``caravan/models/M/current``::
+The pointer of model ``M`` is one JSON document at ``caravan/<env>/models/M/current`` (``<env>`` the
+environment, :func:`caravan.config.environment`: each environment has its own pointers)::
 
     {"artifact_uri": ..., "artifact_id": ..., "metrics": {...}, "promoted_at": ..., "promoted_by": <run id>,
      "previous_artifact_id": ..., "action": "promote" | "rollback" | "force", "reason": ...}
@@ -10,7 +11,7 @@ A rollback also names the change it returns to (``target_change_id``) and the ch
 they never moved the pointer.
 
 Every change is a check-and-set on the pointer's version (Consul's ModifyIndex; a counter in the
-file backend) and appends a history entry at ``caravan/models/M/history/<change id>`` (time-ordered
+file backend) and appends a history entry at ``caravan/<env>/models/M/history/<change id>`` (time-ordered
 and unique). The current document is the truth; a history entry that a crash left unwritten is
 written by the next change or ``repair_history``. A pointer that does not parse as such a document
 (truncated, the wrong shape, garbage) raises :class:`PointerCorrupt`, which carries the version a
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import check_environment
+from ..config import environment as config_environment
 from ..errors import CaravanError, ConfigurationError, PointerConflict
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -45,21 +48,27 @@ def check_model_name(model: str) -> str:
     return model
 
 
-def current_key(model: str) -> str:
-    return f"caravan/models/{check_model_name(model)}/current"
+def models_prefix(environment: str | None = None) -> str:
+    """The KV prefix of one environment's model pointers, ``caravan/<env>/models/`` (``environment`` None: the
+    one in effect, :func:`caravan.config.environment`). Staging and production sharing one Consul never meet."""
+    return f"caravan/{check_environment(environment) if environment else config_environment()}/models/"
 
 
-def history_prefix(model: str) -> str:
-    return f"caravan/models/{check_model_name(model)}/history/"
+def current_key(model: str, environment: str | None = None) -> str:
+    return f"{models_prefix(environment)}{check_model_name(model)}/current"
 
 
-def history_key(model: str, change_id: str) -> str:
-    return f"{history_prefix(model)}{change_id}"
+def history_prefix(model: str, environment: str | None = None) -> str:
+    return f"{models_prefix(environment)}{check_model_name(model)}/history/"
 
 
-def lock_key(model: str) -> str:
+def history_key(model: str, change_id: str, environment: str | None = None) -> str:
+    return f"{history_prefix(model, environment)}{change_id}"
+
+
+def lock_key(model: str, environment: str | None = None) -> str:
     """The key of the promotion lock: inside the model's prefix, so the pipeline's ACL covers it."""
-    return f"caravan/models/{check_model_name(model)}/lock"
+    return f"{models_prefix(environment)}{check_model_name(model)}/lock"
 
 
 def new_change_id() -> str:
@@ -226,6 +235,8 @@ class ModelPointer(abc.ABC):
     """Where model pointers live (a folder on this machine, or Consul KV)."""
 
     name = ""
+    #: The environment whose pointers this backend reads and moves (set when it is made).
+    environment = ""
 
     @abc.abstractmethod
     def read(self, model: str) -> PointerState:

@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 
 import luigi
 
-from ..config import section, setting
+from ..config import check_environment, section, setting
+from ..config import environment as config_environment
 from ..errors import BackendRejected, BackendUnavailable, ConfigurationError, PointerConflict, PromotionLocked
 from .base import (
     ModelPointer,
@@ -100,8 +101,11 @@ class ConsulPointer(ModelPointer):
 
     name = "consul"
 
-    def __init__(self, address: str | None = None, token: str | None = None, timeout_s: float | None = None) -> None:
-        """``timeout_s``: the read timeout of each request (default ``[consul] timeout_s``)."""
+    def __init__(self, address: str | None = None, token: str | None = None, timeout_s: float | None = None,
+                 environment: str | None = None) -> None:
+        """``timeout_s``: the read timeout of each request (default ``[consul] timeout_s``); ``environment``: whose
+        pointers, under ``caravan/<env>/models/`` (default: the one in effect, :func:`caravan.config.environment`)."""
+        self.environment = check_environment(environment) if environment else config_environment()
         self.address = address or setting("CONSUL_HTTP_ADDR", section(consul).address)
         if token is None:
             from ..secrets import get_secret
@@ -136,16 +140,16 @@ class ConsulPointer(ModelPointer):
             return PointerState(None, 0, int(index or 0))
         version, position = int(data["ModifyIndex"]), int(index or 0)
         document = parse_document(model, data.get("Value"), version=version, index=position,
-                                  where=f"{current_key(model)} in consul {self.address}")
+                                  where=f"{current_key(model, self.environment)} in consul {self.address}")
         return PointerState(document, version, position)
 
     def read(self, model: str) -> PointerState:
-        key = current_key(model)
+        key = current_key(model, self.environment)
         index, data = self._call(f"GET {key}", self.client.kv.get, key)
         return self._state(model, index, data)
 
     def compare_and_set(self, model: str, document: dict[str, Any], expected_version: int) -> int | None:
-        key = current_key(model)
+        key = current_key(model, self.environment)
         body = encode(document)
         if not self._call(f"PUT {key}?cas={expected_version}", self.client.kv.put, key, body, cas=expected_version):
             return None
@@ -154,11 +158,11 @@ class ConsulPointer(ModelPointer):
         return max(int(data["ModifyIndex"]) if data else 0, expected_version + 1)
 
     def record(self, model: str, document: dict[str, Any]) -> None:
-        key = history_key(model, str(document["change_id"]))
+        key = history_key(model, str(document["change_id"]), self.environment)
         self._call(f"PUT {key}?cas=0", self.client.kv.put, key, encode(document), cas=0)
 
     def history(self, model: str) -> list[dict[str, Any]]:
-        prefix = history_prefix(model)
+        prefix = history_prefix(model, self.environment)
         _, entries = self._call(f"GET {prefix}?recurse", self.client.kv.get, prefix, recurse=True)
         history = []
         for item in sorted(entries or [], key=lambda e: e["Key"]):
@@ -175,16 +179,17 @@ class ConsulPointer(ModelPointer):
 
     @contextlib.contextmanager
     def lock(self, model: str, holder: str, timeout_s: float) -> Iterator[None]:
-        """A Consul lock: a TTL session (renewed in the background) acquires ``caravan/models/M/lock``.
+        """A Consul lock: a TTL session (renewed in the background) acquires ``caravan/<env>/models/M/lock``.
 
         The session's behaviour is ``delete``: if the holder dies and stops renewing, Consul
         invalidates the session after its TTL and deletes the key, and the next holder gets the
         lock after the lock-delay. Waiting for a held lock is a blocking query on the key.
         """
         cfg = section(consul)
-        key = lock_key(model)
+        key = lock_key(model, self.environment)
         ttl = max(10, min(int(cfg.lock_ttl_s), 86400))
-        session = self._call("PUT /v1/session/create", self.client.session.create, name=f"caravan-promote-{model}",
+        session = self._call("PUT /v1/session/create", self.client.session.create,
+                             name=f"caravan-{self.environment}-promote-{model}",
                              behavior="delete", ttl=ttl, lock_delay=max(0, int(cfg.lock_delay_s)))
         lost = threading.Event()
         stop = threading.Event()
@@ -255,7 +260,7 @@ class ConsulPointer(ModelPointer):
                 index = 0 if new < index else new
 
     def watch(self, model: str, state: PointerState, timeout_s: float) -> PointerState:
-        key = current_key(model)
+        key = current_key(model, self.environment)
         deadline = time.monotonic() + timeout_s
         index = max(1, state.index)  # Consul's rule: never block on an index below 1
         while True:

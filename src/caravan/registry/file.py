@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..config import check_environment
+from ..config import environment as config_environment
 from ..errors import PromotionLocked
 from .base import (
     UNKNOWN_VERSION,
@@ -44,8 +46,10 @@ class FilePointer(ModelPointer):
 
     name = "file"
 
-    def __init__(self, root: str | os.PathLike[str], poll_s: float = 0.05) -> None:
+    def __init__(self, root: str | os.PathLike[str], poll_s: float = 0.05, environment: str | None = None) -> None:
+        """Pointers of ``environment`` (default: the one in effect) under ``root``/caravan/<env>/models/."""
         self.root = Path(root).resolve()
+        self.environment = check_environment(environment) if environment else config_environment()
         self.poll_s = poll_s
 
     def _path(self, key: str) -> Path:
@@ -53,7 +57,7 @@ class FilePointer(ModelPointer):
 
     @contextmanager
     def _locked(self, model: str) -> Iterator[None]:
-        lock = self._path(current_key(model)).with_name(".lock")
+        lock = self._path(current_key(model, self.environment)).with_name(".lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -65,7 +69,7 @@ class FilePointer(ModelPointer):
     @contextmanager
     def lock(self, model: str, holder: str, timeout_s: float) -> Iterator[None]:
         """flock on ``<model>/lock`` (the same name as the Consul key); the kernel drops it if we die."""
-        path = self._path(lock_key(model))
+        path = self._path(lock_key(model, self.environment))
         path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout_s
         with open(path, "a+b") as handle:
@@ -96,7 +100,7 @@ class FilePointer(ModelPointer):
         os.replace(temp, path)
 
     def read(self, model: str) -> PointerState:
-        path = self._path(current_key(model))
+        path = self._path(current_key(model, self.environment))
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -126,17 +130,17 @@ class FilePointer(ModelPointer):
                 return None
             # A repair of an unreadable version: a clock-based version, larger than any counter before it.
             version = time.time_ns() // 1000 if expected_version == UNKNOWN_VERSION else expected_version + 1
-            self._replace(self._path(current_key(model)),
+            self._replace(self._path(current_key(model, self.environment)),
                           json.dumps({"version": version, "document": document}, sort_keys=True).encode())
             return version
 
     def record(self, model: str, document: dict[str, Any]) -> None:
-        path = self._path(history_key(model, str(document["change_id"])))
+        path = self._path(history_key(model, str(document["change_id"]), self.environment))
         if not path.exists():
             self._replace(path, json.dumps(document, sort_keys=True).encode())
 
     def history(self, model: str) -> list[dict[str, Any]]:
-        folder = self._path(history_prefix(model).rstrip("/"))
+        folder = self._path(history_prefix(model, self.environment).rstrip("/"))
         if not folder.is_dir():
             return []
         entries = []

@@ -7,7 +7,8 @@ A secret is named by a path and a field, the same names everywhere::
     nomad     token
     serving   consul_token
 
-In Vault (KV v2) they live at ``<mount>/data/<prefix>/<path>`` (``secret/data/caravan/storage``).
+In Vault (KV v2) they live at ``<mount>/data/<prefix>/<environment>/<path>``
+(``secret/data/caravan/production/storage``).
 In a Nomad task, the job's ``vault`` and ``template`` blocks render them into the environment
 variables of :data:`ENV_NAMES` (the ecosystem's own names where one exists), so a step reads
 them with the ``env`` source and needs no Vault client. On a laptop or in CI, ``[caravan]

@@ -23,7 +23,8 @@ from typing import Any
 
 import luigi
 
-from ..config import section, setting
+from ..config import check_environment, section, setting
+from ..config import environment as config_environment
 from ..errors import BackendUnavailable, ConfigurationError, SecretAccessDenied, SecretNotFound
 from ..redaction import remember
 from .base import SecretSource, check_path
@@ -36,7 +37,8 @@ class vault(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg secti
 
     address = luigi.Parameter(default="http://127.0.0.1:8200", description="Vault address; env VAULT_ADDR wins.")
     mount = luigi.Parameter(default="secret", description="Mount point of the KV v2 engine.")
-    prefix = luigi.Parameter(default="caravan", description="Folder of caravan's secrets under the mount.")
+    prefix = luigi.Parameter(default="caravan", description="Folder of caravan's secrets under the mount; each "
+                             "environment has its own folder in it (<prefix>/<environment>/).")
     namespace = luigi.Parameter(default="", description="Vault Enterprise namespace; env VAULT_NAMESPACE wins.")
     cacert = luigi.Parameter(default="", description="CA bundle for Vault's TLS certificate; env VAULT_CACERT wins.")
     role_id = luigi.Parameter(default="", description="AppRole role id (not a secret); env VAULT_ROLE_ID wins.")
@@ -47,18 +49,22 @@ class vault(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg secti
 
 
 class VaultSecrets(SecretSource):
-    """KV v2 secrets at ``<mount>/data/<prefix>/<path>``."""
+    """KV v2 secrets at ``<mount>/data/<prefix>/<environment>/<path>`` (``secret/data/caravan/production/storage``):
+    one environment's roles never read another's secrets."""
 
     name = "vault"
 
     def __init__(self, address: str | None = None, token: str | None = None, *, role_id: str | None = None,
-                 secret_id: str | None = None) -> None:
+                 secret_id: str | None = None, environment: str | None = None) -> None:
+        """``environment``: whose secrets (default: the one in effect, :func:`caravan.config.environment`)."""
         import hvac  # imported here: `import caravan` must not pay for hvac when Vault is not configured
 
         cfg = section(vault)
         self.address = address or setting("VAULT_ADDR", cfg.address)
         self.mount = cfg.mount.strip("/")
-        self.prefix = cfg.prefix.strip("/")
+        self.environment = check_environment(environment) if environment else config_environment()
+        # The folder of this environment's secrets: <prefix>/<environment>, or <environment> without a prefix.
+        self.prefix = "/".join(part for part in (cfg.prefix.strip("/"), self.environment) if part)
         self.auth_mount = cfg.auth_mount
         self.role_id = role_id or setting("VAULT_ROLE_ID", cfg.role_id) or None
         self._secret_id = secret_id
