@@ -243,4 +243,7 @@ def _on_failure(task: luigi.Task, exc: BaseException) -> None:
     artifact = _artifact(task)
     if artifact is not None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.error("failed %s -> %s: %s", task.get_task_family(), artifact.uri, first)
+        # A failed step's own last words (its one-line reason) say more than its exit code.
+        tail = [line for line in str(getattr(exc, "stderr_tail", "") or "").splitlines() if line.strip()]
+        reason = f"{first}: {tail[-1].strip()}" if tail else first
+        log.error("failed %s -> %s: %s", task.get_task_family(), artifact.uri, reason)

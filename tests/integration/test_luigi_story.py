@@ -19,14 +19,23 @@ ROOT = Path(__file__).resolve().parents[2]
 LUIGI = str(Path(sys.executable).parent / "luigi")
 
 
-def luigi_cli(tmp_path: Path, *args: str) -> str:
+def luigi_cli(tmp_path: Path, *args: str, code: int = 0) -> str:
     """Run the `luigi` command as a user would, from the project folder; its stderr (where luigi logs)."""
     env = {**os.environ, "CARAVAN_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
            "CARAVAN_POINTER_ROOT": str(tmp_path / "pointers")}
     done = subprocess.run([LUIGI, *args, "--local-scheduler", "--no-lock"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == code, done.stderr[-3000:]
     return done.stderr
+
+
+def write_table(path: Path, **columns: list) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=300)
+    table = pa.table({"x": x, "y": (x + rng.normal(size=300) > 0).astype("int8"), **columns})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def test_the_luigi_cli_tells_what_each_step_did_and_ends_with_caravans_summary(tmp_path):
@@ -57,12 +66,7 @@ def test_luigis_log_level_still_decides(tmp_path):
 
 
 def test_training_progress_metrics_and_unused_columns_show_on_the_cli(tmp_path):
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=300)
-    table = pa.table({"x": x, "note": ["a", "b", "c"] * 100, "y": (x + rng.normal(size=300) > 0).astype("int8")})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    (tmp_path / "t.parquet").write_bytes(buffer.getvalue())
+    write_table(tmp_path / "t.parquet", note=["a", "b", "c"] * 100)
     out = luigi_cli(tmp_path, "--module", "pipelines.tabular", "TrainTabular", "--dataset", str(tmp_path / "t.parquet"),
                     "--label", "y", "--num-iterations", "20", "--early-stopping-rounds", "20")
     assert "train-lightgbm INFO iteration 2/20: valid auc" in out and "iteration 20/20" in out
@@ -70,6 +74,15 @@ def test_training_progress_metrics_and_unused_columns_show_on_the_cli(tmp_path):
     assert "train-lightgbm WARNING columns not used as features" in out and "note (string)" in out
     finished = next(line for line in out.splitlines() if line.startswith("INFO: finished TrainTabular"))
     assert "valid_auc 0." in finished and "best_iteration" in finished
+
+
+def test_a_failed_step_is_named_with_its_reason_and_the_summary_counts_what_is_missing(tmp_path):
+    write_table(tmp_path / "t.parquet")
+    out = luigi_cli(tmp_path, "--module", "pipelines.tabular", "PrepareTable", "--dataset", str(tmp_path / "t.parquet"),
+                    "--label", "tagret", code=30)  # luigi.cfg's [retcode] task_failed
+    failed = next(line for line in out.splitlines() if line.startswith("ERROR: failed PrepareTable -> "))
+    assert failed.endswith("DataCheckFailed: label column 'tagret' is not in the table (columns: ['x', 'y'])")
+    assert "built 0, reused 0, NOT built 1" in out[out.index("===== caravan summary ====="):]
 
 
 def test_nothing_is_added_when_logging_is_configured_otherwise():
