@@ -34,7 +34,9 @@ class _Interrupted(BaseException):
 def _stop_on_sigterm() -> Iterator[None]:
     # luigi terminates a task process with SIGTERM (worker timeout, shutdown); without a handler
     # Python exits at once and the step would run on, orphaned.
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or callable(signal.getsignal(signal.SIGTERM)):
+        # Not ours to set, or already set: caravan.entrypoint's handler raises too, and also stops the luigi
+        # worker around this task (replacing it here would let the worker carry on with the next task).
         yield
         return
 
