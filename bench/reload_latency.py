@@ -179,9 +179,9 @@ def measure(case: Case, pointer: ModelPointer, env: dict[str, str], models: list
     crash_named, refused_ms = False, math.nan
     with process(command, f"{url}/metrics", env=env):
         deadline = time.monotonic() + 60
-        while health(url).get("model") != models[0].id:
+        while (state := health(url)).get("model") != models[0].id:
             if time.monotonic() > deadline:
-                raise SystemExit(f"{case.name}: the server never loaded its first model")
+                raise SystemExit(f"{case.name}: the server never loaded its first model; /health: {state}")
             time.sleep(0.05)
         load = Load(url, args.threads)
         load.start()
