@@ -31,12 +31,11 @@ import time
 from typing import Any
 
 from common import ROOT, verdict
+from nomad_double import BenchSleep, nomad_double
 
 from caravan.executors.base import StepRequest
 from caravan.executors.jobspec import load_spec
 from caravan.executors.nomad import NomadExecutor
-from tests.doubles.nomad import NomadDouble
-from tests.steps.tasks import Sleep
 
 SPECS = ROOT / "tests/steps/nomad"
 # The sleep step asks cpu 200 / memory 256: this node has room for two at a time.
@@ -68,11 +67,12 @@ def run_steps(label: str, steps: int, seconds: float, faults: list[tuple[float, 
     """One run of ``steps`` sleep steps; ``faults`` are (start offset s, kind, duration s)."""
     os.environ["CARAVAN_ARTIFACT_ROOT"] = f"{workdir}/{label}"
     logging.getLogger("caravan").setLevel(logging.ERROR)  # one line per worker per outage: too many to read here
-    with NomadDouble(env={"PYTHONPATH": str(ROOT)}, nodes=[NODE]) as double:
+    with nomad_double(nodes=[NODE]) as double:
         os.environ["NOMAD_ADDR"] = double.address
         double.load_specs(SPECS)
         spec = load_spec("sleep")
-        tasks = [Sleep(date=dt.date(2026, 11, 22), seconds=seconds + i * 1e-6, timeout_s=600) for i in range(steps)]
+        tasks = [BenchSleep(date=dt.date(2026, 11, 22), seconds=seconds + i * 1e-6, timeout_s=600)
+                 for i in range(steps)]
         durations: dict[int, float] = {}
         results: dict[int, Any] = {}
         ran: dict[int, float | None] = {}
@@ -124,11 +124,12 @@ def run_steps(label: str, steps: int, seconds: float, faults: list[tuple[float, 
                 untimed += 1
                 continue
             overheads.append(durations[i] - own)
-        stops = [path for method, path in double.requests if method == "DELETE" and "/dispatch-" in path]
+        stats, requests = double.counters()
+        stops = [path for method, path in requests if method == "DELETE" and "/dispatch-" in path]
         return {"label": label, "completed": sum(1 for t in tasks if t.output().exists()),
-                "processes": double.processes_started, "stops": len(stops), "overheads": overheads,
-                "failures": failures, "wall": wall, "untimed": untimed, "purged": double.stats["gc_purged"],
-                "faulty_answers": double.stats["no_leader_answers"] + double.stats["dropped_connections"]}
+                "processes": stats["processes_started"], "stops": len(stops), "overheads": overheads,
+                "failures": failures, "wall": wall, "untimed": untimed, "purged": stats["gc_purged"],
+                "faulty_answers": stats["no_leader_answers"] + stats["dropped_connections"]}
 
 
 def main() -> int:

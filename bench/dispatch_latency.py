@@ -24,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import ROOT, percentile, verdict
+from nomad_double import BenchSleep, nomad_double
 
 from caravan.executors.base import StepRequest
 from caravan.executors.jobspec import load_spec
 from caravan.executors.nomad import DONE, NomadExecutor
-from tests.doubles.nomad import NomadDouble
-from tests.steps.tasks import Sleep
 
 
 class Recording(NomadExecutor):
@@ -72,7 +71,7 @@ def measure(executor: Recording, seconds: list[float], parallel: int) -> tuple[l
 
     def one(i_seconds: tuple[int, float]) -> tuple[float, float]:
         i, secs = i_seconds
-        task = Sleep(date=dt.date(2026, 11, 22), seconds=secs + i * 1e-6)  # distinct artifacts
+        task = BenchSleep(date=dt.date(2026, 11, 22), seconds=secs + i * 1e-6)  # distinct artifacts
         request = StepRequest(spec=spec, artifact=task.output(), meta=task.meta(), run_id="bench", timeout_s=120)
         start = time.time()
         result = executor.run(request)
@@ -98,7 +97,7 @@ def main() -> int:
         os.environ.update(CARAVAN_ARTIFACT_ROOT=f"{tmp}/artifacts", CARAVAN_JOBSPEC_DIR=str(ROOT / "tests/steps/nomad"),
                           PYTHONPATH=str(ROOT))
         # The double stops (and kills its step processes) however the measurement ends.
-        with NomadDouble(env={"PYTHONPATH": str(ROOT)}) as double:
+        with nomad_double() as double:
             os.environ["NOMAD_ADDR"] = double.address
             double.load_specs(ROOT / "tests/steps/nomad")
             strategies = (("caravan (blocking queries)", Recording), ("fixed 1 s polling", lambda: Polling(1.0)),
