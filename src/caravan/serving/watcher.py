@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import CaravanError
 from ..registry import ModelPointer, PointerState
+from ..registry.base import lineage
 from ..step import artifact_at
 from .model import LoadedModel, ModelHolder, ModelUnsound, build_model, read_model_files
 from .observe import Metrics
@@ -30,7 +31,6 @@ from .probe import Probe
 
 log = logging.getLogger("caravan.serving")
 
-CHANGES = ("promote", "force", "rollback")  # history entries that moved the pointer (not "reject")
 _REMEMBERED = 256  # models known good, and models refused, kept per server
 
 
@@ -187,12 +187,11 @@ class Watcher(threading.Thread):
     def _fall_back(self, refused: tuple[str, str], reason: str) -> None:
         """Nothing served and the pointer's model refused: serve the newest model of the history that loads."""
         history = self.pointer.history(self.model)  # an error propagates: the whole fallback is retried
-        undone = {change for entry in history for change in (entry.get("rolled_back") or [])
-                  if isinstance(change, str)}
+        # The models that led to the current one, as the registry replays them: promotions and rollbacks,
+        # without the rolled-back ones (undone on purpose) or rejected candidates (never current).
+        stack, _ = lineage([entry for entry in history if isinstance(entry, dict)])
         tried = 0
-        for entry in reversed(history):
-            if not isinstance(entry, dict) or entry.get("action") not in CHANGES or entry.get("change_id") in undone:
-                continue
+        for entry in reversed(stack):
             try:
                 key = target_of(entry)
             except PointerInvalid:
