@@ -60,9 +60,10 @@ def test_50_mb_bodies_are_refused_with_bounded_memory_and_a_fast_health(model_na
         sender = threading.Thread(target=send_big, daemon=True)
         sender.start()
         health_ms: list[float] = []
+        prober = requests.Session()  # one keep-alive connection: the time is the server's, not a TCP handshake's
         while not done.is_set():
             started = time.perf_counter()
-            answer = requests.get(f"{url}/health", timeout=5)
+            answer = prober.get(f"{url}/health", timeout=5)
             health_ms.append((time.perf_counter() - started) * 1000)
             assert answer.status_code == 200
             done.wait(0.02)  # pace the probes: /health is measured, not hammered
@@ -73,6 +74,7 @@ def test_50_mb_bodies_are_refused_with_bounded_memory_and_a_fast_health(model_na
     assert all(size < 1000 for size in outcomes[1::2]), f"a refusal echoed the body: {outcomes}"
     assert after - before < 100, f"peak RSS went from {before:.0f} MB to {after:.0f} MB"
     assert len(health_ms) >= 3, "the refusals were too quick to measure /health during them"
-    assert statistics.median(health_ms) < 100, f"/health took {sorted(health_ms)} ms while refusing"
+    assert max(health_ms) < 100, f"/health took {sorted(health_ms)} ms while refusing (median " \
+                                 f"{statistics.median(health_ms):.1f} ms)"
     assert still.status_code == 200
 
