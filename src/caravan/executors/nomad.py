@@ -243,6 +243,7 @@ class NomadExecutor(Executor):
             self._wait_eval(eval_id, deadline)
         placement_deadline = time.monotonic() + placement_s
         waiting_for = ""
+        no_eval_yet = False
         index = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -251,6 +252,8 @@ class NomadExecutor(Executor):
             wait = min(self.api.wait_s, remaining)
             if waiting_for:  # wake up in time to honour the placement timeout
                 wait = min(wait, max(0.0, placement_deadline - time.monotonic()))
+            if no_eval_yet:  # its evaluation's verdict would not wake a query on the job: look again soon
+                wait = min(wait, 2.0)
             job, index = self._retry(f"wait for {child_id}", partial(self._block_job, child_id, index, wait),
                                      deadline)
             if job is None and artifact.exists():  # finished and already garbage-collected: the artifact says how
@@ -263,9 +266,10 @@ class NomadExecutor(Executor):
             if job.get("Status") == DONE:
                 return dict(job)
             if job.get("Status") != "pending" or job.get("Stop"):
-                waiting_for = ""
+                waiting_for, no_eval_yet = "", False
                 continue
             verdict = self._placement(child_id, deadline)
+            no_eval_yet = verdict.state == pl.PENDING and not verdict.eval_id
             if verdict.state in (pl.IMPOSSIBLE, pl.FAILED):
                 self._stop(child_id)
                 what = "can never be placed" if verdict.state == pl.IMPOSSIBLE else "could not be placed"
