@@ -283,3 +283,41 @@ def test_utf8_step_output_survives_in_the_error_and_the_copied_logs(nomad_target
     stderr_logs = [k for k in task.output().store.list_keys(task.output().key + "/") if k.endswith(".stderr.txt")]
     assert stderr_logs
     assert "«9» é ✓ 日本" in task.output().store.read(stderr_logs[-1]).decode("utf-8")
+
+
+# -- definitive answers end the wait, and say which ------------------------------------------------------
+
+@pytest.mark.parametrize("purge", [False, True])
+def test_a_child_stopped_or_purged_by_someone_else_fails_the_step_saying_so(nomad_target, purge):
+    task = Sleep(date=DAY, seconds=60, timeout_s=120)
+    api = NomadAPI.from_config()
+
+    def running_child() -> str | None:
+        stubs = api.get("jobs", {"prefix": "sleep/dispatch-", "meta": "true"})
+        live = [s["ID"] for s in stubs if s["Status"] == "running" and not s.get("Stop")
+                and (s.get("Meta") or {}).get("caravan_artifact_id") == task.output().id]
+        return live[0] if live else None
+
+    def operator() -> str:
+        poll_until(running_child, 30, "the step's child runs")
+        child = str(running_child())
+        api.delete(f"job/{child}", {"purge": "true" if purge else "false"})
+        return child
+
+    start = time.monotonic()
+    outcome, child = run_in_threads(lambda: NomadExecutor().run(step_request(task)), operator)
+    assert isinstance(outcome, StepFailed), outcome
+    assert ("purged by someone else" if purge else "stopped by someone else") in str(outcome)
+    assert outcome.job_id == child
+    assert time.monotonic() - start < 30
+    if nomad_target is not None:
+        assert stops_sent(nomad_target) == [f"/v1/job/{child}" + ("?purge=true" if purge else "?purge=false")]
+
+
+def test_a_refused_request_fails_the_step_naming_it_without_stopping_anything(make_double, monkeypatch):
+    double = make_double(nodes=[TWO_STEPS], acl_token="the-right-token")
+    monkeypatch.setenv("NOMAD_TOKEN", "a-wrong-token")
+    with pytest.raises(StepFailed, match=r"HTTP 403") as info:
+        Echo(date=DAY, name="refused").run()
+    assert "a-wrong-token" not in str(info.value) and "the-right-token" not in str(info.value)
+    assert double.processes_started == 0 and stops_sent(double) == []
