@@ -81,3 +81,17 @@ def test_pending_failed_and_no_news():
     assert pending.state == PENDING and pending.eval_id == "e1"
     failed = judge([{"ID": "e1", "Status": "failed", "StatusDescription": "maximum attempts reached (5)"}], [])
     assert failed.state == FAILED and "maximum attempts" in failed.reason
+
+
+old_failure = st.builds(lambda i, exhausted, filtered: {
+    "ID": f"old{i}", "Status": "complete", "CreateIndex": i, "ModifyIndex": i + 1, "BlockedEval": f"b{i}",
+    "FailedTGAllocs": {"step": metric(exhausted, {"memory": exhausted} if exhausted else None,
+                                      None if exhausted else {"x = y": filtered})}},
+    st.integers(min_value=1, max_value=100), st.integers(min_value=0, max_value=3), st.integers(1, 3))
+
+
+@given(st.lists(old_failure, max_size=5), st.lists(st.sampled_from(["running", "complete", "failed"]), min_size=1,
+                                                   max_size=3))
+def test_a_child_with_allocations_and_no_blocked_eval_is_placed_whatever_old_evals_say(evals, statuses):
+    allocs = [{"ID": f"a{i}", "ClientStatus": s} for i, s in enumerate(statuses)]
+    assert judge(evals, allocs).state == PLACED
