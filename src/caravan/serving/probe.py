@@ -2,29 +2,33 @@
 
 LightGBM's model parser is native code: a damaged ``model.txt`` can make it abort or segfault the
 whole process (``terminate called``, SIGABRT/SIGSEGV), which no ``try`` catches. So a model that
-nobody has loaded before is loaded and scored on its stored sample in a child process, the probe;
+nobody has loaded before is loaded and scored on its stored sample in a disposable process first;
 only a model that survives there is loaded where it matters (the server, the gate, the CLI).
 
-:class:`Probe` keeps one warm child (its imports done) so that a check costs a model load, not an
-interpreter start; a model that kills it is reported as :class:`ModelUnsound` with ``crashed`` set,
-and the next check starts a fresh child. :func:`check_model` is the one-shot form for the CLI and
-the gate.
+:class:`Probe` keeps one warm process (Python, NumPy and LightGBM imported) that forks a fresh child
+for every check: the child loads and scores the model and exits; a model that kills it kills only
+that child, and the warm process reports the signal and the child's last words. So a crash costs no
+restart, and no model leaves anything behind for the next one. A check that runs longer than its
+timeout is ended by an interval timer in the child. Should the warm process itself die, the next
+check starts another. :func:`check_model` is the one-shot form for the CLI and the gate.
 
-The parent reads the artifact (it has the store's credentials) and sends the bytes; the child never
-touches a store and gets no secrets in its environment. Messages are JSON lines on the child's
-stdin and on a copy of its stdout; the child's own stdout and stderr (LightGBM's chatter, a dying
-message) go to a pipe the parent keeps the last lines of, for the reason it reports.
+The parent reads the artifact (it has the store's credentials) and sends the bytes; the probe never
+touches a store and gets no secrets in its environment. Messages are JSON lines on the warm
+process's stdin and on a copy of its stdout; anything else it prints goes to stderr, of which the
+parent keeps the last lines.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ _BOOT = ("import sys\n"
          "from caravan.serving.probe import _child\n"
          "sys.exit(_child())\n")
 _STDERR_LINES = 40
+_GRACE_S = 10.0
 _MAX_LINE = 256 * 1024 * 1024  # an answer is small; a child writing more than this is broken
 
 
@@ -77,10 +82,10 @@ def artifact_from_uri(uri: str, artifact_id: str | None = None) -> Artifact:
 
 
 class Probe:
-    """A warm child process that loads and scores models so that a crash kills only it.
+    """A warm process that checks each model in a child of its own, so that a crash kills only that child.
 
-    Thread-safe (one check at a time). ``start()`` spawns the child ahead of the first check; after a
-    crash or a timeout the child is replaced at once so the next check finds one warm.
+    Thread-safe (one check at a time). ``start()`` spawns the warm process ahead of the first check; if it
+    dies (or a check outlives its timeout even so), it is replaced at once so the next check finds one warm.
     """
 
     def __init__(self, *, timeout_s: float = 60.0, max_checks: int = 200) -> None:
@@ -110,7 +115,8 @@ class Probe:
         env = {key: value for key, value in os.environ.items() if key in _ENV_KEEP}
         env["OMP_NUM_THREADS"] = "1"  # the sample is a few rows; threads only cost start-up time
         proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True,
+                                start_new_session=True)
         stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         thread = threading.Thread(target=_drain, args=(proc.stderr, stderr), name="probe-stderr", daemon=True)
         thread.start()
@@ -123,7 +129,8 @@ class Probe:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the warm process and a check's child, if one runs
         proc.wait()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
@@ -158,24 +165,38 @@ class Probe:
         started = time.monotonic()
         deadline = started + (self.timeout_s if timeout_s is None else timeout_s)
         with self._lock:
-            proc = self._ensure()
-            self._ids += 1
-            self._checks += 1
-            request = {"id": self._ids, "artifact_id": files.artifact_id, "uri": files.uri,
-                       "model": files.model_text, "schema": files.schema, "sample": files.sample}
+            request: dict[str, Any] = {"artifact_id": files.artifact_id, "uri": files.uri, "model": files.model_text,
+                                       "schema": files.schema, "sample": files.sample}
             try:
-                answer = self._exchange(proc, request, deadline)
-            except _ChildDied:
-                reason = self._death(proc)
-                self.crashes += 1
-                self._stop_child()
-                self._respawn()
-                raise ModelUnsound(reason, artifact_id=files.artifact_id, crashed=True) from None
+                for attempt in (1, 2):
+                    proc = self._ensure()
+                    self._ids += 1
+                    self._checks += 1
+                    request.update(id=self._ids, timeout_s=max(0.1, deadline - time.monotonic()))
+                    try:
+                        # The warm process ends a slow check itself; the extra seconds are for it to say so.
+                        answer = self._exchange(proc, request, deadline + _GRACE_S)
+                        break
+                    except _ChildDied:
+                        # The warm process died, not a check's child: killed from outside (the OOM killer, an
+                        # operator), or the check it was given took it down after all. Once more with a new one.
+                        reason = self._death(proc)
+                        self._stop_child()
+                        self._respawn()
+                        if attempt == 2:
+                            self.crashes += 1
+                            raise ModelUnsound(reason, artifact_id=files.artifact_id, crashed=True) from None
             except TimeoutError:
                 self._stop_child()
                 self._respawn()
                 raise ModelUnsound(f"loading it did not finish within {deadline - started:.0f} s",
                                    artifact_id=files.artifact_id) from None
+        if answer.get("timed_out"):
+            raise ModelUnsound(f"loading it did not finish within {deadline - started:.0f} s",
+                               artifact_id=files.artifact_id)
+        if answer.get("crashed"):
+            self.crashes += 1
+            raise ModelUnsound(str(answer.get("reason")), artifact_id=files.artifact_id, crashed=True)
         if not answer.get("ok"):
             raise ModelUnsound(str(answer.get("reason") or "the probe gave no reason"),
                                artifact_id=files.artifact_id)
@@ -232,20 +253,24 @@ class Probe:
             code = proc.wait()
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=2)  # its last lines, written as it died
-        if code < 0:
-            try:
-                how = f"killed the probe process ({signal.Signals(-code).name})"
-            except ValueError:
-                how = f"killed the probe process (signal {-code})"
-        else:
-            how = f"made the probe process exit with code {code}"
-        said = [line for line in self._stderr if line.strip()]
-        last = "; ".join(said[-2:])
-        return f"{how}: {last[:300]}" if last else how
+        return _died(code, list(self._stderr))
 
 
 class _ChildDied(Exception):
     pass
+
+
+def _died(code: int, said: list[str]) -> str:
+    """Why a process ended, in one line: the signal or exit code, and its last words."""
+    if code < 0:
+        try:
+            how = f"killed the probe process ({signal.Signals(-code).name})"
+        except ValueError:
+            how = f"killed the probe process (signal {-code})"
+    else:
+        how = f"made the probe process exit with code {code}"
+    last = "; ".join([line.strip() for line in said if line.strip()][-2:])
+    return f"{how}: {last[:300]}" if last else how
 
 
 def _drain(stream: IO[bytes] | None, lines: collections.deque[str]) -> None:
@@ -269,34 +294,73 @@ def check_model(uri: str, *, timeout_s: float = 60.0, artifact_id: str | None = 
         return probe.check(uri, artifact_id)
 
 
-# -- the child -----------------------------------------------------------------------------------------------
+# -- the warm process and its children -----------------------------------------------------------------------
 
 def _child() -> int:
-    """The probe process: answer one JSON line per request line until stdin closes."""
+    """The warm process: for each request line, fork a child to check the model; answer one JSON line each."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything else printed (LightGBM's log) goes to stderr, never into the answers
     sys.stdout = sys.stderr
-    import lightgbm  # noqa: F401
+    import lightgbm  # noqa: F401  # once, here, so that every forked check starts warm
 
-    from .model import build_model  # imports numpy and LightGBM once, before the first request
+    from .model import build_model
 
     for line in sys.stdin.buffer:
         request = json.loads(line)
-        answer: dict[str, Any] = {"id": request.get("id")}
-        try:
-            files = ModelFiles(str(request["artifact_id"]), str(request["uri"]), str(request["model"]),
-                               request["schema"], request.get("sample"))
-            model, scores = build_model(files)
-            answer.update(ok=True, features=[{"name": f.name, "type": f.type} for f in model.features],
-                          sample_scores=scores)
-            del model
-        except ModelUnsound as exc:
-            answer.update(ok=False, reason=exc.reason)
-        except Exception as exc:  # whatever the loader raises is a reason to refuse the model, reported in one line
-            answer.update(ok=False, reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+        answer = _check_in_a_fork(request, build_model)
+        answer["id"] = request.get("id")
         answers.write(json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode() + b"\n")
         answers.flush()
     return 0
+
+
+def _check_in_a_fork(request: dict[str, Any], build: Any) -> dict[str, Any]:
+    """Load and score one model in a forked child; what it said, or how it died."""
+    timeout_s = float(request.get("timeout_s") or 60.0)
+    with tempfile.TemporaryFile() as said:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the warm process's loop
+            code = 0
+            try:
+                os.close(read_end)
+                os.dup2(said.fileno(), 1)
+                os.dup2(said.fileno(), 2)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends a check that hangs
+                answer = _check(request, build)
+                data = json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode()
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(data)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer_pipe:
+            data = answer_pipe.read()  # to EOF, before waiting: a large answer must not block the child
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if data and code == 0:
+            return dict(json.loads(data))
+        said.seek(0)
+        lines = said.read()[-4000:].decode("utf-8", "replace").splitlines()
+    if code == -signal.SIGALRM:
+        return {"ok": False, "timed_out": True}
+    return {"ok": False, "crashed": True, "reason": _died(code, lines)}
+
+
+def _check(request: dict[str, Any], build: Any) -> dict[str, Any]:
+    try:
+        files = ModelFiles(str(request["artifact_id"]), str(request["uri"]), str(request["model"]),
+                           request["schema"], request.get("sample"))
+        model, scores = build(files)
+        return {"ok": True, "features": [{"name": f.name, "type": f.type} for f in model.features],
+                "sample_scores": scores}
+    except ModelUnsound as exc:
+        return {"ok": False, "reason": exc.reason}
+    except Exception as exc:  # whatever the loader raises is a reason to refuse the model, reported in one line
+        return {"ok": False, "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
 if __name__ == "__main__":
