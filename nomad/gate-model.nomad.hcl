@@ -17,10 +17,10 @@ variable "namespace" {
   description = "Nomad namespace: caravan in production, caravan-staging in staging."
 }
 
-variable "vault_role" {
+variable "environment" {
   type        = string
-  default     = "caravan-step"
-  description = "Vault role (workload identity) of every step: reads secret/data/caravan/storage only."
+  default     = "dev"
+  description = "The environment (production, staging...): the Vault role caravan-<env>-step and the folder secret/data/caravan/<env>/. caravan publish sets the one in effect (CARAVAN_ENVIRONMENT, else derived from the namespace)."
 }
 
 variable "cpu" {
@@ -72,14 +72,19 @@ job "gate-model" {
       # Secrets reach the step only through its environment, rendered from Vault (never through meta):
       # caravan's env SecretSource reads them. A missing field fails the task instead of rendering "<no value>";
       # the WebHDFS token is optional (S3-only sites leave it out).
+      # change_mode = "noop" (token and template): a re-derived token or a re-rendered secret must not restart
+      # hours of training from scratch; the step reads its credentials once, at start. A rotation therefore
+      # keeps the old storage key valid for the longest step (NomadJobTask.timeout_s, 6 h by default).
+      # env = false: the step reads no Vault itself, so it gets no VAULT_TOKEN in its environment.
       vault {
-        role        = var.vault_role
-        change_mode = "restart"
+        role        = "caravan-${var.environment}-step"
+        change_mode = "noop"
+        env         = false
       }
 
       template {
         data                 = <<-EOT
-          {{ with secret "secret/data/caravan/storage" -}}
+          {{ with secret "secret/data/caravan/${var.environment}/storage" -}}
           AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
           AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
           {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
@@ -88,6 +93,7 @@ job "gate-model" {
         destination          = "secrets/storage.env"
         env                  = true
         error_on_missing_key = true
+        change_mode          = "noop"
       }
 
       resources {

@@ -1,5 +1,5 @@
-# The central Luigi scheduler of the retraining runs: one luigid, found through Consul as caravan-luigid
-# (retrain-ranker.nomad.hcl renders its address). Two runs asking for the same task get one worker, and
+# The central Luigi scheduler of the retraining runs: one luigid per environment, found through Consul as
+# caravan-<env>-luigid (retrain-ranker.nomad.hcl renders its address). Two runs asking for the same task get one worker, and
 # the visualiser shows every run. Its state survives restarts and updates on a host volume.
 # Not a step: a service job, not read by caravan's job contract. It reads no secrets (no Vault block).
 variable "image" {
@@ -17,6 +17,18 @@ variable "namespace" {
   type        = string
   default     = "default"
   description = "Nomad namespace: caravan in production, caravan-staging in staging."
+}
+
+variable "environment" {
+  type        = string
+  default     = "dev"
+  description = "The environment (production, staging...): the service is caravan-<env>-luigid. caravan publish sets the one in effect (CARAVAN_ENVIRONMENT, else derived from the namespace)."
+}
+
+variable "port" {
+  type        = number
+  default     = 8082
+  description = "The scheduler's static port (luigi's default). Static, so the address a retrain run read at its start stays right across luigid's releases; two environments on one node need two ports."
 }
 
 variable "host_volume" {
@@ -63,11 +75,13 @@ job "luigid" {
     }
 
     network {
-      port "http" {}
+      port "http" {
+        static = var.port
+      }
     }
 
     service {
-      name     = "caravan-luigid"
+      name     = "caravan-${var.environment}-luigid"
       port     = "http"
       provider = "consul"
       tags     = ["caravan", "luigi"]

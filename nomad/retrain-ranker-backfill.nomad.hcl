@@ -18,10 +18,16 @@ variable "namespace" {
   description = "Nomad namespace: caravan in production, caravan-staging in staging. The steps are dispatched there too."
 }
 
-variable "vault_role" {
+variable "environment" {
   type        = string
-  default     = "caravan-retrain"
-  description = "Vault role (workload identity): reads the storage, consul and nomad secrets."
+  default     = "dev"
+  description = "The environment (production, staging...) in every shared name: the Vault role caravan-<env>-retrain, secret/data/caravan/<env>/, the scheduler's service caravan-<env>-luigid, the pointers caravan/<env>/models/. caravan publish sets the one in effect (CARAVAN_ENVIRONMENT, else derived from the namespace)."
+}
+
+variable "run_deadline" {
+  type        = string
+  default     = "8h"
+  description = "The run's time limit (caravan.entrypoint --deadline): then it stops its steps and fails (exit 124), so a wedged run cannot hold prohibit_overlap forever. Above the longest step (NomadJobTask.timeout_s, 6 h)."
 }
 
 variable "artifact_root" {
@@ -39,13 +45,13 @@ variable "luigi_workers" {
 variable "nomad_addr" {
   type        = string
   default     = "http://$${attr.unique.network.ip-address}:4646"
-  description = "Nomad HTTP address as seen from the task (default: the agent on the task's node)."
+  description = "Nomad HTTP address as seen from the task (default: the agent on the task's node). With TLS: https://...:4646 and NOMAD_CACERT. The Task API socket (unix://$${NOMAD_SECRETS_DIR}/api.sock with a workload identity) needs a unix-socket transport caravan.nomad_api does not have yet; see the README."
 }
 
 variable "consul_addr" {
   type        = string
   default     = "http://$${attr.unique.network.ip-address}:8500"
-  description = "Consul HTTP address as seen from the task (default: the agent on the task's node)."
+  description = "Consul HTTP address as seen from the task (default: the agent on the task's node, which must listen on the node's address, not only 127.0.0.1). With TLS: https://$${attr.unique.network.ip-address}:8501; the CA comes from the consul-ca.pem template below."
 }
 
 variable "cpu" {
@@ -86,6 +92,10 @@ job "retrain-ranker-backfill" {
     task "retrain" {
       driver = "docker"
 
+      # The Consul workload identity that renders the service and CA templates below: since Nomad 1.10 a
+      # task gets one only with this block (job_endpoint_hook_implicit_identities.go).
+      consul {}
+
       # The date arrives as dispatch meta (NOMAD_META_date); luigi refuses a malformed one.
       # Without a healthy central scheduler the run refuses to start rather than fall back to a local one,
       # which would let two runs build the same artifacts at once.
@@ -94,7 +104,7 @@ job "retrain-ranker-backfill" {
         command = "/bin/sh"
         args = [
           "-c",
-          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo 'caravan: no healthy caravan-luigid service in Consul' >&2; exit 1; }; exec luigi --module pipelines.ranker RetrainRanker --date \"$NOMAD_META_date\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\"",
+          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo \"caravan: no healthy caravan-$CARAVAN_ENVIRONMENT-luigid service in Consul\" >&2; exit 1; }; exec python -m caravan.entrypoint --deadline \"$CARAVAN_RUN_DEADLINE\" --grace 20s luigi --module pipelines.ranker RetrainRanker --date \"$NOMAD_META_date\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\"",
         ]
       }
 
@@ -103,22 +113,30 @@ job "retrain-ranker-backfill" {
         CARAVAN_POINTER       = "consul"
         CARAVAN_ARTIFACT_ROOT = var.artifact_root
         CARAVAN_LUIGI_WORKERS = var.luigi_workers
+        CARAVAN_ENVIRONMENT   = var.environment
+        CARAVAN_RUN_DEADLINE  = var.run_deadline
         NOMAD_ADDR            = var.nomad_addr
         CONSUL_HTTP_ADDR      = var.consul_addr
+        CONSUL_CACERT         = "${NOMAD_SECRETS_DIR}/consul-ca.pem"
       }
 
-      kill_timeout = "60s" # time for the Nomad executor to stop the steps it dispatched
+      # SIGTERM first: caravan.entrypoint stops the step jobs this run dispatched (a DELETE each) and waits
+      # up to --grace 20s for its task processes. 30 s is the client's default max_kill_timeout; a longer
+      # value is silently capped to it unless the clients raise max_kill_timeout.
+      kill_timeout = "30s"
 
       # The process reads secrets only from its environment, rendered by the templates below (which restart
       # the run when a secret changes); a renewed or re-derived Vault token alone must not restart a pipeline.
+      # env = false: nothing in the run talks to Vault itself, so no VAULT_TOKEN in its environment.
       vault {
-        role        = var.vault_role
+        role        = "caravan-${var.environment}-retrain"
         change_mode = "noop"
+        env         = false
       }
 
       template {
         data                 = <<-EOT
-          {{ with secret "secret/data/caravan/storage" -}}
+          {{ with secret "secret/data/caravan/${var.environment}/storage" -}}
           AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
           AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
           {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
@@ -132,8 +150,8 @@ job "retrain-ranker-backfill" {
       # The pipeline moves the model pointer (Consul) and dispatches the steps (Nomad).
       template {
         data                 = <<-EOT
-          {{ with secret "secret/data/caravan/consul" }}CONSUL_HTTP_TOKEN={{ .Data.data.token }}{{ end }}
-          {{ with secret "secret/data/caravan/nomad" }}NOMAD_TOKEN={{ .Data.data.token }}{{ end }}
+          {{ with secret "secret/data/caravan/${var.environment}/consul" }}CONSUL_HTTP_TOKEN={{ .Data.data.token }}{{ end }}
+          {{ with secret "secret/data/caravan/${var.environment}/nomad" }}NOMAD_TOKEN={{ .Data.data.token }}{{ end }}
         EOT
         destination          = "secrets/cluster.env"
         env                  = true
@@ -141,13 +159,23 @@ job "retrain-ranker-backfill" {
       }
 
       # Healthy instances only. change_mode = "noop": the address is read once, at start; a health check
-      # flapping during a long run must not restart the run.
+      # flapping during a long run must not restart the run. luigid listens on a static port (luigid.nomad.hcl),
+      # so the address read here stays right across luigid's releases unless it moves to another node.
       template {
         data        = <<-EOT
-          {{ with service "caravan-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://{{ .Address }}:{{ .Port }}{{ end }}{{ end }}
+          {{ with service "caravan-${var.environment}-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://{{ .Address }}:{{ .Port }}{{ end }}{{ end }}
         EOT
         destination = "local/scheduler.env"
         env         = true
+        change_mode = "noop"
+      }
+
+      # Consul's CA for CONSUL_CACERT when Consul serves TLS: published by the operator at
+      # caravan/<env>/tls/consul-ca.pem (public data; the template reads it through the Nomad client's own,
+      # already verified, Consul connection). Empty without TLS, which caravan treats as no CA file.
+      template {
+        data        = "{{ keyOrDefault \"caravan/${var.environment}/tls/consul-ca.pem\" \"\" }}"
+        destination = "secrets/consul-ca.pem"
         change_mode = "noop"
       }
 

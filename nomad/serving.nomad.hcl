@@ -1,6 +1,9 @@
-# The model server: `caravan serve --model ranker`, behind Consul service discovery.
-# The process follows the model pointer (caravan/models/<model>/current) itself, with Consul blocking
+# The model server: `caravan serve --model ranker`, behind Consul service discovery (caravan-<env>-<model>).
+# The process follows the model pointer (caravan/<env>/models/<model>/current) itself, with Consul blocking
 # queries, and swaps models in memory: a new model never needs a new allocation.
+# Two checks: Consul routes traffic by readiness (/health: 503 until a model is loaded), deployments judge an
+# allocation by liveness (/metrics: 200 once the process serves), so the first deployment in a new environment,
+# before any promotion, succeeds (and auto_revert gets a stable version) instead of failing on a 503.
 variable "image" {
   type        = string
   default     = "caravan:dev"
@@ -34,16 +37,16 @@ variable "namespace" {
   description = "Nomad namespace: caravan in production, caravan-staging in staging."
 }
 
-variable "vault_role" {
+variable "environment" {
   type        = string
-  default     = "caravan-serving"
-  description = "Vault role (workload identity): reads secret/data/caravan/storage and secret/data/caravan/serving."
+  default     = "dev"
+  description = "The environment (production, staging...): the Vault role caravan-<env>-serving, secret/data/caravan/<env>/, the service caravan-<env>-<model>, the pointer caravan/<env>/models/<model>/current. caravan publish sets the one in effect (CARAVAN_ENVIRONMENT, else derived from the namespace)."
 }
 
 variable "consul_addr" {
   type        = string
   default     = "http://$${attr.unique.network.ip-address}:8500"
-  description = "Consul HTTP address as seen from the task (default: the agent on the task's node)."
+  description = "Consul HTTP address as seen from the task (default: the agent on the task's node, which must listen on the node's address, not only 127.0.0.1). With TLS: https://$${attr.unique.network.ip-address}:8501; the CA comes from the consul-ca.pem template below."
 }
 
 variable "auto_promote" {
@@ -81,6 +84,11 @@ job "serving" {
   group "server" {
     count = var.count
 
+    # One server per host where the cluster allows it: a host going down takes one replica, not all.
+    spread {
+      attribute = "${node.unique.id}"
+    }
+
     network {
       port "http" {
         to = 8080
@@ -88,21 +96,43 @@ job "serving" {
     }
 
     service {
-      name     = "caravan-${var.model}"
-      port     = "http"
-      provider = "consul"
-      tags     = ["caravan", "model-${var.model}"]
+      name        = "caravan-${var.environment}-${var.model}"
+      port        = "http"
+      provider    = "consul"
+      tags        = ["caravan", "model-${var.model}", "env-${var.environment}"]
+      canary_tags = ["caravan", "model-${var.model}", "env-${var.environment}", "canary"]
 
+      # Readiness, for Consul's routing only: deployments ignore it (on_update), so a server without a model
+      # yet (503) does not fail a deployment.
       check {
-        type     = "http"
-        path     = "/health"
-        interval = "10s"
-        timeout  = "2s"
+        name      = "ready"
+        type      = "http"
+        path      = "/health"
+        interval  = "10s"
+        timeout   = "2s"
+        on_update = "ignore"
+      }
+
+      # Liveness, what deployments wait for: the process answers HTTP (/metrics is 200 with or without a model).
+      check {
+        name      = "alive"
+        type      = "http"
+        path      = "/metrics"
+        interval  = "10s"
+        timeout   = "2s"
+        on_update = "require_healthy"
       }
     }
 
     task "serve" {
       driver = "docker"
+
+      # The Consul workload identity the pointer and CA templates render with: since Nomad 1.10 a task gets
+      # one only with this block (job_endpoint_hook_implicit_identities.go).
+      consul {}
+
+      # Deregistered from Consul first, stopped 5 s later: clients stop picking this server before it goes.
+      shutdown_delay = "5s"
 
       config {
         image   = var.image
@@ -112,9 +142,11 @@ job "serving" {
       }
 
       env {
-        CARAVAN_POINTER  = "consul"
-        CONSUL_HTTP_ADDR = var.consul_addr
-        CARAVAN_RELEASE  = var.release
+        CARAVAN_POINTER     = "consul"
+        CONSUL_HTTP_ADDR    = var.consul_addr
+        CARAVAN_RELEASE     = var.release
+        CARAVAN_ENVIRONMENT = var.environment
+        CONSUL_CACERT       = "${NOMAD_SECRETS_DIR}/consul-ca.pem"
       }
 
       # Renders the pointer for operators (`nomad alloc fs`) and makes the dependency visible.
@@ -122,23 +154,25 @@ job "serving" {
       # (and briefly take down) an allocation just because a new model was promoted.
       # keyOrDefault, not key: a server whose model was never promoted still starts (and reports 503).
       template {
-        data        = "{{ keyOrDefault \"caravan/models/${var.model}/current\" \"{}\" }}"
+        data        = "{{ keyOrDefault \"caravan/${var.environment}/models/${var.model}/current\" \"{}\" }}"
         destination = "local/current-model.json"
         change_mode = "noop"
       }
 
       # The server reads secrets only from its environment, rendered by the templates below; they re-render
       # when a secret changes, so a renewed or re-derived Vault token alone needs no restart.
+      # env = false: the server reads no Vault itself, so no VAULT_TOKEN in its environment.
       vault {
-        role        = var.vault_role
+        role        = "caravan-${var.environment}-serving"
         change_mode = "noop"
+        env         = false
       }
 
       # A rotated secret restarts the task (it reads its environment once); the splay spreads those
       # restarts over a minute so that the servers never all go down together.
       template {
         data                 = <<-EOT
-          {{ with secret "secret/data/caravan/storage" -}}
+          {{ with secret "secret/data/caravan/${var.environment}/storage" -}}
           AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}
           AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}
           {{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}
@@ -150,10 +184,10 @@ job "serving" {
         splay                = "60s"
       }
 
-      # The token the server's pointer watch (Consul blocking queries on caravan/models/<model>/current) uses.
+      # The token the server's pointer watch (Consul blocking queries on caravan/<env>/models/<model>/current) uses.
       template {
         data                 = <<-EOT
-          {{ with secret "secret/data/caravan/serving" -}}
+          {{ with secret "secret/data/caravan/${var.environment}/serving" -}}
           CONSUL_HTTP_TOKEN={{ .Data.data.consul_token }}
           {{ end -}}
         EOT
@@ -161,6 +195,15 @@ job "serving" {
         env                  = true
         error_on_missing_key = true
         splay                = "60s"
+      }
+
+      # Consul's CA for CONSUL_CACERT when Consul serves TLS: published by the operator at
+      # caravan/<env>/tls/consul-ca.pem (public data; the template reads it through the Nomad client's own,
+      # already verified, Consul connection). Empty without TLS, which caravan treats as no CA file.
+      template {
+        data        = "{{ keyOrDefault \"caravan/${var.environment}/tls/consul-ca.pem\" \"\" }}"
+        destination = "secrets/consul-ca.pem"
+        change_mode = "noop"
       }
 
       resources {

@@ -127,10 +127,13 @@ def environment_of_namespace(namespace: str) -> str:
     return namespace.removeprefix(f"{PRODUCTION_NAMESPACE}-") or namespace
 
 
-def environment() -> str:
+def environment(namespace: str | None = None) -> str:
     """The environment in effect: ``CARAVAN_ENVIRONMENT``, else ``[caravan] environment``, else derived from the
-    Nomad namespace (``NOMAD_NAMESPACE``, which Nomad sets in every task, else ``[nomad] namespace``)."""
+    Nomad namespace: ``namespace`` if given, else ``NOMAD_NAMESPACE`` (which Nomad sets in every task), else
+    ``[nomad] namespace``."""
     named = setting("CARAVAN_ENVIRONMENT", section(caravan).environment)
+    if not named and namespace is not None:
+        named = environment_of_namespace(namespace)
     if not named:
         # luigi's config, not caravan.nomad_api's section class: importing the Nomad client here would make
         # every import of caravan.config pay for it.

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import luigi
 
-from .config import section, setting
+from .config import environment, section, setting
 from .errors import BackendRejected, BackendUnavailable, CaravanError, ConfigurationError, JobSpecError
 from .executors.jobspec import labelled_blocks, plain_hcl
 from .jsonable import plain
@@ -502,14 +502,17 @@ def find_specs(directory: Path, only: Sequence[str]) -> list[Spec]:
 
 
 def common_variables(tag: str, namespace: str | None) -> dict[str, Any]:
-    """The variables every spec gets when it declares them: [publish] variables, datacenters, namespace, image,
-    release (the tag itself)."""
+    """The variables every spec gets when it declares them: [publish] variables, datacenters, namespace,
+    environment (caravan.config.environment), image, release (the tag itself)."""
     cfg = section(publish)
     common: dict[str, Any] = {str(k): plain(v) for k, v in cfg.variables.items()}
     if cfg.datacenters:
         common["datacenters"] = [str(d) for d in cfg.datacenters]
     if namespace:
         common["namespace"] = namespace
+    # The environment in every shared name (Vault role and paths, Consul services and keys): the one this
+    # process is in, so the jobs and the caravan commands run against them agree.
+    common["environment"] = environment(namespace or "")
     common["image"] = image_for(tag)
     common["release"] = tag  # for specs that report what they run (serving's /health)
     return common

@@ -344,14 +344,26 @@ def resolves(command: str, args: list[str]) -> str | None:
     """None when `command args` can run in the image, else why not."""
     scripts = console_scripts()
     if command == "python":
+        if args[:2] == ["-m", "caravan.entrypoint"]:
+            # The retrain run's wrapper (SIGTERM stops the steps): it runs luigi, a console script of the image.
+            module = ROOT / "src" / "caravan" / "entrypoint.py"
+            wrapped = ["luigi"] if "luigi" in args[2:] else args[-1:]
+            if not module.exists():
+                return "no module src/caravan/entrypoint.py"
+            return None if wrapped == ["luigi"] and "luigi" in scripts else f"caravan.entrypoint runs {wrapped}"
         if args[:1] != ["-m"] or not re.fullmatch(r"jobs\.\w+", args[1]):
-            return f"python {args}: caravan's specs run python -m jobs.<step>"
+            return f"python {args}: caravan's specs run python -m jobs.<step> or python -m caravan.entrypoint"
         module = ROOT / "jobs" / f"{args[1].split('.')[1]}.py"
         return None if module.exists() else f"no module {module.relative_to(ROOT)}"
     if command in ("/bin/sh", "sh"):
         script = args[-1]
-        execs = re.findall(r"\bexec\s+(\S+)", script)
-        return None if execs and all(e in scripts for e in execs) else f"sh -c execs {execs}, not console scripts"
+        execs = re.findall(r"\bexec\s+(\S+(?:\s+-m\s+\S+)?)", script)
+        wrapped = [e for e in execs if e.startswith("python -m caravan.entrypoint")]
+        if wrapped and resolves("python", ["-m", "caravan.entrypoint", *script.split("caravan.entrypoint", 1)[1]
+                                           .split()]) is not None:
+            return "sh -c execs caravan.entrypoint without luigi"
+        plain = [e for e in execs if e not in wrapped]
+        return None if execs and all(e in scripts for e in plain) else f"sh -c execs {execs}, not console scripts"
     if command not in scripts:
         return f"{command} is not a console script of the image"
     if command == "caravan":
@@ -384,6 +396,9 @@ def test_the_resolver_rejects_what_the_image_cannot_run():
     assert resolves("caravan", ["serve"]) is not None  # --model is required
     assert resolves("gunicorn", []) is not None
     assert resolves("/bin/sh", ["-c", "exec luigi --module pipelines.ranker RetrainRanker"]) is None
+    assert resolves("/bin/sh", ["-c", "exec python -m caravan.entrypoint --deadline 6h luigi --module m T"]) is None
+    assert resolves("/bin/sh", ["-c", "exec python -m caravan.entrypoint --deadline 6h gunicorn"]) is not None
+    assert resolves("/bin/sh", ["-c", "exec python -m jobs.evaluate"]) is not None
 
 
 def test_nomads_command_replaces_cmd_and_the_venv_comes_first_on_path():

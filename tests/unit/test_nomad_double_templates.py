@@ -306,7 +306,7 @@ def test_a_template_failure_surfaces_as_the_executors_step_failed(double, monkey
     alloc = nomad.Nomad(address=double.address, timeout=10).allocation.get_allocation(info.value.alloc_ids[0])
     killing = alloc["TaskStates"]["step"]["Events"][-1]
     assert killing["Type"] == "Killing"
-    assert "vault.read(secret/data/caravan/storage)" in killing["DisplayMessage"]
+    assert "vault.read(secret/data/caravan/dev/storage)" in killing["DisplayMessage"]
     assert not task.output().exists()
 
 

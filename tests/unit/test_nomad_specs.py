@@ -9,23 +9,27 @@ from typing import Any
 import hcl2
 import pytest
 
+from caravan.entrypoint import parse_duration
 from caravan.executors.jobspec import parse_spec, plain_hcl
 from caravan.publish import read_spec
 
-from ..doubles.nomad.hcl import canonicalize, hcl_to_job
+from ..doubles.nomad.hcl import canonicalize, hcl_to_job, parse_duration_ns
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "nomad"
 STEPS = ("simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
          "gate-model", "make-numbers", "summarize")
-# The decided secrets contract: job -> (Vault role, the secret paths its templates read).
+# The decided secrets contract: job -> (Vault role kind, the secret paths its templates read). The role is
+# caravan-<env>-<kind>, the paths secret/data/caravan/<env>/<name> (caravan.config.environment).
 SECRETS = {
-    **{step: ("caravan-step", {"storage"}) for step in STEPS},
-    "retrain-ranker": ("caravan-retrain", {"storage", "consul", "nomad"}),
-    "retrain-ranker-backfill": ("caravan-retrain", {"storage", "consul", "nomad"}),
-    "serving": ("caravan-serving", {"storage", "serving"}),
+    **{step: ("step", {"storage"}) for step in STEPS},
+    "retrain-ranker": ("retrain", {"storage", "consul", "nomad"}),
+    "retrain-ranker-backfill": ("retrain", {"storage", "consul", "nomad"}),
+    "serving": ("serving", {"storage", "serving"}),
     "luigid": (None, set()),
 }
+#: Nomad client's default max_kill_timeout: a longer kill_timeout is capped to it.
+MAX_KILL_TIMEOUT_S = 30.0
 ENV_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CARAVAN_WEBHDFS_TOKEN", "CONSUL_HTTP_TOKEN", "NOMAD_TOKEN"}
 # cpu/memory before the resources became variables: the defaults must not have moved.
 RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "validate-data": (500, 4096),
@@ -61,9 +65,10 @@ def test_the_specs_are_the_steps_and_the_four_others():
 @pytest.mark.parametrize("name", sorted(SECRETS))
 def test_every_spec_declares_its_variables_and_uses_the_namespace(name):
     declared = read_spec(SPECS / f"{name}.nomad.hcl").variables
-    assert {"image", "datacenters", "namespace", "cpu", "memory"} <= set(declared)
-    assert ("vault_role" in declared) == (SECRETS[name][0] is not None)
+    assert {"image", "datacenters", "namespace", "environment", "cpu", "memory"} <= set(declared)
+    assert "vault_role" not in declared, "the role follows the environment: caravan-<env>-<kind>"
     assert variables(name)["namespace"]["default"] == "default"
+    assert variables(name)["environment"]["default"] == "dev", "the environment of the 'default' namespace"
     body = job_body(name)
     assert body["namespace"] == "${var.namespace}" and body["datacenters"] == "${var.datacenters}"
     for task in tasks(name):
@@ -75,17 +80,21 @@ def test_every_spec_declares_its_variables_and_uses_the_namespace(name):
 
 @pytest.mark.parametrize("name", sorted(SECRETS))
 def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
-    role, paths = SECRETS[name]
+    kind, paths = SECRETS[name]
     (task,) = tasks(name)
     templates = task.get("template") or []
-    read = {m for t in templates for m in re.findall(r'secret "secret/data/caravan/([a-z]+)"', t["data"])}
+    read = {m for t in templates
+            for m in re.findall(r'secret "secret/data/caravan/\$\{var\.environment\}/([a-z]+)"', t["data"])}
     assert read == paths
-    if role is None:
+    assert not [t for t in templates if re.search(r'secret "(?!secret/data/caravan/\$\{var\.environment\}/)',
+                                                  t["data"])], "every secret path is inside its environment"
+    if kind is None:
         assert "vault" not in task
         return
-    assert variables(name)["vault_role"]["default"] == role
     (vault,) = task["vault"]
-    assert vault["role"] == "${var.vault_role}"
+    assert vault["role"] == f"caravan-${{var.environment}}-{kind}"
+    # No restart on a token re-derivation, and no VAULT_TOKEN in an environment that never uses it.
+    assert vault["change_mode"] == "noop" and vault["env"] is False
     for template in templates:
         if "secret " not in template["data"]:
             continue
@@ -93,7 +102,7 @@ def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
         assert template["destination"].startswith("secrets/")
         rendered = set(re.findall(r"([A-Z_]+)=\{\{", template["data"]))
         assert rendered and rendered <= ENV_NAMES
-    storage = next(t for t in templates if "caravan/storage" in t["data"])
+    storage = next(t for t in templates if "/storage\"" in t["data"])
     assert storage["destination"] == "secrets/storage.env"
     assert "AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}" in storage["data"]
     assert "AWS_SECRET_ACCESS_KEY={{ .Data.data.aws_secret_access_key }}" in storage["data"]
@@ -101,40 +110,121 @@ def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
     assert '{{ with index .Data.data "webhdfs_token" }}CARAVAN_WEBHDFS_TOKEN={{ . }}{{ end }}' in storage["data"]
 
 
+CONSUL_TEMPLATE_FUNCS = re.compile(r"\{\{[^}]*\b(service|key|keyOrDefault|ls|tree|safeLs|safeTree|services)\b")
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_a_task_that_renders_consul_data_has_a_consul_block(name):
+    # Since Nomad 1.10 a task gets its Consul workload identity (what templates render with) only with a
+    # consul block (job_endpoint_hook_implicit_identities.go); without it a template gets 403 and the task
+    # never starts.
+    for task in tasks(name):
+        consul_templates = [t for t in task.get("template") or [] if CONSUL_TEMPLATE_FUNCS.search(t["data"])]
+        assert bool(consul_templates) == ("consul" in task), name
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_every_kill_timeout_is_within_the_clients_default_max(name):
+    for task in tasks(name):
+        assert parse_duration_ns(task.get("kill_timeout", "5s")) / 1e9 <= MAX_KILL_TIMEOUT_S
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_every_shared_name_carries_the_environment(name, environment):
+    """Consul services, KV keys, Vault paths and roles: nothing one environment names is another's."""
+    job = canonicalize(hcl_to_job((SPECS / f"{name}.nomad.hcl").read_text(),
+                                  {"namespace": f"caravan-{environment}", "environment": environment}))
+    names: list[str] = []
+    for group in job["TaskGroups"]:
+        names += [service["Name"] for service in group.get("Services") or []]
+        for task in group["Tasks"]:
+            names += [service["Name"] for service in task.get("Services") or []]
+            if task.get("Vault"):
+                names.append(task["Vault"]["Role"])
+            for template in task.get("Templates") or []:
+                names += re.findall(r'(?:secret|service|key|keyOrDefault) "([^"]+)"', template["EmbeddedTmpl"])
+            assert (task.get("Env") or {}).get("CARAVAN_ENVIRONMENT", environment) == environment
+    for shared in names:
+        assert shared.startswith((f"caravan-{environment}-", f"caravan/{environment}/",
+                                  f"secret/data/caravan/{environment}/")), shared
+    assert names, "every spec names something shared"
+
+
 @pytest.mark.parametrize("name", STEPS)
-def test_every_step_keeps_the_job_contract_and_restarts_on_new_credentials(name):
+def test_every_step_keeps_the_job_contract_and_never_restarts_on_new_credentials(name):
     spec = parse_spec(name, SPECS / f"{name}.nomad.hcl")
     assert spec.command == "python" and spec.env == {"CARAVAN_STEP_EXECUTOR": "nomad"}
     (task,) = tasks(name)
-    assert task["vault"][0]["change_mode"] == "restart"
+    # A re-derived token or a re-rendered storage key must not restart hours of training from scratch.
+    assert task["vault"][0]["change_mode"] == "noop"
+    assert all(t.get("change_mode") == "noop" for t in task["template"])
 
 
 def test_serving_gets_its_consul_token_and_restarts_spread_out():
     (task,) = tasks("serving")
-    consul = next(t for t in task["template"] if "caravan/serving" in t["data"])
+    consul = next(t for t in task["template"] if "/serving\"" in t["data"])
     assert "CONSUL_HTTP_TOKEN={{ .Data.data.consul_token }}" in consul["data"]
     assert all(t.get("splay") == "60s" for t in task["template"] if "secret " in t["data"])
 
 
 def test_serving_promotes_its_canary_by_itself_only_when_told():
     (update,) = job_body("serving")["update"]
-    assert update["canary"] == 1 and update["auto_revert"] is True
+    assert update["canary"] == 1 and update["auto_revert"] is True and update["health_check"] == "checks"
     assert update["auto_promote"] == "${var.auto_promote}"
     declared = variables("serving")["auto_promote"]
     assert (declared["type"], declared["default"]) == ("bool", False), "production promotes by hand"
 
 
-def test_the_retrain_job_finds_the_scheduler_through_consul():
+def test_serving_deploys_on_liveness_and_routes_on_readiness():
+    (group,) = [g for block in job_body("serving")["group"] for g in block.values()]
+    (service,) = group["service"]
+    assert service["name"] == "caravan-${var.environment}-${var.model}"
+    assert "canary" in service["canary_tags"] and "canary" not in service["tags"]
+    checks = {check["name"]: check for check in service["check"]}
+    # Readiness (/health is 503 until a model is loaded) routes traffic but does not judge deployments, so the
+    # first deployment in a new environment, before any promotion, succeeds.
+    assert (checks["ready"]["path"], checks["ready"]["on_update"]) == ("/health", "ignore")
+    assert (checks["alive"]["path"], checks["alive"]["on_update"]) == ("/metrics", "require_healthy")
+    assert group["spread"][0]["attribute"] == "${node.unique.id}"
+    (task,) = tasks("serving")
+    assert parse_duration_ns(task["shutdown_delay"]) >= 5 * 10**9
+    pointer = next(t for t in task["template"] if "/models/" in t["data"])
+    assert 'keyOrDefault \\"caravan/${var.environment}/models/${var.model}/current\\"' in pointer["data"]
+    assert pointer["change_mode"] == "noop"
+
+
+@pytest.mark.parametrize("name", ["serving", "retrain-ranker", "retrain-ranker-backfill"])
+def test_tasks_that_talk_to_consul_get_its_ca_from_a_template(name):
+    (task,) = tasks(name)
+    (env,) = task["env"]
+    assert env["CONSUL_CACERT"] == "${NOMAD_SECRETS_DIR}/consul-ca.pem"
+    ca = next(t for t in task["template"] if t["destination"] == "secrets/consul-ca.pem")
+    assert 'keyOrDefault \\"caravan/${var.environment}/tls/consul-ca.pem\\" \\"\\"' in ca["data"]
+
+
+def test_the_retrain_job_finds_the_scheduler_through_consul_and_stops_cleanly():
     (task,) = tasks("retrain-ranker")
     scheduler = next(t for t in task["template"] if "LUIGI_SCHEDULER_URL" in t["data"])
-    assert '{{ with service "caravan-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://{{ .Address }}:' \
-           '{{ .Port }}{{ end }}{{ end }}' in scheduler["data"]
+    assert '{{ with service "caravan-${var.environment}-luigid" }}{{ with index . 0 }}LUIGI_SCHEDULER_URL=http://' \
+           '{{ .Address }}:{{ .Port }}{{ end }}{{ end }}' in scheduler["data"]
     assert scheduler["env"] is True and scheduler["change_mode"] == "noop"
     assert task["config"][0]["command"] == "/bin/sh"
+    script = task["config"][0]["args"][1]
+    # luigi runs under caravan.entrypoint (SIGTERM stops the steps) with a deadline, exec'd so it gets the signal.
+    assert 'exec python -m caravan.entrypoint --deadline \\"$CARAVAN_RUN_DEADLINE\\" --grace 20s luigi ' in script
+    grace_s = float(re.search(r"--grace (\d+)s", script).group(1))
+    assert grace_s < parse_duration_ns(task["kill_timeout"]) / 1e9 <= MAX_KILL_TIMEOUT_S
+    (env,) = task["env"]
+    assert env["CARAVAN_RUN_DEADLINE"] == "${var.run_deadline}"
+    assert env["CARAVAN_ENVIRONMENT"] == "${var.environment}"
+    # The deadline outlasts the longest step (NomadJobTask.timeout_s defaults to 6 h).
+    assert parse_duration(variables("retrain-ranker")["run_deadline"]["default"]) >= 6 * 3600
     assert variables("retrain-ranker")["schedule"]["default"] == "0 */3 * * *"
     (periodic,) = job_body("retrain-ranker")["periodic"]
     assert periodic == {"crons": ["${var.schedule}"], "prohibit_overlap": True, "time_zone": "UTC",
                         "enabled": "${var.schedule_enabled}"}
+    assert "dispatches retrain-ranker-backfill" in variables("retrain-ranker")["schedule_enabled"]["description"]
 
 
 def test_the_backfill_is_the_retrain_run_with_a_date_from_meta():
@@ -146,16 +236,24 @@ def test_the_backfill_is_the_retrain_run_with_a_date_from_meta():
     (params,) = job_body("retrain-ranker-backfill")["parameterized"]
     assert params == {"payload": "forbidden", "meta_required": ["date"]}
     assert "periodic" not in job_body("retrain-ranker-backfill")
+    shared = set(variables("retrain-ranker")) - {"schedule", "schedule_enabled"}
+    assert shared == set(variables("retrain-ranker-backfill"))
+    assert all(variables("retrain-ranker")[v] == variables("retrain-ranker-backfill")[v] for v in shared
+               if v != "nomad_addr")
 
 
-def test_luigid_is_one_consul_service_on_a_host_volume():
+def test_luigid_is_one_consul_service_on_a_static_port_and_a_host_volume():
     body = job_body("luigid")
     assert body["type"] == "service" and body["update"][0]["canary"] == 0
     (group,) = [g for block in body["group"] for g in block.values()]
     assert group["count"] == 1
     assert group["volume"][0]["luigid-state"] == {"type": "host", "source": "${var.host_volume}", "read_only": False}
+    # Static: a retrain run reads the address once, at its start; it must survive luigid's next release.
+    assert group["network"][0]["port"][0]["http"] == {"static": "${var.port}"}
+    assert variables("luigid")["port"]["default"] == 8082
     (service,) = group["service"]
-    assert (service["name"], service["provider"], service["port"]) == ("caravan-luigid", "consul", "http")
+    assert (service["name"], service["provider"], service["port"]) == ("caravan-${var.environment}-luigid",
+                                                                       "consul", "http")
     assert service["check"][0]["path"] == "/api/task_list?data=%7B%22status%22%3A%22RUNNING%22%7D"
     (task,) = tasks("luigid")
     assert task["volume_mount"][0] == {"volume": "luigid-state", "destination": "/var/lib/luigid"}

@@ -133,7 +133,8 @@ def test_the_same_tag_again_reports_every_job_unchanged_and_registers_nothing(do
     # Parse gives the API form and Nomad stores its defaults: the plan, not a field-by-field compare, says so.
     stored = client(double).job.get_job("serving")
     assert stored["NodePool"] == "default"
-    assert stored["TaskGroups"][0]["Services"][0]["Checks"][0]["Name"] == 'service: "caravan-ranker" check'
+    luigid = client(double).job.get_job("luigid")
+    assert luigid["TaskGroups"][0]["Services"][0]["Checks"][0]["Name"] == 'service: "caravan-dev-luigid" check'
 
 
 def test_one_changed_variable_registers_exactly_that_job_and_prints_the_plan_diff(double, capsys):
@@ -397,14 +398,14 @@ def test_each_spec_gets_only_the_variables_it_declares():
     luigid = read_spec(SPECS / "luigid.nomad.hcl")
     step = read_spec(SPECS / "train-lightgbm.nomad.hcl")
     assert {"image", "datacenters", "namespace", "cpu", "memory"} <= set(luigid.variables)
-    assert "vault_role" not in luigid.variables and step.variables["vault_role"] == "string"
-    common = {"image": "caravan:v1", "namespace": "caravan", "vault_role": "other", "schedule": "@daily"}
+    assert "host_volume" not in step.variables and step.variables["environment"] == "string"
+    common = {"image": "caravan:v1", "namespace": "caravan", "environment": "staging", "schedule": "@daily"}
     flags = {"datacenters": "dc1, dc2", "cpu": "250", "host_volume": "luigi"}
     assert variables_for(luigid, common, flags) == {"image": "caravan:v1", "namespace": "caravan",
-                                                    "datacenters": ["dc1", "dc2"], "cpu": 250,
+                                                    "environment": "staging", "datacenters": ["dc1", "dc2"], "cpu": 250,
                                                     "host_volume": "luigi"}
     assert variables_for(step, common, flags) == {"image": "caravan:v1", "namespace": "caravan",
-                                                  "vault_role": "other", "datacenters": ["dc1", "dc2"], "cpu": 250}
+                                                  "environment": "staging", "datacenters": ["dc1", "dc2"], "cpu": 250}
 
 
 def test_settings_fill_the_common_variables(monkeypatch, tmp_path):
@@ -422,7 +423,7 @@ def test_settings_fill_the_common_variables(monkeypatch, tmp_path):
         config.reload()
         assert common_variables("v2", "caravan") == {
             "image": "ghcr.io/acme/caravan:v2", "datacenters": ["eu-1", "eu-2"], "namespace": "caravan",
-            "artifact_root": "s3://acme/caravan", "luigi_workers": 8, "release": "v2"}
+            "artifact_root": "s3://acme/caravan", "luigi_workers": 8, "release": "v2", "environment": "production"}
         monkeypatch.setenv("CARAVAN_IMAGE_REPOSITORY", "registry.local/caravan")
         assert common_variables("v3", None)["image"] == "registry.local/caravan:v3"
     finally:

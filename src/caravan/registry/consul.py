@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -62,6 +63,9 @@ def _client(address: str, token: str | None = None, timeout_s: float | None = No
     if not parsed.hostname:
         raise ConfigurationError(f"Consul address {address!r} names no host")
     cacert = setting("CONSUL_CACERT", section(consul).cacert)
+    if cacert and os.path.isfile(cacert) and os.path.getsize(cacert) == 0:
+        # The specs render Consul's CA from caravan/<env>/tls/consul-ca.pem, empty where Consul has no TLS.
+        cacert = ""
     # connections_timeout (py-consul >= 1.8) is the read timeout; for a blocking query py-consul adds
     # the wait and its jitter, so a watch never times out before Consul answers it.
     return py_consul.Consul(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8500),
