@@ -5,7 +5,9 @@ Nomad is reached through :class:`caravan.nomad_api.NomadAPI` (``[nomad]`` settin
 - No ``--date``, or yesterday's (UTC): force-launch the periodic job (``POST /v1/job/:id/periodic/force``).
   Its run computes the date itself when it starts, yesterday, exactly as a scheduled run does. Nomad
   answers with an evaluation, not the child: the child job id is that evaluation's ``JobID``
-  (``retrain-ranker/periodic-<unix time>``).
+  (``retrain-ranker/periodic-<unix time>``). Nomad refuses to force a periodic job whose schedule is
+  disabled (``periodic.enabled = false``: ``Job.PeriodicForce`` answers "periodic job is not enabled"), so then
+  the backfill sibling is dispatched for yesterday instead: the same run.
 - An earlier ``--date``: the periodic job cannot take one, so the parameterized sibling
   ``retrain-ranker-backfill`` (``nomad/retrain-ranker-backfill.nomad.hcl``, published with the rest) is
   dispatched with ``-meta date=YYYY-MM-DD``. Dates after yesterday are refused: the day is not complete.
@@ -58,15 +60,17 @@ def _existing(api: NomadAPI, job_id: str) -> dict[str, Any]:
     return dict(found)
 
 
-def _force(api: NomadAPI, job: str, hint: str) -> str:
+def _periodic_enabled(api: NomadAPI, job: str) -> bool:
+    """Whether ``job`` is a periodic job with its schedule enabled (it must be periodic)."""
     found = _existing(api, job)
     periodic = found.get("Periodic")
     if periodic is None:
         raise CaravanError(f"job {job!r} is not periodic (a {found.get('Type')} job without a periodic block); "
                            "trigger retrain force-launches a periodic job")
-    if not periodic.get("Enabled", True):
-        raise CaravanError(f"job {job!r} has its periodic launches disabled (periodic.enabled = false), and Nomad "
-                           f"does not force-launch a disabled job; {hint}")
+    return bool(periodic.get("Enabled", True))
+
+
+def _force(api: NomadAPI, job: str) -> str:
     answer = api.post(f"job/{job}/periodic/force")
     if answer.get("EvalID"):
         eval_id = str(answer["EvalID"])
@@ -100,8 +104,11 @@ def trigger_retrain(job: str = "retrain-ranker", date: dt.date | None = None, ba
     api = api or NomadAPI.from_config()
     backfill = backfill_job or f"{job}-backfill"
     if date is None or date == latest:
-        hint = f"publish it with schedule_enabled = true, or dispatch {backfill!r} with --date {latest}"
-        child = _force(api, job, hint)
+        if not _periodic_enabled(api, job):
+            child = _dispatch(api, backfill, latest)
+            return Triggered(child, f"the periodic job {job!r} has its schedule disabled, which Nomad does not "
+                             f"force-launch; dispatched {backfill!r} with date={latest} instead (the same run)")
+        child = _force(api, job)
         return Triggered(child, f"force-launched the periodic job {job!r}; the run retrains on {latest}")
     child = _dispatch(api, backfill, date)
     return Triggered(child, f"dispatched {backfill!r} with date={date} (the periodic {job!r} only does yesterday)")

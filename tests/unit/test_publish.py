@@ -861,14 +861,26 @@ def test_trigger_retrain_for_another_day_dispatches_the_backfill(double, capsys)
     assert double.dispatch_requests[-1]["body"]["Meta"] == {"date": day.isoformat()}
 
 
+def test_trigger_retrain_with_the_schedule_disabled_dispatches_the_backfill_for_yesterday(double, capsys):
+    # Nomad refuses to force a disabled periodic job (the double does too); the backfill is the same run.
+    publish(capsys, "--version", "v1", "--var", "schedule_enabled=false")
+    assert client(double).job.get_job("retrain-ranker")["Periodic"]["Enabled"] is False
+    double.inject("retrain-ranker-backfill", "fail")
+    before = len(double.requests)
+    code, out, err = trigger(capsys)
+    assert code == 0, err
+    assert re.fullmatch(r"retrain-ranker-backfill/dispatch-\d+-[0-9a-f]{8}", out.strip())
+    assert double.dispatch_requests[-1]["body"]["Meta"] == {"date": last_complete_day().isoformat()}
+    assert not [r for _, r in double.requests[before:] if urlsplit(r).path.endswith("/periodic/force")]
+    assert "schedule disabled" in err and f"date={last_complete_day()}" in err
+
+
 def test_trigger_retrain_errors_are_clear(double, capsys, tmp_path):
     code, _, err = trigger(capsys)
     assert code == 1 and "job 'retrain-ranker' not found" in err and "caravan publish" in err
     publish(capsys, "--version", "v1", "--var", "schedule_enabled=false")
     code, _, err = trigger(capsys, "--job", "make-numbers")
     assert code == 1 and "'make-numbers' is not periodic" in err
-    code, _, err = trigger(capsys)
-    assert code == 1 and "periodic launches disabled" in err
     code, _, err = trigger(capsys, "--date", "2026-13-01")
     assert code == 1 and "not a date" in err
     today = dt.datetime.now(dt.timezone.utc).date()
