@@ -1,18 +1,25 @@
-# Nomad: the namespace, the ACL policy of the pipeline's token, and one job per spec in ../nomad.
+# Nomad: the namespace, the ACL policies of caravan's Nomad tokens, and one job per spec in ../nomad.
 
 resource "nomad_namespace" "caravan" {
   name        = var.namespace
-  description = "caravan: pipeline steps, periodic retraining, luigid and the model server"
+  description = "caravan (${local.environment}): pipeline steps, periodic retraining, luigid and the model server"
 }
 
-# The token stored in Vault at secret/data/caravan/nomad. Two holders use it: the retrain job (the luigi
-# worker dispatches the steps, follows them and copies their logs) and CI (caravan publish parses and
-# registers the specs), hence submit-job. Scoped to this one namespace. The token itself is created by hand
-# (see README.md): nomad_acl_token would keep its secret in the Terraform state.
-resource "nomad_acl_policy" "caravan_pipeline" {
-  name        = "caravan-pipeline-${var.namespace}"
-  description = "caravan: dispatch and follow the step jobs, publish the job specs (namespace ${var.namespace})"
-  rules_hcl   = templatefile("${path.module}/policies/nomad/caravan-pipeline.hcl.tftpl", { namespace = var.namespace })
+# The token stored in Vault at secret/data/caravan/<env>/nomad carries both policies: the retrain job (the luigi
+# worker dispatches, follows and stops the steps and copies their logs) and CI (caravan publish parses, plans and
+# registers the specs, luigid's read-write host volume included). A CI token of its own would carry only the
+# release policy. The tokens themselves are created by hand (README.md): nomad_acl_token would keep their secrets
+# in the Terraform state. Rows: access.yaml.
+resource "nomad_acl_policy" "retrain" {
+  name        = "caravan-${local.environment}-retrain"
+  description = "caravan retrain (${local.environment}): dispatch, follow and stop the step jobs, read their logs"
+  rules_hcl   = templatefile("${path.module}/policies/nomad/caravan-retrain.hcl.tftpl", local.policy_variables)
+}
+
+resource "nomad_acl_policy" "release" {
+  name        = "caravan-${local.environment}-release"
+  description = "caravan publish (${local.environment}): parse, plan and register the job specs"
+  rules_hcl   = templatefile("${path.module}/policies/nomad/caravan-release.hcl.tftpl", local.policy_variables)
 }
 
 locals {
@@ -31,8 +38,8 @@ locals {
     name => toset([for match in regexall("(?m)^variable\\s+\"([A-Za-z0-9_-]+)\"", text) : match[0]])
   }
 
-  # Job => its Vault role, from the role => jobs map in vault.tf.
-  job_roles = merge([for role, jobs in local.vault_roles : { for job in jobs : job => role }]...)
+  # Jobs that log in to Vault (each spec names its role, caravan-<env>-<kind>), from the kind => jobs map in vault.tf.
+  vault_jobs = toset(flatten(values(local.vault_roles)))
 
   # The provider passes HCL2 variables as strings: lists in HCL syntax (jsonencode writes valid HCL).
   common_job_variables = merge(var.job_variables, {
@@ -40,6 +47,7 @@ locals {
     release     = var.image_tag # what serving's /health reports, as with caravan publish
     datacenters = jsonencode(var.datacenters)
     namespace   = var.namespace
+    environment = local.environment
     model       = var.model
   })
 }
@@ -51,8 +59,7 @@ resource "nomad_job" "caravan" {
 
   hcl2 {
     vars = {
-      for name, value in merge(local.common_job_variables, { vault_role = lookup(local.job_roles, each.key, "") }) :
-      name => value if contains(local.declared_variables[each.key], name)
+      for name, value in local.common_job_variables : name => value if contains(local.declared_variables[each.key], name)
     }
   }
 
@@ -61,13 +68,14 @@ resource "nomad_job" "caravan" {
   detach                = true
 
   lifecycle {
-    # A spec that asks Vault for secrets must be bound to a role (vault.tf); otherwise its tasks never start.
+    # A spec that asks Vault for secrets must be accepted by one of this environment's roles (vault.tf);
+    # otherwise its tasks never start.
     precondition {
-      condition     = !contains(local.declared_variables[each.key], "vault_role") || contains(keys(local.job_roles), each.key)
-      error_message = "Job ${each.key} declares vault_role but no Vault role in vault.tf (local.vault_roles) lists it."
+      condition     = !can(regex("(?m)^\\s*vault\\s*\\{", each.value)) || contains(local.vault_jobs, each.key)
+      error_message = "Job ${each.key} has a vault block but no Vault role in vault.tf (local.vault_roles) lists it."
     }
   }
 
   # The roles must exist before a task asks for a token.
-  depends_on = [nomad_namespace.caravan, vault_jwt_auth_backend_role.job]
+  depends_on = [nomad_namespace.caravan, vault_jwt_auth_backend_role.job, consul_acl_binding_rule.tasks]
 }

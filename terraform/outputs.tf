@@ -11,9 +11,14 @@ output "nomad_jobs" {
   value       = sort(keys(nomad_job.caravan))
 }
 
-output "nomad_pipeline_policy" {
-  description = "Nomad ACL policy for the token stored at secret/data/caravan/nomad."
-  value       = nomad_acl_policy.caravan_pipeline.name
+output "environment" {
+  description = "The environment every name of this workspace carries."
+  value       = local.environment
+}
+
+output "nomad_policies" {
+  description = "Nomad ACL policies of the token stored at secret/data/caravan/<env>/nomad (retrain and release)."
+  value       = [nomad_acl_policy.retrain.name, nomad_acl_policy.release.name]
 }
 
 output "consul_pipeline_token_accessor" {
@@ -28,16 +33,21 @@ output "consul_serving_token_accessor" {
 
 output "vault_jwt_auth_path" {
   description = "Mount path of the JWT auth method for Nomad workload identities (Nomad clients: vault.jwt_auth_backend_path)."
-  value       = vault_jwt_auth_backend.nomad.path
+  value       = var.manage_shared_auth ? vault_jwt_auth_backend.nomad[0].path : var.vault_jwt_path
+}
+
+output "consul_task_role" {
+  description = "Consul role every task of the namespace gets through its workload identity."
+  value       = consul_acl_role.tasks.name
 }
 
 output "vault_roles" {
   description = "Vault role => the Nomad jobs it accepts."
-  value       = local.vault_roles
+  value       = { for kind, jobs in local.vault_roles : "caravan-${local.environment}-${kind}" => jobs }
 }
 
 output "ci_approle_role_id" {
-  description = "Role id of the caravan-ci AppRole (CI variable VAULT_ROLE_ID). Not a secret alone, but kept out of logs."
+  description = "Role id of the caravan-<env>-ci AppRole (CI variable VAULT_ROLE_ID). Not a secret alone, but kept out of logs."
   value       = vault_approle_auth_backend_role.ci.role_id
   sensitive   = true
 }

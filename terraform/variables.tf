@@ -55,6 +55,17 @@ variable "namespace" {
   }
 }
 
+variable "environment" {
+  type        = string
+  default     = ""
+  description = "Environment name in every shared name (Consul services caravan-<env>-*, KV caravan/<env>/models/, Vault secret/data/caravan/<env>/*, roles and policies caravan-<env>-*). Empty: from the namespace, as caravan derives it (caravan: production, caravan-<env>: <env>)."
+
+  validation {
+    condition     = var.environment == "" || can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.environment))
+    error_message = "environment must be 1-32 of [a-z0-9-], starting and ending with a letter or digit (caravan's rule)."
+  }
+}
+
 variable "datacenters" {
   type        = list(string)
   default     = ["dc1"]
@@ -129,10 +140,16 @@ variable "vault_token_period" {
   description = "Period (seconds) of the tokens the job roles issue; Nomad renews them while the task runs."
 }
 
-variable "create_approle_backend" {
+variable "manage_shared_auth" {
   type        = bool
   default     = true
-  description = "Mount the AppRole auth method at approle_path (false when it is already mounted)."
+  description = "Create the auth methods every environment shares (Vault's JWT mount vault_jwt_path and AppRole mount approle_path, Consul's JWT auth method consul_auth_method). Exactly one workspace per Vault and Consul sets true (production); the others set false and only add their own roles, policies and binding rules."
+}
+
+variable "consul_auth_method" {
+  type        = string
+  default     = "nomad-workloads"
+  description = "Name of Consul's JWT auth method for Nomad workload identities (Nomad servers: consul.service_auth_method and consul.task_auth_method)."
 }
 
 variable "approle_path" {

@@ -15,7 +15,9 @@ The double answers the HTTP API the way a Consul 1.22 agent (CE, one server, ``d
 * Blocking queries (``?index=&wait=``) on every read, woken by a condition variable.
 * Sessions: create, destroy, renew, info, list, node; TTL expiry after TTL x 2; ``release``/``delete``
   behaviours; lock-delay after invalidation.
-* ACLs: with ``acl_token`` set the default policy is deny and that token is a management token.
+* ACLs: with ``acl_token`` or ``acl_policies`` set the default policy is deny; ``acl_token`` is a management
+  token and each ``acl_policies`` token has its policies' rules, enforced as ``consul_acl`` describes (keys,
+  sessions; reads filtered per key and per session node).
 
 Errors are ``text/plain`` bodies with Consul's status codes; success bodies are compact JSON as Go's
 ``encoding/json`` writes it.
@@ -39,6 +41,7 @@ from typing import Any, final
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ._http import blocking_query, go_json, index_headers, shutdown
+from .consul_acl import Authorizer, authorizers
 
 DATACENTER = "dc1"
 NODE_NAME = "consul-double"
@@ -210,19 +213,23 @@ def _parse_uint(text: str) -> int:
 class ConsulDouble:
     """A Consul agent's KV and session API on a loopback port, for tests that drive ``py-consul``.
 
-    ``acl_token``: when set, ACLs are on with default policy deny; requests must carry this token
-    (``X-Consul-Token``, ``Authorization: Bearer``, or the deprecated ``?token=``). Without one the
-    anonymous token is used: single-key reads and every write get 403 ``Permission denied: ...``, list
-    reads are filtered to nothing. Another token gets 403 ``ACL not found``.
+    ``acl_token``: when set, ACLs are on with default policy deny and this is a management token; requests
+    carry a token as ``X-Consul-Token``, ``Authorization: Bearer``, or the deprecated ``?token=``.
+    ``acl_policies``: ``{SecretID: [policy rules (HCL), ...]}``, tokens with exactly those policies (ACLs on as
+    well). Without a token the anonymous token is used, which has no policy: single-key reads and every write
+    get 403 ``Permission denied: ...``, list reads are filtered to nothing. An unknown token gets 403
+    ``ACL not found``.
     ``max_value_size``: ``kv_max_value_size``; a larger PUT body gets 413.
     ``lock_delay_s``: the lock delay of sessions created without ``LockDelay`` (Consul: 15 s).
     ``ttl_multiplier``: a TTL session is invalidated after TTL x this without a renew (Consul: 2); lower
     it to make TTL expiry fast in tests (py-consul refuses TTLs under 10 s).
     """
 
-    def __init__(self, *, acl_token: str | None = None, max_value_size: int = 512 * 1024,
-                 lock_delay_s: float = 15.0, ttl_multiplier: float = 2.0) -> None:
+    def __init__(self, *, acl_token: str | None = None, acl_policies: dict[str, list[str]] | None = None,
+                 max_value_size: int = 512 * 1024, lock_delay_s: float = 15.0, ttl_multiplier: float = 2.0) -> None:
         self.acl_token, self.max_value_size = acl_token, max_value_size
+        self.acl_enabled = acl_token is not None or acl_policies is not None
+        self._authorizers = authorizers(acl_token, acl_policies)
         self.lock_delay_s, self.ttl_multiplier = lock_delay_s, ttl_multiplier
         self.host, self.port, self.address = "127.0.0.1", 0, ""
         self.requests: list[tuple[str, str]] = []
@@ -452,23 +459,28 @@ class ConsulDouble:
         if q.get("dc") not in ("", DATACENTER):
             raise HTTPError(500, "No path to datacenter")
 
-    def _privileged(self, q: _Query) -> bool:
-        """True for a management token (or ACLs off), False for anonymous; 403 for an unknown token."""
-        if self.acl_token is None or q.token == self.acl_token:
-            return True
-        if q.token:
+    def _authz(self, q: _Query) -> Authorizer:
+        """The request token's authorizer: everything with ACLs off, none for anonymous; 403 for an unknown token."""
+        if not self.acl_enabled:
+            return Authorizer(management=True)
+        if not q.token:
+            return Authorizer()
+        found = self._authorizers.get(q.token)
+        if found is None:
             raise HTTPError(403, "ACL not found")
-        return False
+        return found
 
     @staticmethod
-    def _denied(permission: str, resource: str) -> HTTPError:
-        return HTTPError(403, f"Permission denied: anonymous token lacks permission '{permission}' on \"{resource}\"")
+    def _require(authz: Authorizer, resource: str, name: str, access: str) -> None:
+        denial = authz.denial(resource, name, access)
+        if denial is not None:
+            raise HTTPError(403, denial)
 
     def _meta_headers(self, q: _Query, index: int) -> dict[str, str]:
         consistency = "stale" if q.has("stale") else "consistent" if q.has("consistent") else "leader"
         return {**index_headers("Consul", index), "X-Consul-Effective-Consistency": consistency,
                 "X-Consul-Query-Backend": "blocking-query",
-                "X-Consul-Default-ACL-Policy": "deny" if self.acl_token is not None else "allow"}
+                "X-Consul-Default-ACL-Policy": "deny" if self.acl_enabled else "allow"}
 
     def _blocking_read(self, q: _Query, evaluate: Callable[[], _Read]) -> _Response:
         """Evaluate a read until its index passes ?index= or the wait (plus jitter) runs out."""
@@ -510,9 +522,12 @@ class ConsulDouble:
         if not keys and not recurse and not key:
             raise HTTPError(400, "Missing key name")
         self._check_dc(q)
-        privileged = self._privileged(q)
-        if not keys and not recurse and not privileged:
-            raise self._denied("key:read", key)
+        authz = self._authz(q)
+        if not keys and not recurse:
+            self._require(authz, "key", key, "read")
+
+        def readable(entries: list[_Entry]) -> list[_Entry]:  # aclFilter.filterDirEnt: key:read per entry
+            return [e for e in entries if authz.allowed("key", e.key, "read")]
         pretty = q.has("pretty")
 
         def single() -> _Read:
@@ -527,9 +542,9 @@ class ConsulDouble:
         def listing() -> _Read:
             entries = [self._kv[k] for k in sorted(self._kv) if k.startswith(key)]
             index = self._list_index(key, entries)
-            filtered = {"X-Consul-Results-Filtered-By-ACLs": "true"} if entries and not privileged else {}
-            if not privileged:
-                entries = []
+            shown = readable(entries)
+            filtered = {"X-Consul-Results-Filtered-By-ACLs": "true"} if len(shown) < len(entries) else {}
+            entries = shown
             if not entries:
                 return _Read(index, 404, content_type=None, headers=filtered)
             return _Read(index, 200, go_json([e.to_json() for e in entries], pretty), headers=filtered)
@@ -538,9 +553,10 @@ class ConsulDouble:
             separator = q.get("separator") if q.has("separator") else q.get("seperator")
             entries = [self._kv[k] for k in sorted(self._kv) if k.startswith(key)]
             index = self._list_index(key, entries)
-            filtered = {"X-Consul-Results-Filtered-By-ACLs": "true"} if entries and not privileged else {}
+            shown = readable(entries)
+            filtered = {"X-Consul-Results-Filtered-By-ACLs": "true"} if len(shown) < len(entries) else {}
             names: list[str] = []
-            for entry in entries if privileged else []:
+            for entry in shown:
                 cut = entry.key.find(separator, len(key)) if separator else -1
                 name = entry.key[:cut + len(separator)] if cut >= 0 else entry.key
                 if not names or names[-1] != name:
@@ -563,8 +579,7 @@ class ConsulDouble:
                             f"{self.max_value_size} bytes. See "
                             "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.")
         self._check_dc(q)
-        if not self._privileged(q):
-            raise self._denied("key:write", key)
+        self._require(self._authz(q), "key", key, "write")  # kvsPreApply: set, cas, lock and unlock alike
         with self._cond:
             if q.has("acquire"):
                 result = self._kv_lock(key, body, flags, q.get("acquire"))
@@ -640,8 +655,11 @@ class ConsulDouble:
             raise HTTPError(400, "Missing key name")
         cas = _parse_uint(q.get("cas")) if q.has("cas") else None
         self._check_dc(q)
-        if not self._privileged(q):
-            raise self._denied("key:write", key)
+        authz = self._authz(q)
+        # kvsPreApply: a recursive delete needs KeyWritePrefix (write on the prefix and on every rule under it)
+        denial = authz.key_write_prefix_denial(key) if recurse else authz.denial("key", key, "write")
+        if denial is not None:
+            raise HTTPError(403, denial)
         with self._cond:
             index = self._next_index()
             result = True
@@ -691,8 +709,7 @@ class ConsulDouble:
         service_checks = self._list_field(spec, "servicechecks")
         if not any(k in spec for k in ("nodechecks", "checks", "servicechecks")):
             checks = [SERF_CHECK]
-        if not self._privileged(q):
-            raise self._denied("session:write", node)
+        self._require(self._authz(q), "session", node, "write")  # session_endpoint.go Apply: the node's
         behavior = behavior or "release"
         if behavior not in ("release", "delete"):
             raise HTTPError(500, f"Invalid Behavior setting '{behavior}'")
@@ -762,11 +779,10 @@ class ConsulDouble:
         if not session_id:
             raise HTTPError(400, "Missing session")
         self._check_dc(q)
-        privileged = self._privileged(q)
+        authz = self._authz(q)
         with self._cond:
             session = self._sessions.get(session_id)
-        if not privileged:
-            raise self._denied("session:write", session.node if session is not None else NODE_NAME)
+        self._require(authz, "session", session.node if session is not None else NODE_NAME, "write")
         return session
 
     def _session_destroy(self, q: _Query, session_id: str) -> _Response:
@@ -789,9 +805,9 @@ class ConsulDouble:
         return _Response(200, body, {"Content-Type": "application/json"})
 
     def _sessions_read(self, q: _Query, sessions: list[_Session]) -> _Read:
-        privileged = self._privileged(q)
-        headers = {"X-Consul-Results-Filtered-By-ACLs": "true"} if sessions and not privileged else {}
-        shown = sorted(sessions, key=lambda s: s.id) if privileged else []
+        authz = self._authz(q)  # aclFilter.allowSession: session:read on each session's node
+        shown = sorted((s for s in sessions if authz.allowed("session", s.node, "read")), key=lambda s: s.id)
+        headers = {"X-Consul-Results-Filtered-By-ACLs": "true"} if len(shown) < len(sessions) else {}
         return _Read(self._sessions_index, 200, go_json([s.to_json() for s in shown], q.has("pretty")),
                      headers=headers)
 

@@ -1,6 +1,7 @@
 """terraform/ and nomad/ as code review would hold them: everything parses, every variable is declared, and
-every Consul, Vault and Nomad policy is exactly as narrow as the secrets contract (no write outside caravan/,
-no Vault wildcard, each Vault role reading exactly its secrets). The checkers are tested on bad policies too.
+every Consul, Vault and Nomad policy grants exactly the rows of terraform/access.yaml, the one table of who may
+do what (no write outside caravan/, no Vault wildcard, nothing of another environment). The test doubles ask,
+for each row's endpoint, for the capability the table names. The checkers are tested on bad policies too.
 Terraform itself is not run here; CI runs `terraform fmt -check` and `terraform validate`."""
 
 from __future__ import annotations
@@ -16,30 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ..acl_policies import access_table, concrete, load_policies
+
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 SPECS = ROOT / "nomad"
 POLICIES = TF / "policies"
-
-# -- the decided contract --------------------------------------------------------------------------------
-
-STEPS = {"simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
-         "gate-model", "make-numbers", "summarize"}
-STORAGE, CONSUL, NOMAD, SERVING = (f"secret/data/caravan/{name}" for name in ("storage", "consul", "nomad", "serving"))
-# Vault policy (= JWT role for the jobs, AppRole for CI) => the paths it reads. Nothing else, nothing more.
-VAULT_READS = {
-    "caravan-step": {STORAGE},
-    "caravan-retrain": {STORAGE, CONSUL, NOMAD},
-    "caravan-serving": {STORAGE, SERVING},
-    "caravan-ci": {NOMAD},
-}
-ROLE_JOBS = {
-    "caravan-step": STEPS,
-    "caravan-retrain": {"retrain-ranker", "retrain-ranker-backfill"},
-    "caravan-serving": {"serving"},
-}
-CONSUL_PIPELINE = {("key_prefix", "caravan/models/"): "write", ("session_prefix", ""): "write"}
-NOMAD_CAPABILITIES = {"list-jobs", "read-job", "parse-job", "submit-job", "dispatch-job", "read-logs", "read-fs"}
+SAMPLE = {"environment": "staging", "namespace": "caravan-staging", "model": "ranker"}
 
 # -- parsing ---------------------------------------------------------------------------------------------
 
@@ -99,14 +83,6 @@ def resource(tf: Mapping[str, Any], rtype: str, name: str) -> dict[str, Any]:
     body = tf["resource"].get(rtype, {}).get(name)
     assert body is not None, f"terraform/ has no resource {rtype}.{name}"
     return body
-
-
-def render(template: str, **values: str) -> str:
-    """A templatefile() of plain ${name} substitutions (the only kind the policy templates may use)."""
-    names = set(re.findall(r"\$\{([^}]*)\}", template))
-    assert names <= set(values), f"template uses {sorted(names - set(values))} beyond {sorted(values)}"
-    assert "%{" not in template, "policy templates must not use template directives"
-    return re.sub(r"\$\{([^}]*)\}", lambda m: values[m.group(1)], template)
 
 
 def policy_file(expression: str, function: str = "file") -> Path:
@@ -183,24 +159,29 @@ def check_consul_policy(text: str, *, sessions: bool) -> dict[tuple[str, str], s
     return grants
 
 
-def check_nomad_policy(text: str) -> dict[str, frozenset[str]]:
-    """namespace => capabilities. Only listed capabilities on named namespaces: no shorthand, no wildcard."""
+NOMAD_CAPABILITIES = {"list-jobs", "read-job", "parse-job", "submit-job", "dispatch-job", "read-logs"}
+
+
+def check_nomad_policy(text: str) -> dict[tuple[str, str], frozenset[str]]:
+    """(rule, name) => capabilities. Only listed capabilities on named namespaces and host volumes: no policy
+    shorthand, no wildcard, nothing outside caravan's needs (no read-fs, no exec, no node or operator rules)."""
     try:
         tree = parse(text)
     except Exception as exc:  # any parse failure is a rejection
         raise PolicyRejected(f"not HCL: {exc}") from None
-    if set(tree) - {"namespace"}:
-        raise PolicyRejected(f"only namespace rules are allowed, found {sorted(set(tree) - {'namespace'})}")
-    grants: dict[str, frozenset[str]] = {}
-    for name, body in blocks(tree, "namespace"):
-        if not re.fullmatch(r"[a-zA-Z0-9-]+", name):
-            raise PolicyRejected(f"namespace {name!r}: wildcard or odd name")
-        if set(body) != {"capabilities"}:
-            raise PolicyRejected(f"namespace {name!r}: only a capabilities list (no policy shorthand, no variables)")
-        extra = set(body["capabilities"]) - NOMAD_CAPABILITIES
-        if extra:
-            raise PolicyRejected(f"namespace {name!r}: capabilities beyond caravan's needs: {sorted(extra)}")
-        grants[name] = frozenset(body["capabilities"])
+    if set(tree) - {"namespace", "host_volume"}:
+        raise PolicyRejected(f"only namespace and host_volume rules are allowed, found {sorted(tree)}")
+    grants: dict[tuple[str, str], frozenset[str]] = {}
+    for kind, allowed in (("namespace", NOMAD_CAPABILITIES), ("host_volume", {"mount-readonly", "mount-readwrite"})):
+        for name, body in blocks(tree, kind):
+            if not re.fullmatch(r"[a-zA-Z0-9-]+", name):
+                raise PolicyRejected(f"{kind} {name!r}: wildcard or odd name")
+            if set(body) != {"capabilities"}:
+                raise PolicyRejected(f"{kind} {name!r}: only a capabilities list (no policy shorthand)")
+            extra = set(body["capabilities"]) - allowed
+            if extra:
+                raise PolicyRejected(f"{kind} {name!r}: capabilities beyond caravan's needs: {sorted(extra)}")
+            grants[(kind, name)] = frozenset(body["capabilities"])
     return grants
 
 
@@ -277,7 +258,7 @@ def looks_like_a_credential(text: str) -> bool:
 def test_outputs_carry_no_secret():
     tf = terraform()
     for name, body in tf["output"].items():
-        value = body["value"]
+        value = json.dumps(body["value"])
         assert not re.search(r"secret_id|client_token|\.token\b|password", value), f"output {name} exposes {value}"
         if "role_id" in value:
             assert body.get("sensitive") is True, f"output {name} must be sensitive"
@@ -307,52 +288,245 @@ def test_the_jobs_are_every_spec_of_the_spec_dir_with_its_own_variables():
     assert "contains(local.declared_variables[each.key], name)" in job["hcl2"][0]["vars"]
 
 
-def vault_roles(tf: Mapping[str, Any]) -> dict[str, set[str]]:
-    return {role: set(jobs) for role, jobs in tf["locals"]["vault_roles"].items()}
 
-
-def test_every_spec_that_asks_vault_is_bound_to_a_role_whose_policy_covers_its_secrets():
-    roles = vault_roles(terraform())
-    assert roles == ROLE_JOBS
+def test_every_spec_gets_the_environment_and_a_vault_spec_is_accepted_by_one_of_its_roles():
+    tf = terraform()
+    assert "environment = local.environment" in tf["locals"]["common_job_variables"]
+    roles = {kind: set(jobs) for kind, jobs in tf["locals"]["vault_roles"].items()}
+    table = access_table()["vault"]
+    assert {f"caravan-<env>-{kind}" for kind in roles} | {"caravan-<env>-ci"} == set(table)
     for path in sorted(SPECS.glob("*.nomad.hcl")):
-        job = path.name.removesuffix(".nomad.hcl")
-        reads = set(re.findall(r'secret \\?"([^"\\]+)\\?"', path.read_text()))
-        variables = spec_variables(path)
-        if "vault_role" not in variables:
-            assert not reads, f"{job} reads {reads} without a Vault role"
+        job, text = path.name.removesuffix(".nomad.hcl"), path.read_text()
+        values = {"${var.environment}": SAMPLE["environment"], "${var.model}": SAMPLE["model"]}
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
+        reads = set(re.findall(r'secret \\?"([^"\\]+)\\?"', text))
+        named = set(re.findall(r'role\s*=\s*"caravan-([a-z]+)-([a-z]+)"', text))
+        if not re.search(r"(?m)^\s*vault\s*\{", text):
+            assert not reads and not named, f"{job} reads {reads} without a vault block"
             continue
-        role = variables["vault_role"]["default"]
-        assert job in roles.get(role, set()), f"{job}: its role {role} does not accept it"
-        assert reads <= VAULT_READS[role], f"{job} reads {reads - VAULT_READS[role]} that {role} cannot"
+        assert "environment" in spec_variables(path), f"{job}: its Vault names must carry the environment"
+        (role,) = named or {("", "")}
+        assert role[0] == SAMPLE["environment"], f"{job}: role caravan-{role[0]}-{role[1]} is not the environment's"
+        assert job in roles.get(role[1], set()), f"{job}: the role caravan-<env>-{role[1]} does not accept it"
+        allowed = {concrete(p, **SAMPLE) for p in table[f"caravan-<env>-{role[1]}"]["read"]}
+        assert reads <= allowed, f"{job} reads {reads - allowed} that caravan-<env>-{role[1]} cannot"
+
+
+# -- the access table: every policy grants exactly its rows ---------------------------------------------------
+
+
+def policy_kind(name: str) -> str:
+    """A table entry's policy kind: caravan-<env>-serving-<model> -> serving (the file caravan-serving.*)."""
+    return name.removeprefix("caravan-<env>-").removesuffix("-<model>")
+
+
+@pytest.mark.parametrize("system", ["nomad", "consul", "vault"])
+def test_the_table_and_the_policy_files_name_the_same_policies(system):
+    table = access_table()[system]
+    files = {p.name.split(".", 1)[0].removeprefix("caravan-") for p in (POLICIES / system).iterdir()}
+    assert {policy_kind(name) for name in table} == files
+    for name, entry in table.items():
+        assert entry["holder"], f"{system} {name}: who holds it?"
+
+
+def nomad_rows(entry: Mapping[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    expected = {("namespace", concrete(entry["namespace"], **SAMPLE)):
+                frozenset(row["capability"] for row in entry["calls"])}
+    for volume, capability in (entry.get("host_volumes") or {}).items():
+        expected[("host_volume", volume)] = frozenset({capability})
+    return expected
+
+
+def test_nomad_policies_grant_exactly_the_tables_capabilities():
+    texts = load_policies("nomad", **SAMPLE)
+    for name, entry in access_table()["nomad"].items():
+        assert check_nomad_policy(texts[policy_kind(name)]) == nomad_rows(entry), name
+        for row in entry["calls"]:
+            assert row["by"] and re.fullmatch(r"(GET|PUT|POST|DELETE) /v1/\S+", row["call"]), row
+
+
+def test_consul_policies_grant_exactly_the_tables_rules():
+    texts = load_policies("consul", **SAMPLE)
+    for name, entry in access_table()["consul"].items():
+        kind = policy_kind(name)
+        grants = check_consul_policy(texts[kind], sessions=kind == "pipeline")
+        assert grants == {(row["rule"], concrete(row["name"], **SAMPLE)): row["policy"] for row in entry["rules"]}, name
+
+
+def test_vault_policies_read_exactly_the_tables_paths():
+    texts = load_policies("vault", **SAMPLE)
+    for name, entry in access_table()["vault"].items():
+        grants = check_vault_policy(texts[policy_kind(name)])
+        assert grants == {concrete(path, **SAMPLE): frozenset({"read"}) for path in entry["read"]}, name
+
+
+def test_the_task_role_covers_every_consul_read_of_the_specs_templates_and_nothing_else():
+    """The reads of every template of a task with a consul {} block, rendered for one environment, are exactly
+    the task policy's key and service rules."""
+    from ..doubles.consul_acl import Authorizer
+
+    authz = Authorizer([load_policies("consul", **SAMPLE)["tasks"]])
+    keys: set[str] = set()
+    services: set[str] = set()
+    for path in sorted(SPECS.glob("*.nomad.hcl")):
+        text = path.read_text().replace("${var.environment}", SAMPLE["environment"]).replace("${var.model}",
+                                                                                            SAMPLE["model"])
+        keys |= set(re.findall(r'\b(?:key|keyOrDefault|keyExists) \\?"([^"\\]+)\\?"', text))
+        services |= set(re.findall(r'\bservice \\?"([^"\\]+)\\?"', text))
+        reads_consul = re.search(r'\b(?:key|keyOrDefault|keyExists|service) \\?"', text)
+        assert not reads_consul or re.search(r"(?m)^\s*consul \{\}", text), \
+            f"{path.name}: templates read Consul but no task has a consul {{}} block (no identity on Nomad 1.10+)"
+    assert keys and services, "the specs' templates read Consul; the scan must see it"
+    for key in keys:
+        assert authz.allowed("key", key, "read"), key
+    for service in services:
+        assert authz.allowed("service", service, "read") and authz.allowed("node", "any-node", "read"), service
+    rows = access_table()["consul"]["caravan-<env>-tasks"]["rules"]
+    granted = {concrete(r["name"], **SAMPLE) for r in rows if r["rule"] in ("key", "service")}
+    assert granted == keys | services, "the task role grants reads no template makes"
+
+
+def test_the_nomad_double_asks_for_the_tables_capability_for_each_call():
+    """tests/doubles/nomad/acl.py and the table agree: each row's endpoint needs (any of) a set of capabilities
+    that contains the row's."""
+    from urllib.parse import parse_qsl
+
+    from ..doubles.nomad.acl import endpoint_capabilities
+
+    ids = {"job": "train-lightgbm", "id": "train-lightgbm/dispatch-1764000000-ab12cd34",
+           "alloc": "6a1b8f0e-3c2d-4e5f-8a9b-0c1d2e3f4a5b", "eval": "0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e"}
+    for name, entry in access_table()["nomad"].items():
+        for row in entry["calls"]:
+            method, target = row["call"].split(" ", 1)
+            path, _, query = concrete(target, **SAMPLE, **ids).partition("?")
+            needed = endpoint_capabilities(method, path, dict(parse_qsl(query)))
+            assert needed and row["capability"] in needed, f"{name}: {row['call']} needs {needed}"
+
+
+ENV = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mine=ENV, other=ENV, model=st.sampled_from(["ranker", "ctr-2"]))
+def test_one_environments_policies_grant_nothing_of_another(mine, other, model):
+    """Staging and production share one Consul and one Vault: a policy rendered for one environment reaches no
+    key, service or secret path of another (names that merely start alike included)."""
+    from ..doubles.consul_acl import Authorizer
+
+    if mine == other:
+        return
+    values = {"environment": mine, "namespace": f"caravan-{mine}", "model": model}
+    consul = Authorizer(load_policies("consul", **values).values())
+    for key in (f"caravan/{other}/models/{model}/current", f"caravan/{other}/models/{model}/lock",
+                f"caravan/{other}/tls/consul-ca.pem"):
+        assert not consul.allowed("key", key, "read"), key
+    assert not consul.allowed("service", f"caravan-{other}-luigid", "read")
+    for text in load_policies("vault", **values).values():
+        assert not any(f"/caravan/{other}/" in path for path in check_vault_policy(text))
+    for text in load_policies("nomad", **values).values():
+        assert ("namespace", f"caravan-{other}") not in check_nomad_policy(text)
+
+
+# -- Terraform applies those files, with the environment in every name ----------------------------------------
+
+
+def templatefile_of(expression: str) -> Path:
+    match = re.fullmatch(r'\$\{templatefile\("\$\{path\.module\}/([^"]+)", local\.policy_variables\)\}', expression)
+    assert match, f"load policies with templatefile(\"${{path.module}}/...\", local.policy_variables): {expression}"
+    return TF / match.group(1)
+
+
+def test_policy_variables_are_the_environment_the_namespace_and_the_model():
+    tf = terraform()
+    assert tf["locals"]["policy_variables"] == {"environment": "${local.environment}", "namespace": "${var.namespace}",
+                                                "model": "${var.model}"}
+
+
+def terraform_environment(environment: str, namespace: str) -> str:
+    """The locals.environment expression of vault.tf, by hand (test_the_environment_expression pins its text)."""
+    if environment:
+        return environment
+    if namespace == "caravan":
+        return "production"
+    if namespace == "default":
+        return "dev"
+    return namespace.removeprefix("caravan-")
+
+
+def test_the_environment_expression():
+    expression = " ".join(terraform()["locals"]["environment"].split())
+    assert expression == ('${var.environment != "" ? var.environment : (var.namespace == "caravan" ? "production" : '
+                          'var.namespace == "default" ? "dev" : trimprefix(var.namespace, "caravan-"))}')
+
+
+@settings(max_examples=100, deadline=None)
+@given(namespace=st.one_of(st.sampled_from(["caravan", "caravan-staging", "default", "ml"]),
+                           st.from_regex(r"(caravan-)?[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)))
+def test_terraform_derives_the_environment_from_the_namespace_as_caravan_does(namespace):
+    from caravan import config
+
+    derive = getattr(config, "environment_of_namespace", None)
+    if derive is None:
+        pytest.skip("caravan.config has no environment_of_namespace yet")
+    assert terraform_environment("", namespace) == derive(namespace)
+
+
+NOMAD_POLICIES = {"retrain": "caravan-${local.environment}-retrain", "release": "caravan-${local.environment}-release"}
+CONSUL_POLICIES = {"pipeline": "caravan-${local.environment}-pipeline",
+                   "serving": "caravan-${local.environment}-serving-${var.model}",
+                   "tasks": "caravan-${local.environment}-tasks"}
+
+
+def test_every_policy_file_is_applied_under_a_name_that_carries_the_environment():
+    tf = terraform()
+    applied: set[Path] = set()
+    for kind, name in NOMAD_POLICIES.items():
+        policy = resource(tf, "nomad_acl_policy", kind)
+        assert policy["name"] == name
+        applied.add(templatefile_of(policy["rules_hcl"]))
+    for kind, name in CONSUL_POLICIES.items():
+        policy = resource(tf, "consul_acl_policy", kind)
+        assert policy["name"] == name
+        applied.add(templatefile_of(policy["rules"]))
+    job_policy = resource(tf, "vault_policy", "job")
+    assert job_policy["for_each"] == "${local.vault_roles}"
+    assert job_policy["name"] == "caravan-${local.environment}-${each.key}"
+    assert templatefile_of(job_policy["policy"]) == POLICIES / "vault" / "caravan-${each.key}.hcl.tftpl"
+    applied |= {POLICIES / "vault" / f"caravan-{kind}.hcl.tftpl" for kind in tf["locals"]["vault_roles"]}
+    ci = resource(tf, "vault_policy", "ci")
+    assert ci["name"] == "caravan-${local.environment}-ci"
+    applied.add(templatefile_of(ci["policy"]))
+    assert applied == set(POLICIES.rglob("*.tftpl")), "a policy file nothing applies, or one that is missing"
+    assert not [p for p in POLICIES.rglob("*") if p.is_file() and p.suffix != ".tftpl"]
+    assert resource(tf, "consul_acl_token", "pipeline")["policies"] == ["${consul_acl_policy.pipeline.name}"]
+    assert resource(tf, "consul_acl_token", "serving")["policies"] == ["${consul_acl_policy.serving.name}"]
+
+
+def test_the_release_policy_mounts_exactly_luigids_host_volume():
+    (luigid,) = [body for _, body in blocks(parse((SPECS / "luigid.nomad.hcl").read_text()), "job")]
+    default = spec_variables(SPECS / "luigid.nomad.hcl")["host_volume"]["default"]
+    volumes = {name: body for group in luigid["group"] for _, g in group.items() for entry in g.get("volume", [])
+               for name, body in entry.items()}
+    read_write = [v for v in volumes.values() if v.get("type") == "host" and not v.get("read_only")]
+    assert read_write and all(v["source"] == "${var.host_volume}" for v in read_write)
+    assert access_table()["nomad"]["caravan-<env>-release"]["host_volumes"] == {default: "mount-readwrite"}
 
 
 # -- Vault -----------------------------------------------------------------------------------------------
 
 
-def test_vault_policies_read_exactly_the_contracts_paths():
-    tf = terraform()
-    job_policy = resource(tf, "vault_policy", "job")
-    assert job_policy["for_each"] == "${local.vault_roles}" and job_policy["name"] == "${each.key}"
-    assert policy_file(job_policy["policy"]) == POLICIES / "vault" / "${each.key}.hcl"
-    ci_policy = resource(tf, "vault_policy", "ci")
-    assert ci_policy["name"] == "caravan-ci"
-    loaded = {role: POLICIES / "vault" / f"{role}.hcl" for role in vault_roles(tf)}
-    loaded["caravan-ci"] = policy_file(ci_policy["policy"])
-    assert set(loaded.values()) == set((POLICIES / "vault").glob("*.hcl")), "a policy file nothing applies"
-    for role, path in loaded.items():
-        grants = check_vault_policy(path.read_text())
-        assert set(grants) == VAULT_READS[role], f"{role}: {sorted(grants)}"
-        assert all(caps == {"read"} for caps in grants.values()), f"{role}: {grants}"
-
-
-def test_each_jwt_role_binds_nomad_workload_identities_to_its_own_policy():
+def test_each_jwt_role_binds_its_environments_workload_identities_to_its_own_policy():
     tf = terraform()
     backend = resource(tf, "vault_jwt_auth_backend", "nomad")
+    assert backend["count"] == "${var.manage_shared_auth ? 1 : 0}", "one mount per Vault, shared"
     assert backend["path"] == "${var.vault_jwt_path}" and tf["variable"]["vault_jwt_path"]["default"] == "jwt-nomad"
     assert "default_role" not in backend
     role = resource(tf, "vault_jwt_auth_backend_role", "job")
-    assert role["for_each"] == "${local.vault_roles}" and role["role_name"] == "${each.key}"
-    assert role["backend"] == "${vault_jwt_auth_backend.nomad.path}" and role["role_type"] == "jwt"
+    assert role["for_each"] == "${local.vault_roles}"
+    assert role["role_name"] == "caravan-${local.environment}-${each.key}", "roles of two environments never collide"
+    assert role["backend"] == "${var.manage_shared_auth ? vault_jwt_auth_backend.nomad[0].path : var.vault_jwt_path}"
+    assert role["role_type"] == "jwt"
     assert role["token_policies"] == ["${vault_policy.job[each.key].name}"]
     assert role["bound_audiences"] == ["vault.io"]
     assert role["user_claim"] == "/nomad_job_id" and role["user_claim_json_pointer"] is True
@@ -361,13 +535,47 @@ def test_each_jwt_role_binds_nomad_workload_identities_to_its_own_policy():
     assert role["token_explicit_max_ttl"] == 0
 
 
-def test_ci_approle_gets_only_the_ci_policy():
+def test_ci_approle_gets_only_its_environments_ci_policy():
     tf = terraform()
     ci = resource(tf, "vault_approle_auth_backend_role", "ci")
-    assert ci["role_name"] == "caravan-ci"
+    assert ci["role_name"] == "caravan-${local.environment}-ci"
     assert ci["token_policies"] == ["${vault_policy.ci.name}"]
+    assert resource(tf, "vault_auth_backend", "approle")["count"] == "${var.manage_shared_auth ? 1 : 0}"
     assert "secret_id" not in tf["resource"].get("vault_approle_auth_backend_role_secret_id", {}), \
         "secret ids are generated by hand, never kept in the state"
+
+
+# -- Consul workload identities ----------------------------------------------------------------------------
+
+
+def test_consul_auth_method_trusts_nomads_workload_identities():
+    tf = terraform()
+    method = resource(tf, "consul_acl_auth_method", "nomad")
+    assert method["count"] == "${var.manage_shared_auth ? 1 : 0}"
+    assert method["name"] == "${var.consul_auth_method}" and method["type"] == "jwt"
+    assert tf["variable"]["consul_auth_method"]["default"] == "nomad-workloads"  # Nomad's default auth method name
+    config = method["config_json"]
+    for needle in ("BoundAudiences", '"consul.io"', "local.nomad_jwks_url", "nomad_namespace", "nomad_service"):
+        assert needle in config, needle
+
+
+def test_binding_rules_give_only_this_namespaces_tasks_the_task_role():
+    tf = terraform()
+    role = resource(tf, "consul_acl_role", "tasks")
+    assert role["name"] == "caravan-${local.environment}-tasks"
+    assert role["policies"] == ["${consul_acl_policy.tasks.id}"]
+    tasks = resource(tf, "consul_acl_binding_rule", "tasks")
+    services = resource(tf, "consul_acl_binding_rule", "services")
+    for rule in (tasks, services):
+        assert rule["auth_method"] == "${var.consul_auth_method}"
+        assert 'value.nomad_namespace == "${var.namespace}"' in rule["selector"], rule["selector"]
+    assert '"nomad_service" not in value' in tasks["selector"]
+    assert (tasks["bind_type"], tasks["bind_name"]) == ("role", "${consul_acl_role.tasks.name}")
+    assert rule["selector"].startswith('"nomad_service" in value')
+    assert (services["bind_type"], services["bind_name"]) == ("service", "$${value.nomad_service}")
+
+
+# -- the checkers ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [
@@ -404,33 +612,6 @@ def test_vault_checker_accepts_plain_reads(path):
     assert check_vault_policy(text) == {path: frozenset({"read"})}
 
 
-# -- Consul ----------------------------------------------------------------------------------------------
-
-
-def test_consul_pipeline_policy_writes_only_model_keys_and_sessions():
-    tf = terraform()
-    policy = resource(tf, "consul_acl_policy", "pipeline")
-    grants = check_consul_policy(policy_file(policy["rules"]).read_text(), sessions=True)
-    assert grants == CONSUL_PIPELINE
-    token = resource(tf, "consul_acl_token", "pipeline")
-    assert token["policies"] == ["${consul_acl_policy.pipeline.name}"]
-
-
-def test_consul_serving_policy_reads_its_model_and_writes_nothing():
-    tf = terraform()
-    policy = resource(tf, "consul_acl_policy", "serving")
-    assert policy["rules"].endswith(", {model = var.model})}")
-    template = policy_file(policy["rules"], "templatefile").read_text()
-    for model in ("ranker", "ctr-2"):
-        grants = check_consul_policy(render(template, model=model), sessions=False)
-        assert grants == {("key_prefix", f"caravan/models/{model}/"): "read"}
-    token = resource(tf, "consul_acl_token", "serving")
-    assert token["policies"] == ["${consul_acl_policy.serving.name}"]
-    applied = {policy_file(resource(tf, "consul_acl_policy", "pipeline")["rules"]),
-               policy_file(policy["rules"], "templatefile")}
-    assert set((POLICIES / "consul").iterdir()) == applied, "a policy file nothing applies"
-
-
 @pytest.mark.parametrize(("bad", "sessions"), [
     ('key_prefix "" {\n  policy = "write"\n}\n', True),
     ('key_prefix "caravan" {\n  policy = "write"\n}\n', True),
@@ -456,24 +637,16 @@ def test_consul_checker_rejects_any_write_outside_caravan(name, kind):
         check_consul_policy(f'{kind} "{name}" {{\n  policy = "write"\n}}\n', sessions=True)
 
 
-# -- Nomad -----------------------------------------------------------------------------------------------
-
-
-def test_nomad_pipeline_policy_is_scoped_to_the_namespace():
-    tf = terraform()
-    policy = resource(tf, "nomad_acl_policy", "caravan_pipeline")
-    assert policy["rules_hcl"].endswith(", {namespace = var.namespace})}")
-    template = policy_file(policy["rules_hcl"], "templatefile").read_text()
-    assert check_nomad_policy(render(template, namespace="caravan-staging")) == {
-        "caravan-staging": frozenset(NOMAD_CAPABILITIES)}
-
-
 @pytest.mark.parametrize("bad", [
     'namespace "*" {\n  capabilities = ["read-job"]\n}\n',
     'namespace "caravan" {\n  policy = "write"\n}\n',
     'namespace "caravan" {\n  capabilities = ["read-job", "alloc-exec"]\n}\n',
+    'namespace "caravan" {\n  capabilities = ["read-job", "read-fs"]\n}\n',
     'namespace "caravan" {\n  capabilities = ["read-job"]\n}\nnode {\n  policy = "write"\n}\n',
     'namespace "caravan" {\n  capabilities = ["read-job"]\n}\noperator {\n  policy = "write"\n}\n',
+    'host_volume "*" {\n  capabilities = ["mount-readwrite"]\n}\n',
+    'host_volume "luigid-state" {\n  policy = "write"\n}\n',
+    'host_volume "luigid-state" {\n  capabilities = ["deny", "mount-readwrite"]\n}\n',
 ])
 def test_nomad_checker_rejects_bad_policies(bad):
     with pytest.raises(PolicyRejected):

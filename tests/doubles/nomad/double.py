@@ -66,6 +66,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .acl import ACLEnforcer
 from .client import Client
 from .common import FIRST_INDEX, AllocRec, HTTPError, JobRec, send_signal
 from .faults import Faults
@@ -81,12 +82,14 @@ from .scheduler import Scheduler
 from .state import StateStore
 
 
-class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, Prestart, Faults,
+class NomadDouble(ACLEnforcer, Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, Prestart, Faults,
                   GarbageCollector, StateStore):
     """A Nomad agent on a loopback port, with an in-memory state store and a client that runs tasks."""
 
     def __init__(self, *, env: dict[str, str] | None = None, python: str = sys.executable,
-                 acl_token: str | None = None, kill_timeout_s: float = 5.0, vault_addr: str | None = None,
+                 acl_token: str | None = None, acl_policies: dict[str, list[str]] | None = None,
+                 consul_identity: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], str | None] | None = None,
+                 kill_timeout_s: float = 5.0, vault_addr: str | None = None,
                  vault_token: str | None = None, consul_addr: str | None = None,
                  consul_token: str | None = None, render_templates: bool | None = None,
                  inherit_env: bool = True, nodes: list[dict[str, Any]] | None = None,
@@ -125,6 +128,9 @@ class NomadDouble(Routes, Reads, JobEndpoint, PlanEndpoint, Scheduler, Client, P
         self.inherit_env = inherit_env
         self.python = python
         self.acl_token = acl_token
+        self.acl_policies = acl_policies
+        self._acl_setup()
+        self.consul_identity = consul_identity
         self.kill_timeout_s = kill_timeout_s
         self.vault_addr = vault_addr
         self.vault_token = vault_token

@@ -344,8 +344,28 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
             "Networks": networks(body), "Services": services(body), "Update": update(body),
             "RestartPolicy": _restart(_block(body, "restart")),
             "ReschedulePolicy": _reschedule(_block(body, "reschedule")),
-            "Constraints": _constraints(body),
+            "Constraints": _constraints(body), "Volumes": _volumes(body), "Consul": _consul(_block(body, "consul")),
             "Tasks": [_task(task, inner) for task, inner in _labelled(body, "task")]}
+
+
+def _volumes(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A group's ``volume`` blocks as api.VolumeRequest (Job.Register checks their mount capabilities)."""
+    found = {name: {"Name": name, "Type": volume.get("type") or "", "Source": volume.get("source") or "",
+                    "ReadOnly": bool(volume.get("read_only")), "Sticky": bool(volume.get("sticky")),
+                    "AccessMode": volume.get("access_mode") or "",
+                    "AttachmentMode": volume.get("attachment_mode") or "", "MountOptions": None,
+                    "PerAlloc": bool(volume.get("per_alloc"))}
+             for name, volume in _labelled(body, "volume")}
+    return found or None
+
+
+def _consul(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``consul`` block as api.Consul (Canonicalize: cluster "default"); since Nomad 1.10 a task gets a Consul
+    workload identity for its templates only with one (job_endpoint_hook_implicit_identities.go)."""
+    if block is None:
+        return None
+    return {"Namespace": block.get("namespace") or "", "Cluster": block.get("cluster") or "default",
+            "Partition": block.get("partition") or ""}
 
 
 def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +392,11 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
                                                 "Disabled": logs.get("disabled")},
         "Templates": templates or None, "Vault": _vault(_block(body, "vault")),
         "DispatchPayload": None if payload is None else {"File": payload.get("file") or ""},
+        "VolumeMounts": [{"Volume": mount.get("volume") or "", "Destination": mount.get("destination") or "",
+                          "ReadOnly": bool(mount.get("read_only")),
+                          "PropagationMode": mount.get("propagation_mode") or "private", "SELinuxLabel": ""}
+                         for mount in body.get("volume_mount") or [] if isinstance(mount, dict)] or None,
+        "Consul": _consul(_block(body, "consul")),
     }
 
 
@@ -427,7 +452,7 @@ _TASK_DEFAULTS: dict[str, Any] = {
     "Driver": "", "User": "", "Lifecycle": None, "Config": {}, "Constraints": None, "Affinities": None,
     "Env": None, "Services": None, "Meta": None, "KillTimeout": 5 * SECOND_NS, "KillSignal": "",
     "Artifacts": None, "Vault": None, "Templates": None, "DispatchPayload": None, "VolumeMounts": None,
-    "Leader": False, "ShutdownDelay": 0, "Kind": "", "ScalingPolicies": None, "Identities": None,
+    "Leader": False, "ShutdownDelay": 0, "Kind": "", "ScalingPolicies": None, "Identities": None, "Consul": None,
 }
 
 # api.Vault.Canonicalize and api.Template.Canonicalize

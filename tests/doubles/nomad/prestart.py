@@ -101,7 +101,7 @@ class Prestart:
             runtime, task_env, view = self._environment(rec, run)
         # Templates see the task's environment only (Nomad masks the agent's own), with relative task dirs.
         sources = Sources(env={**self.env, **task_env, **runtime, **self._vault_env(task)},
-                          secret=self._vault_reader(task), key=self._consul_reader())
+                          secret=self._vault_reader(task), key=self._consul_reader(rec, task))
         relative = {**view, "NOMAD_ALLOC_DIR": "alloc", "NOMAD_TASK_DIR": "local", "NOMAD_SECRETS_DIR": "secrets"}
         task_dir, rendered = rec.root / run.name, []
         for template in task["Templates"]:
@@ -170,7 +170,16 @@ class Prestart:
 
         return read
 
-    def _consul_reader(self) -> Callable[[str], str | None] | None:
+    def _consul_token(self, rec: AllocRec, task: dict[str, Any]) -> str | None:
+        """The Consul token of a task's templates. With ``consul_identity`` (a client with Consul workload
+        identities, Nomad 1.10+) a task or group with a ``consul`` block gets the token Consul's auth method
+        issues for its identity, ``consul_identity(job, group, task)``; any other task renders with the
+        client's own token (job_endpoint_hook_implicit_identities.go adds the identity only for a consul block)."""
+        if self.consul_identity is not None and (task.get("Consul") or rec.group.get("Consul")):
+            return self.consul_identity(rec.job, rec.group, task)
+        return self.consul_token
+
+    def _consul_reader(self, rec: AllocRec, task: dict[str, Any]) -> Callable[[str], str | None] | None:
         """Reads a Consul KV key with py-consul (None when the client has no Consul)."""
         if self.consul_addr is None:
             return None
@@ -179,7 +188,7 @@ class Prestart:
 
         parts = urlsplit(self.consul_addr if "://" in self.consul_addr else f"http://{self.consul_addr}")
         client = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme,
-                               token=self.consul_token, connections_timeout=SERVICE_TIMEOUT_S)
+                               token=self._consul_token(rec, task), connections_timeout=SERVICE_TIMEOUT_S)
 
         def get(key: str) -> str | None:
             try:

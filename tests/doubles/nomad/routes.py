@@ -78,10 +78,10 @@ class Routes:
         if path == "/v1/status/leader":
             allow_methods(method, "GET")
             return Reply(LEADER, index=None)
-        self._check_acl(req.headers)
+        ns = req.query.get("namespace") or "default"
+        self._authorize(req, self._acl_namespaces(path, ns))  # acl.py
         if req.query.get("region") not in (None, "", REGION):
             raise HTTPError(500, "No path to region")
-        ns = req.query.get("namespace") or "default"
         if path == "/v1/jobs":
             if allow_methods(method, "GET", "PUT", "POST") == "GET":
                 return self._list_jobs(req, ns)
@@ -146,21 +146,24 @@ class Routes:
         if path_id is not None and job["ID"] != path_id:
             raise HTTPError(400, "Job ID does not match name")
         namespace = req.query.get("namespace") or fields.get("namespace") or job.get("Namespace") or "default"
+        self._authorize_register(req, job, namespace)  # acl.py
         enforce = fields.get("jobmodifyindex", 0) if fields.get("enforceindex") else None
         reply = self._register(copy.deepcopy(job), namespace, enforce)
         return Reply(reply, index=reply["Index"], read=False)
 
-    def _check_acl(self, headers: Any) -> None:
-        if self.acl_token is None:
-            return
-        token = headers.get("X-Nomad-Token") or ""
-        auth = headers.get("Authorization") or ""
-        if not token and auth.startswith("Bearer "):
-            token = auth[len("Bearer "):]
-        if not token:
-            raise HTTPError(403, "Permission denied")  # the anonymous token has no policy
-        if token != self.acl_token:
-            raise HTTPError(403, "ACL token not found")
+    def _acl_namespaces(self, path: str, ns: str) -> set[str]:
+        """The namespaces an ACL check covers: an allocation's own (instead of the request's) for allocation
+        reads and logs, an evaluation's own as well as the request's (alloc_endpoint.go GetAlloc,
+        client/fs_endpoint.go, eval_endpoint.go GetEval); the request's for everything else."""
+        with self._cond:
+            for prefix in ("/v1/allocation/", "/v1/client/fs/logs/"):
+                if path.startswith(prefix):
+                    rec = self._allocs.get(path[len(prefix):])
+                    return {str(rec.alloc.get("Namespace") or ns) if rec is not None else ns}
+            if path.startswith("/v1/evaluation/"):
+                found = self._evals.get(path[len("/v1/evaluation/"):].removesuffix("/allocations"))
+                return {ns, str(found.get("Namespace") or ns) if found is not None else ns}
+        return {ns}
 
 
 def allow_methods(method: str, *allowed: str) -> str:
