@@ -153,10 +153,10 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
     with pointer.lock(args.model, holder=_operator(), timeout_s=args.lock_timeout):
         for _ in range(5):
             if args.force:  # may replace a corrupt pointer: it names the version the corrupt one has
-                state, _corrupt = pointer.read_for_repair(args.model)
+                state, corrupt = pointer.read_for_repair(args.model)
             else:
-                state, _corrupt = pointer.read(args.model), None
-            if _corrupt is None and is_current(state, candidate):
+                state, corrupt = pointer.read(args.model), None
+            if corrupt is None and is_current(state, candidate):
                 print(f"{args.model} already serves {candidate.uri}; nothing changed, nothing recorded")
                 return 0
             if args.force:
@@ -164,7 +164,7 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
                     check_sound(candidate)
                     verdict: dict[str, Any] = {
                         "decision": "promote", "reasons": ["forced by an operator: gate skipped, soundness checked"
-                                                           + ("; replaced a corrupt pointer" if _corrupt else "")]}
+                                                           + ("; replaced a corrupt pointer" if corrupt else "")]}
                 except UnsoundModel as exc:
                     verdict = {"decision": "reject", "reasons": [f"--force refused: {exc}"]}
             else:
@@ -178,8 +178,9 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
             if outcome == "moved":
                 continue
             if outcome == "reject":
-                raise CaravanError(f"{args.model}: {'refused' if args.force else 'gate rejected'} {candidate.id}: "
-                                   + "; ".join(verdict["reasons"]) + " (recorded in the history)")
+                what = "" if args.force else f"gate rejected {candidate.id}: "
+                raise CaravanError(f"{args.model}: {what}" + "; ".join(verdict["reasons"])
+                                   + " (recorded in the history)")
             print(f"{args.model} now serves {candidate.uri}")
             for note in verdict.get("notes", []):
                 print(f"  note: {note}")

@@ -92,7 +92,7 @@ def test_concurrent_promotions_through_consul_leave_a_consistent_history(model_n
     assert [p.returncode for p in procs] == [0, 0], outputs
     history = [h for h in open_pointer().history(model_name) if h["action"] != "reject"]
     # Both were promoted, one after the other: each change names the one before it.
-    assert len(history) == 2
+    assert len(history) == 2, (history, outputs)
     assert history[0]["previous_artifact_id"] is None
     assert history[1]["previous_artifact_id"] == history[0]["artifact_id"]
     assert open_pointer().read(model_name).artifact_id == history[1]["artifact_id"]
@@ -114,7 +114,7 @@ def test_overlapping_runs_promoting_the_same_candidate_decide_once(model_name, l
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     history = open_pointer().history(model_name)
-    assert [h["action"] for h in history] == ["promote"], history
+    assert [h["action"] for h in history] == ["promote"], (history, outputs)
     assert open_pointer().read(model_name).artifact_id == candidate.output().id
     promotion = PromoteModel(model=model_name, candidate=candidate.output().id, tolerance=1.0)
     assert promotion.output().read_json("verdict.json")["decision"] == "promote"
