@@ -1,0 +1,252 @@
+"""caravan under the production ACL policies: the policy files Terraform applies, enforced by the doubles.
+
+Three paths, each with the token (or workload identity) production gives it, whose policies are rendered from
+``terraform/policies`` for the production environment (namespace ``caravan``):
+
+* CI's release: ``caravan publish`` of every spec with the release token (luigid mounts a read-write host volume);
+* a retraining run: ``RetrainRanker`` dispatching its steps through the Nomad double with the retrain token and
+  promoting through the Consul double with the pipeline token (keys ``caravan/production/models/``);
+* serving's template: the serving task's Consul templates rendered by the Nomad double's client with the task's
+  Consul workload identity (bound to the task role by Terraform's binding rule).
+
+Each test runs twice: with today's policies it must pass, and with the policies as they were before issue 17
+(``tests/fixtures/policies_before_issue_17``: one Nomad policy without host volumes, keys without environment,
+no task role) it must fail, and fail on a permission.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+import nomad
+from caravan.cli import main as caravan_cli
+from caravan.registry import open_pointer
+from pipelines.ranker import RetrainRanker
+
+from ..acl_policies import POLICIES, POLICIES_BEFORE_ISSUE_17, token_policies
+from ..doubles.consul import ConsulDouble
+from ..doubles.nomad import NomadDouble, hcl_to_job
+from ..servers import build
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "nomad"
+ENVIRONMENT, NAMESPACE, MODEL = "production", "caravan", "ranker"
+PRODUCTION = {"environment": ENVIRONMENT, "namespace": NAMESPACE, "model": MODEL}
+STEP_JOBS = ("simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
+             "gate-model")
+
+
+@pytest.fixture(params=[pytest.param((POLICIES, True), id="production-policies"),
+                        pytest.param((POLICIES_BEFORE_ISSUE_17, False), id="policies-before-issue-17")])
+def policies(request: pytest.FixtureRequest) -> tuple[Path, bool]:
+    """(folder of policy files, whether caravan must work under them)."""
+    return request.param
+
+
+def tokens(system: str, root: Path, *names: str) -> dict[str, str]:
+    """name -> a fresh secret; and the double's ``acl_policies`` for them."""
+    return {name: f"{system}-{name}-{uuid.uuid4()}" for name in names}
+
+
+def policies_of(system: str, root: Path, secrets: dict[str, str]) -> dict[str, list[str]]:
+    return {secret: token_policies(system, name, root=root, **PRODUCTION) for name, secret in secrets.items()}
+
+
+@pytest.fixture
+def management() -> str:
+    return f"management-{uuid.uuid4()}"
+
+
+# -- CI's release ----------------------------------------------------------------------------------------------
+
+
+def test_publish_with_the_release_token(policies, management, monkeypatch, capsys):
+    root, works = policies
+    secret = tokens("nomad", root, "release")
+    with NomadDouble(acl_token=management, acl_policies=policies_of("nomad", root, secret)) as server:
+        monkeypatch.setenv("NOMAD_ADDR", server.address)
+        monkeypatch.setenv("NOMAD_TOKEN", secret["release"])
+        monkeypatch.setenv("NOMAD_NAMESPACE", NAMESPACE)
+        monkeypatch.setenv("CARAVAN_IMAGE_REPOSITORY", "registry.example/ml/caravan")
+        code = caravan_cli(["publish", "--jobs-dir", str(SPECS), "--version", "v1.4.0"])
+        out, err = capsys.readouterr()
+        admin = nomad.Nomad(address=server.address, token=management, namespace=NAMESPACE, timeout=10)
+        registered = {job["ID"] for job in admin.jobs.get_jobs()}
+    expected = {p.name.removesuffix(".nomad.hcl") for p in SPECS.glob("*.nomad.hcl")}
+    if works:
+        assert code == 0, out + err
+        assert registered == expected
+    else:
+        assert code != 0 and "luigid" not in registered, out + err
+        assert "Permission denied" in out + err, "refused for a permission (luigid's read-write host volume)"
+
+
+# -- a retraining run --------------------------------------------------------------------------------------------
+
+DAY = dt.date(2026, 11, 22)
+SMALL = {"window_days": 1, "rows_per_day": 2000, "grid": {"learning_rate": [0.1], "num_leaves": [7]}}
+
+
+@pytest.fixture
+def cluster(policies, management, local_root, monkeypatch) -> Iterator[tuple[NomadDouble, ConsulDouble, bool]]:
+    """The step jobs in the production namespace of a Nomad double, a Consul double, and caravan configured as
+    the retrain job is in production: the retrain token for Nomad, the pipeline token for Consul."""
+    root, works = policies
+    nomad_secrets = tokens("nomad", root, "retrain")
+    consul_secrets = tokens("consul", root, "pipeline")
+    nomad_double = NomadDouble(env={"PYTHONPATH": os.environ["PYTHONPATH"]}, acl_token=management,
+                               acl_policies=policies_of("nomad", root, nomad_secrets))
+    consul_double = ConsulDouble(acl_token=management, acl_policies=policies_of("consul", root, consul_secrets),
+                                 lock_delay_s=0.0)
+    with nomad_double, consul_double:
+        for job in STEP_JOBS:
+            nomad_double.load_hcl(SPECS / f"{job}.nomad.hcl", {"namespace": NAMESPACE, "environment": ENVIRONMENT},
+                                  namespace=NAMESPACE)
+        monkeypatch.setenv("CARAVAN_JOBSPEC_DIR", str(SPECS))
+        monkeypatch.setenv("CARAVAN_EXECUTOR", "nomad")
+        monkeypatch.setenv("NOMAD_ADDR", nomad_double.address)
+        monkeypatch.setenv("NOMAD_NAMESPACE", NAMESPACE)
+        monkeypatch.setenv("NOMAD_TOKEN", nomad_secrets["retrain"])
+        monkeypatch.setenv("CARAVAN_POINTER", "consul")
+        monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_double.address)
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul_secrets["pipeline"])
+        yield nomad_double, consul_double, works
+
+
+def test_a_retraining_run_with_the_retrain_and_pipeline_tokens(cluster, management, caplog):
+    nomad_double, consul_double, works = cluster
+    retrain = RetrainRanker(date=DAY, model=MODEL, **SMALL)
+    succeeded = build([retrain], workers=1)
+    dispatched = [path for method, path in nomad_double.requests if method in ("PUT", "POST")
+                  and path.split("?")[0].endswith("/dispatch")]
+    assert dispatched, "the steps ran through Nomad"
+    assert all("namespace=caravan" in path for path in dispatched)
+    if works:
+        assert succeeded
+        assert retrain.output().read_json("run.json")["promotion"]["decision"] == "promote"
+        pointer = open_pointer().read(MODEL)
+        assert pointer.document is not None
+        keys = consul_double_keys(consul_double, management)
+        assert f"caravan/{ENVIRONMENT}/models/{MODEL}/current" in keys
+        assert all(key.startswith(f"caravan/{ENVIRONMENT}/models/") for key in keys)
+    else:
+        assert not succeeded, "the old pipeline policy cannot reach caravan/<env>/models/"
+        refusals = [r.getMessage() for r in caplog.records if "HTTP 403" in r.getMessage()]
+        assert any(f"caravan/{ENVIRONMENT}/models/{MODEL}/" in text and "lacks permission 'key:" in text
+                   for text in refusals), refusals
+        assert not consul_double_keys(consul_double, management), "nothing was promoted"
+
+
+def consul_double_keys(server: ConsulDouble, token: str) -> list[str]:
+    import consul
+
+    client = consul.Consul(host=server.host, port=server.port, token=token)
+    return list(client.kv.get("", keys=True)[1] or [])
+
+
+# -- serving's templates, with the task's Consul workload identity -----------------------------------------------
+
+
+def binding_rule_role(claims: dict[str, str]) -> bool:
+    """Whether Terraform's task binding rule (terraform/consul.tf, for the production namespace) selects a
+    workload identity with ``claims``: the selector grammar it uses (``"k" in value``, ``"k" not in value``,
+    ``value.k == "v"``, joined by ``and``), evaluated as Consul's bexpr would."""
+    options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+    tree = hcl2.loads((ROOT / "terraform" / "consul.tf").read_text(), serialization_options=options)
+    rules = [body for entry in tree["resource"] for rtype, named in entry.items()
+             if rtype == "consul_acl_binding_rule" for name, body in named.items() if name == "tasks"]
+    if not rules:
+        return False
+    selector = rules[0]["selector"].replace('\\"', '"').replace("${var.namespace}", NAMESPACE)
+    for clause in selector.split(" and "):
+        clause = clause.strip()
+        if m := re.fullmatch(r'"(\w+)" not in value', clause):
+            ok = m.group(1) not in claims
+        elif m := re.fullmatch(r'"(\w+)" in value', clause):
+            ok = m.group(1) in claims
+        elif m := re.fullmatch(r'value\.(\w+) == "([^"]*)"', clause):
+            ok = claims.get(m.group(1)) == m.group(2)
+        else:
+            raise AssertionError(f"selector clause the test cannot evaluate: {clause!r}")
+        if not ok:
+            return False
+    return True
+
+
+def serving_as_a_batch_job(server: NomadDouble) -> str:
+    """The real serving spec for production, registered with every Consul template kept (its Vault templates
+    dropped: this client has no Vault) as a batch job whose task only exits, so that the double's client (which
+    runs batch work only) renders its templates. Returns its ID."""
+    job = hcl_to_job((SPECS / "serving.nomad.hcl").read_text(), {**PRODUCTION, "release": "v1.4.0"})
+    job["Type"], job["Update"], job["ID"], job["Name"] = "batch", None, "serving-templates", "serving-templates"
+    (group,) = job["TaskGroups"]
+    group["Services"], group["Networks"], group["Update"] = None, None, None
+    (task,) = group["Tasks"]
+    consul_templates = [t for t in task["Templates"] or [] if "secret " not in (t.get("EmbeddedTmpl") or "")]
+    assert any(f"caravan/{ENVIRONMENT}/models/{MODEL}/current" in t["EmbeddedTmpl"] for t in consul_templates)
+    task["Templates"], task["Vault"] = consul_templates, None
+    task["Config"] = {"command": sys.executable, "args": ["-c", "pass"]}
+    admin = nomad.Nomad(address=server.address, token=server.acl_token, namespace=NAMESPACE, timeout=10)
+    admin.jobs.register_job({"Job": job})
+    return "serving-templates"
+
+
+def test_servings_templates_render_with_the_tasks_consul_identity(policies, management, tmp_path):
+    root, works = policies
+    pointer = json.dumps({"artifact_uri": "file:///models/ranker", "artifact_id": "TrainRanker/x"})
+    identity_secret = f"identity-{uuid.uuid4()}"
+    task_policies = token_policies("consul", "tasks", root=root, **PRODUCTION)
+    logins: list[dict[str, str]] = []
+
+    def login(job: dict[str, Any], group: dict[str, Any], task: dict[str, Any]) -> str | None:
+        """Consul's JWT login with the task's workload identity: the claims Nomad signs, Terraform's binding rule."""
+        claims = {"nomad_namespace": job["Namespace"], "nomad_job_id": job.get("ParentID") or job["ID"],
+                  "nomad_task": task["Name"]}
+        logins.append(claims)
+        return identity_secret if binding_rule_role(claims) else None
+
+    with ConsulDouble(acl_token=management, acl_policies={identity_secret: task_policies}) as consul_double:
+        import consul
+
+        consul.Consul(host=consul_double.host, port=consul_double.port, token=management).kv.put(
+            f"caravan/{ENVIRONMENT}/models/{MODEL}/current", pointer)
+        with NomadDouble(acl_token=management, consul_addr=consul_double.address, consul_identity=login,
+                         render_templates=True, env={"PYTHONPATH": os.environ["PYTHONPATH"]}) as server:
+            job_id = serving_as_a_batch_job(server)
+            admin = nomad.Nomad(address=server.address, token=management, namespace=NAMESPACE, timeout=10)
+            alloc = wait_for_terminal_alloc(admin, job_id)
+            events = [e for state in (alloc.get("TaskStates") or {}).values() for e in state.get("Events") or []]
+            rendered = server.task_dir(alloc["ID"], "serve") / "local" / "current-model.json"
+            rendered_text = rendered.read_text() if rendered.exists() else None
+    assert logins, "the serving task has a consul block, so it logs in with its identity"
+    assert logins[0]["nomad_namespace"] == NAMESPACE
+    if works:
+        assert alloc["ClientStatus"] == "complete", events
+        assert rendered_text == pointer, "the pointer reached the task through its identity's token"
+    else:
+        assert alloc["ClientStatus"] == "failed", "the task never starts without its pointer"
+        messages = " ".join(str(e.get("DisplayMessage") or e.get("Message") or "") for e in events)
+        assert "Template failed" in messages and "403" in messages, messages
+
+
+def wait_for_terminal_alloc(client: nomad.Nomad, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        allocs = client.job.get_allocations(job_id)
+        done = [a for a in allocs if a["ClientStatus"] in ("complete", "failed")]
+        if done:
+            return client.allocation.get_allocation(done[0]["ID"])
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id}: no allocation finished within {timeout_s} s")
