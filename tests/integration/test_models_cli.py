@@ -161,3 +161,57 @@ def test_a_corrupt_pointer_is_one_line_for_every_command_and_force_repairs_it(po
     assert open_pointer().read(model_name).artifact_id == b.id
     assert caravan(["models", "current", model_name]) == 0
     assert "replaced a corrupt pointer" in history(model_name, capsys)[-1]["reason"]
+
+
+def test_cli_promote_and_rollback_wait_for_the_promotion_lock(pointer_kind, model_name, models, capsys):
+    (a, b, _), _ = models
+    assert caravan(["models", "promote", model_name, a.uri]) == 0
+    capsys.readouterr()
+    with open_pointer().lock(model_name, holder="a pipeline run", timeout_s=5):
+        for command in (["promote", model_name, b.uri, "--tolerance", "1"], ["rollback", model_name]):
+            assert caravan(["models", *command, "--lock-timeout", "0.3"]) == 1
+            error = one_line_error(capsys)
+            assert "promotion lock" in error and "held" in error, error
+    assert open_pointer().read(model_name).artifact_id == a.id
+
+
+def test_rollback_decides_its_target_again_after_a_lost_race(pointer_kind, model_name, local_root, monkeypatch):
+    """Someone else promotes D between the rollback's read and its check-and-set: it rolls back D, to C."""
+    import caravan.registry as registry
+
+    data = make_dataset(local_root, "d", SIGNAL)
+    a, b, c, d = (make_model(local_root, data, list(SIGNAL), name=n, iterations=i)
+                  for n, i in (("a", 20), ("b", 21), ("c", 22), ("d", 23)))
+    for model in (a, b, c):
+        assert caravan(["models", "promote", model_name, model.uri, "--tolerance", "1"]) == 0
+    real_open = registry.open_pointer
+
+    class RacedOnce:
+        """The CLI's pointer: its first check-and-set comes just after another writer's promotion of D."""
+
+        def __init__(self) -> None:
+            self.inner = real_open()
+            self.raced = False
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def compare_and_set(self, model: str, document: dict, expected_version: int):
+            if not self.raced:
+                self.raced = True
+                other = real_open()
+                other.set_if(model, {"artifact_id": d.id, "artifact_uri": d.uri, "action": "promote"},
+                             other.read(model))
+            return self.inner.compare_and_set(model, document, expected_version)
+
+        def set_if(self, model, document, state):  # ModelPointer.set_if calls compare_and_set on self
+            return type(self.inner).set_if(self, model, document, state)
+
+        def change(self, model, decide, attempts=10):
+            return type(self.inner).change(self, model, decide, attempts)
+
+    monkeypatch.setattr(registry, "open_pointer", RacedOnce)
+    assert caravan(["models", "rollback", model_name]) == 0
+    current = real_open().read(model_name)
+    assert current.artifact_id == c.id, "the target was decided again against D, not applied stale (B)"
+    assert current.document["previous_artifact_id"] == d.id
