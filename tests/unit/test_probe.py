@@ -124,17 +124,27 @@ def test_the_probe_process_gets_no_secrets(probe, monkeypatch, good_text):
 
 
 def test_a_check_that_hangs_is_ended_by_its_timer():
-    """The forked child's interval timer ends a load that never returns (LightGBM cannot be made to hang on
-    purpose, so a stand-in loader sleeps); the warm process answers for it."""
+    """A check's interval timer ends a load that never returns (LightGBM cannot be made to hang on purpose, so
+    a stand-in loader sleeps, in a child forked here), and the warm process reports it as a timeout."""
+    import signal
     import time
 
-    from caravan.serving.probe import _check_in_a_fork
+    from caravan.serving.probe import _outcome, _timed_check
 
     started = time.monotonic()
-    answer = _check_in_a_fork({"artifact_id": "x", "uri": "u", "model": "", "schema": {}, "timeout_s": 0.3},
-                              lambda files: time.sleep(30))
-    assert answer == {"ok": False, "timed_out": True}
-    assert time.monotonic() - started < 5
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _timed_check({"artifact_id": "x", "uri": "u", "model": "", "schema": {}, "timeout_s": 0.3},
+                         lambda files: time.sleep(30))
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code == -signal.SIGALRM and time.monotonic() - started < 10
+    assert _outcome(code, []) == {"ok": False, "timed_out": True}
+    assert _outcome(-signal.SIGSEGV, ["[LightGBM] [Warning] x", ""])["reason"] == \
+        "killed the probe process (SIGSEGV): [LightGBM] [Warning] x"
 
 
 def test_a_dead_warm_process_is_replaced_at_the_next_check(good_text):

@@ -5,23 +5,26 @@ whole process (``terminate called``, SIGABRT/SIGSEGV), which no ``try`` catches.
 nobody has loaded before is loaded and scored on its stored sample in a disposable process first;
 only a model that survives there is loaded where it matters (the server, the gate, the CLI).
 
-:class:`Probe` keeps one warm process (Python, NumPy and LightGBM imported) that forks a fresh child
-for every check: the child loads and scores the model and exits; a model that kills it kills only
-that child, and the warm process reports the signal and the child's last words. So a crash costs no
-restart, and no model leaves anything behind for the next one. A check that runs longer than its
-timeout is ended by an interval timer in the child. Should the warm process itself die, the next
-check starts another. :func:`check_model` is the one-shot form for the CLI and the gate.
+:class:`Probe` keeps one warm process (Python, NumPy and LightGBM imported) with one child forked
+from it, waiting: the child takes the next request, loads and scores the model, answers and exits,
+and the warm process forks the next one. So every model is loaded in a fresh process that costs no
+start-up on the check's path, a model that aborts kills only its child (the warm process reports
+the signal and the child's last words, and nothing needs restarting), and no model leaves anything
+behind for the next. A check that runs past its timeout is ended by an interval timer in its child.
+Should the warm process itself die, the next check starts another. :func:`check_model` is the
+one-shot form for the CLI and the gate.
 
 The parent reads the artifact (it has the store's credentials) and sends the bytes; the probe never
 touches a store and gets no secrets in its environment. Messages are JSON lines on the warm
-process's stdin and on a copy of its stdout; anything else it prints goes to stderr, of which the
-parent keeps the last lines.
+process's stdin and on a copy of its stdout; anything else printed goes to stderr or, in a child,
+to a file the warm process quotes from when the child dies.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -82,7 +85,7 @@ def artifact_from_uri(uri: str, artifact_id: str | None = None) -> Artifact:
 
 
 class Probe:
-    """A warm process that checks each model in a child of its own, so that a crash kills only that child.
+    """A warm process that checks each model in a child forked for it, so that a crash kills only that child.
 
     Thread-safe (one check at a time). ``start()`` spawns the warm process ahead of the first check; if it
     dies (or a check outlives its timeout even so), it is replaced at once so the next check finds one warm.
@@ -218,11 +221,14 @@ class Probe:
         except (BrokenPipeError, ConnectionResetError, ValueError):
             raise _ChildDied() from None
         while True:
-            answer = self._read_line(proc, deadline)
-            message = json.loads(answer)
-            if message.get("id") == request["id"]:
+            line = self._read_line(proc, deadline)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # the part of an answer a dying child wrote, or an empty line before the warm process's
+            # Its own id, or none: the warm process answering for a child that died (one request out at a time).
+            if message.get("id") in (request["id"], None):
                 return dict(message)
-            # an answer to an earlier request that timed out cannot arrive (that child was killed); skip anything else
 
     def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> bytes:
         assert proc.stdout is not None
@@ -297,57 +303,85 @@ def check_model(uri: str, *, timeout_s: float = 60.0, artifact_id: str | None = 
 # -- the warm process and its children -----------------------------------------------------------------------
 
 def _child() -> int:
-    """The warm process: for each request line, fork a child to check the model; answer one JSON line each."""
-    answers = os.fdopen(os.dup(1), "wb")
+    """The warm process: keep one forked child waiting for the next request; report how each child ended.
+
+    The child is forked *before* its request arrives, so a check costs no fork on its path: the waiting
+    child reads the request from stdin, loads and scores the model, writes its answer and exits. When a
+    child is killed instead, the warm process writes the answer for it (the parent has one request out at a
+    time, so that answer needs no id). Then it forks the next child.
+    """
+    answers = os.dup(1)
     os.dup2(2, 1)  # anything else printed (LightGBM's log) goes to stderr, never into the answers
     sys.stdout = sys.stderr
     import lightgbm  # noqa: F401  # once, here, so that every forked check starts warm
 
     from .model import build_model
 
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        answer = _check_in_a_fork(request, build_model)
-        answer["id"] = request.get("id")
-        answers.write(json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode() + b"\n")
-        answers.flush()
+    # Every object so far is shared with each child: keep the collector away from them, so that a child does
+    # not copy the pages it would otherwise walk (copy-on-write is what a check pays for its fresh process).
+    gc.collect()
+    gc.freeze()
+    while True:
+        with tempfile.TemporaryFile() as said:
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into this loop
+                code = 0
+                try:
+                    os.dup2(said.fileno(), 1)  # its last words, for the warm process to quote
+                    os.dup2(said.fileno(), 2)
+                    code = _serve_one(answers, build_model)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code == _NO_MORE_REQUESTS:
+                return 0
+            if code != 0:
+                said.seek(0)
+                outcome = _outcome(code, said.read()[-4000:].decode("utf-8", "replace").splitlines())
+                # A newline first: it ends whatever part of an answer the child may have written as it died.
+                os.write(answers, b"\n" + json.dumps(outcome, ensure_ascii=True).encode() + b"\n")
+
+
+_NO_MORE_REQUESTS = 3  # a child's exit code: stdin closed, the parent is done
+
+
+def _serve_one(answers: int, build: Any) -> int:
+    """In a forked child: read one request line from stdin, check it under a timer, write the answer."""
+    chunks = []
+    while True:  # the parent sends one line and waits for its answer, so no read takes the next request's bytes
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            return _NO_MORE_REQUESTS
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    request = json.loads(b"".join(chunks))
+    answer = _timed_check(request, build)
+    answer["id"] = request.get("id")
+    data = json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+    while data:
+        data = data[os.write(answers, data):]
     return 0
 
 
-def _check_in_a_fork(request: dict[str, Any], build: Any) -> dict[str, Any]:
-    """Load and score one model in a forked child; what it said, or how it died."""
-    timeout_s = float(request.get("timeout_s") or 60.0)
-    with tempfile.TemporaryFile() as said:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the warm process's loop
-            code = 0
-            try:
-                os.close(read_end)
-                os.dup2(said.fileno(), 1)
-                os.dup2(said.fileno(), 2)
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM ends a check that hangs
-                answer = _check(request, build)
-                data = json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode()
-                with os.fdopen(write_end, "wb") as out:
-                    out.write(data)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as answer_pipe:
-            data = answer_pipe.read()  # to EOF, before waiting: a large answer must not block the child
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if data and code == 0:
-            return dict(json.loads(data))
-        said.seek(0)
-        lines = said.read()[-4000:].decode("utf-8", "replace").splitlines()
+def _timed_check(request: dict[str, Any], build: Any) -> dict[str, Any]:
+    """The check, with an interval timer that kills this process (SIGALRM) if it runs past its timeout."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout_s") or 60.0))
+    try:
+        return _check(request, build)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _outcome(code: int, said: list[str]) -> dict[str, Any]:
+    """The answer for a child that ended without giving one."""
     if code == -signal.SIGALRM:
         return {"ok": False, "timed_out": True}
-    return {"ok": False, "crashed": True, "reason": _died(code, lines)}
+    return {"ok": False, "crashed": True, "reason": _died(code, said)}
 
 
 def _check(request: dict[str, Any], build: Any) -> dict[str, Any]:
