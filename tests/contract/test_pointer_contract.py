@@ -249,7 +249,7 @@ def test_a_consul_lock_whose_session_dies_is_freed_and_reported(model_name, cons
 
 
 def test_a_failed_lock_release_never_hides_the_error_of_the_block(model_name, consul_address, monkeypatch):
-    from caravan.registry.consul import ConsulPointer, _client
+    from caravan.registry.consul import ConsulPointer
 
     from ..servers import free_port
 
@@ -257,7 +257,8 @@ def test_a_failed_lock_release_never_hides_the_error_of_the_block(model_name, co
     pointer = ConsulPointer(token="")
     with pytest.raises(ZeroDivisionError):
         with pointer.lock(model_name, holder="run-1", timeout_s=5):
-            pointer.client = _client(f"http://127.0.0.1:{free_port()}", "")  # Consul is gone for the release
+            gone = ConsulPointer(address=f"http://127.0.0.1:{free_port()}", token="")
+            pointer.client = gone.client  # Consul is gone by the time the lock is released
             raise ZeroDivisionError("the decision failed")
 
 
