@@ -85,14 +85,21 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse_dockerfile(text: str) -> list[Stage]:
+    """The stages, each FROM's image with the ARGs declared before the first FROM substituted (as Docker does:
+    only those are in scope for FROM)."""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     for number, line in logical_lines(text):
         keyword, _, args = line.partition(" ")
         instruction = Instruction(keyword.upper(), args.strip(), number)
-        if instruction.keyword == "FROM":
+        if instruction.keyword == "ARG" and not stages:
+            global_args.update(env_pairs(instruction.args))
+        elif instruction.keyword == "FROM":
             words = instruction.flags_and_words()[1]
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name))
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args.get(m.group(1) or m.group(2), m.group(0)),
+                          words[0])
+            stages.append(Stage(base, name))
         else:
             assert stages, f"line {number}: {keyword} before any FROM"
             stages[-1].instructions.append(instruction)
@@ -123,8 +130,12 @@ def problems(text: str) -> list[str]:
     if not re.fullmatch(r"python:3\.11-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", final.base):
         found.append(f"final stage base {final.base!r} is not python:3.11-slim*")
     for stage in stages:
-        if ":" not in stage.base.split("/")[-1] or stage.base.endswith(":latest"):
+        if stage.base in {other.name for other in stages}:
+            continue  # FROM an earlier stage
+        if ":" not in stage.base.split("/")[-1].split("@")[0] or stage.base.split("@")[0].endswith(":latest"):
             found.append(f"base image {stage.base!r} is not pinned to a version")
+        if not re.search(r"@sha256:[0-9a-f]{64}$", stage.base):
+            found.append(f"base image {stage.base!r} is not pinned by digest (a tag moves; the build must not)")
         for i in stage.instructions:
             if i.keyword == "ADD" and re.search(r"(https?|ftp)://|git@", i.args):
                 found.append(f"line {i.line}: ADD of a URL (download in a RUN with a checksum, or COPY)")
@@ -204,6 +215,7 @@ USER caravan
 
 @pytest.mark.parametrize("expected", [
     "final stage base 'python:3.12-slim'", "base image 'python:latest' is not pinned", "ARG GITLAB_TOKEN looks like",
+    "base image 'python:3.12-slim' is not pinned by digest",
     "pip without --no-cache-dir", "pip installs test extras", "ENV AWS_SECRET_ACCESS_KEY looks like",
     "TOKEN_HINT holds a credential-looking value", "ADD of a URL", "without --no-install-recommends",
     "without apt-get update", "without removing /var/lib/apt/lists", "piped into a shell", "numeric uid",
@@ -213,8 +225,11 @@ def test_the_checker_finds_each_problem_of_a_bad_dockerfile(expected):
     assert any(expected in problem for problem in problems(BAD)), problems(BAD)
 
 
+DIGEST = "sha256:" + "0" * 64
+
+
 def test_root_by_number_or_no_user_is_rejected():
-    base = "FROM python:3.11-slim\nWORKDIR /app\nENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1\n"
+    base = f"FROM python:3.11-slim@{DIGEST}\nWORKDIR /app\nENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1\n"
     assert problems(base + "USER 10001\n") == []
     assert problems(base + "USER 0:0\n") == ["USER 0 is root"]
     assert problems(base) == ["the final stage runs as root (no USER)"]
@@ -414,3 +429,107 @@ def test_nomads_command_replaces_cmd_and_the_venv_comes_first_on_path():
     venv = re.search(r"python -m venv (\S+)", " ".join(i.args for i in runtime.all("RUN")))
     assert venv, "the runtime installs into a virtualenv"
     assert runtime.env()["PATH"].split(":")[0] == f"{venv.group(1)}/bin", "python and the console scripts"
+
+
+# -- reproducible: the base pinned by digest, every package by version and hash ----------------------------
+
+REQUIREMENTS = ROOT / "requirements"
+LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+
+
+def lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A pip-compile --generate-hashes file: normalized name -> (version, its sha256 hashes)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        match = LOCK_LINE.match(line)
+        if match:
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            found[name] = (match.group(2).rstrip(" \\"), [])
+        elif name and line.strip().startswith("--hash=sha256:"):
+            found[name][1].append(line.strip().removeprefix("--hash=sha256:").rstrip(" \\"))
+        elif line and not line.startswith((" ", "#")):
+            raise AssertionError(f"{path.name}: {line!r} is not a pinned requirement")
+    return found
+
+
+def install_requires() -> set[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ \[;]", r.strip())[0]).lower()
+            for r in cfg["options"]["install_requires"].split("\n") if r.strip()}
+
+
+def test_a_stage_from_a_global_arg_gets_its_value_like_docker_does():
+    (stage,) = parse_dockerfile(f"ARG BASE=python:3.11-slim@{DIGEST}\nFROM ${{BASE}} AS x\nRUN true\n")
+    assert (stage.base, stage.name) == (f"python:3.11-slim@{DIGEST}", "x")
+    assert any("not pinned by digest" in p for p in problems("FROM python:3.11-slim\nUSER 1\nWORKDIR /a\n"))
+
+
+def test_every_stage_of_the_image_starts_from_the_official_base_pinned_by_digest():
+    bases = {stage.base for stage in stages()}
+    assert len(bases) == 1, "build and runtime from the same base: the wheels built fit the runtime's Python"
+    (base,) = bases
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+    # Where the digest comes from is written next to it (docker-library's record of the official images).
+    assert "github.com/docker-library/repo-info/" in dockerfile()
+
+
+def test_the_build_installs_only_locked_hashed_packages_and_never_an_unpinned_build_backend():
+    build = stages()[0]
+    runs = [i.args for i in build.all("RUN") if re.search(r"\bpip (install|wheel)\b", i.args)]
+    assert any("--require-hashes -r requirements/build.txt" in r for r in runs), runs
+    assert any("--require-hashes" in r and "-r requirements/runtime.txt" in r for r in runs), runs
+    for run in runs:
+        if "pip wheel" in run:
+            # Without isolation a build uses the locked setuptools instead of fetching whatever is newest.
+            assert "--no-build-isolation" in run, run
+            assert "--require-hashes" in run or "--no-deps" in run, f"a wheel build that resolves freely: {run}"
+    copies = [i.flags_and_words()[1] for i in build.all("COPY")]
+    assert ["requirements/", "requirements/"] in copies
+
+
+@pytest.mark.parametrize("name", ["runtime.txt", "build.txt", "test.txt"])
+def test_every_locked_package_is_pinned_with_a_hash(name):
+    pinned = lock(REQUIREMENTS / name)
+    assert pinned
+    for package, (version, hashes) in pinned.items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"{package}=={version}"
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), package
+
+
+def test_the_locks_cover_the_dependencies_and_agree_with_each_other():
+    runtime, build, tested = (lock(REQUIREMENTS / n) for n in ("runtime.txt", "build.txt", "test.txt"))
+    assert install_requires() <= set(runtime), sorted(install_requires() - set(runtime))
+    assert {"setuptools", "wheel"} <= set(build)
+    # CI tests exactly what the image runs: every runtime pin is the tested one.
+    assert {p: v for p, (v, _) in runtime.items()} == {p: tested[p][0] for p in runtime if p in tested}
+    assert set(runtime) <= set(tested)
+
+
+def test_ci_installs_the_locked_dependencies_before_anything_else():
+    import yaml
+
+    ci = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    before = ci[".python"]["before_script"]
+    installs = [i for i, line in enumerate(before) if "pip install" in line]
+    assert installs and "--require-hashes -r requirements/test.txt" in before[installs[0]], before
+    assert ci["cache"]["key"]["files"] == ["requirements/test.txt"]
+    for name, job in ci.items():
+        lines = [str(line) for key in ("before_script", "script") for line in (job.get(key) or [])] \
+            if isinstance(job, dict) else []
+        for line in lines:
+            # Nothing upgrades past the lock; the project itself goes in on top of it.
+            assert not re.search(r"pip install.*(--upgrade|\s-U\b)", line), f"{name}: {line}"
+        if job_extends_python(ci, name):
+            assert not [line for line in lines if re.search(r"pip install[^\n]*-r (?!requirements/)", line)], name
+
+
+def job_extends_python(ci: dict[str, Any], name: str) -> bool:
+    job = ci.get(name)
+    while isinstance(job, dict):
+        parent = job.get("extends")
+        if parent == ".python":
+            return True
+        job = ci.get(parent) if isinstance(parent, str) else None
+    return False
