@@ -17,6 +17,12 @@ for _name in list(os.environ):
         continue
     if _name.startswith(("NOMAD_", "CONSUL_", "VAULT_", "BAO_", "CARAVAN_", "AWS_")) or _name == "HADOOP_USER_NAME":
         del os.environ[_name]
+# Real agents with ACLs on (CI's integration job, .ci/acl_bootstrap.py): every client of the run, caravan's and
+# the tests' own, holds the production token caravan holds (python-nomad and py-consul read these variables).
+for _test_name, _name in (("CARAVAN_TEST_NOMAD_TOKEN", "NOMAD_TOKEN"),
+                          ("CARAVAN_TEST_CONSUL_TOKEN", "CONSUL_HTTP_TOKEN")):
+    if os.environ.get(_test_name):
+        os.environ[_name] = os.environ[_test_name]
 
 from caravan import config, secrets  # noqa: E402
 from caravan.artifacts import completion_index  # noqa: E402

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -90,19 +91,111 @@ def test_the_checks_before_a_release_are_all_there():
     assert {"lint", "test", "integration", "build-image", "terraform", "hadolint"} <= set(all_jobs)
     assert "make lint typecheck" in script_lines(all_jobs["lint"])
     assert "make test" in script_lines(all_jobs["test"])
-    assert ".venv/bin/pytest tests/contract" in script_lines(all_jobs["integration"])
     # The contract's steps run under raw_exec with the job's own Python: Nomad must run in the job's container.
     integration = all_jobs["integration"]
     assert not any("nomad" in str(service) for service in integration.get("services", []))
     assert integration["variables"]["CARAVAN_TEST_NOMAD_ADDR"] == "http://127.0.0.1:4646"
     (agent,) = [line for line in script_lines(integration) if line.startswith("nomad agent -dev")]
-    assert "-config=/tmp/raw_exec.hcl" in agent
+    assert "-config=/tmp/agent.hcl" in agent
     assert any('plugin "raw_exec"' in line and "enabled = true" in line for line in script_lines(integration))
     terraform = " ".join(script_lines(all_jobs["terraform"]))
     assert "fmt -check" in terraform and "validate" in terraform
     pushed = script_lines(all_jobs["build-image"])
     assert any(re.search(r'docker push "\$IMAGE:\$CI_COMMIT_TAG"', line) for line in pushed)
 
+
+
+def test_the_integration_job_runs_the_suites_with_production_tokens_on_agents_with_acls():
+    """ACLs on in both agents, bootstrapped, the Terraform policies applied, and the contract suites run with the
+    tokens caravan holds in production (and nothing else); then the production-ACL tests."""
+    integration = jobs()["integration"]
+    lines = script_lines(integration)
+    (config,) = [line for line in lines if "> /tmp/agent.hcl" in line]
+    assert re.search(r"acl \{\\n\s*enabled = true\\n\}", config), config
+    consul = json.loads(integration["variables"]["CONSUL_LOCAL_CONFIG"])
+    assert consul["acl"]["enabled"] is True and consul["acl"]["default_policy"] == "deny"
+    assert any("hashicorp/consul" in str(service) for service in integration["services"])
+    (bootstrap,) = [i for i, line in enumerate(lines) if ".ci/acl_bootstrap.py" in line]
+    assert '--nomad "$CARAVAN_TEST_NOMAD_ADDR"' in lines[bootstrap] and '--consul "$CARAVAN_TEST_CONSUL_ADDR"' in \
+        lines[bootstrap]
+    (out,) = re.findall(r"--out (\S+)", lines[bootstrap])
+    leader = max(i for i, line in enumerate(lines) if "/v1/status/leader" in line)
+    contract = lines.index(f"(set -a; . {out}; exec .venv/bin/pytest tests/contract)")
+    acl_tests = lines.index(".venv/bin/pytest tests/integration/test_acl_production.py tests/unit/test_acl_doubles.py")
+    assert leader < bootstrap < contract < acl_tests
+    assert (ROOT / "tests/integration/test_acl_production.py").is_file()
+    conftest = (ROOT / "tests/conftest.py").read_text()
+    assert '("CARAVAN_TEST_NOMAD_TOKEN", "NOMAD_TOKEN")' in conftest
+    assert '("CARAVAN_TEST_CONSUL_TOKEN", "CONSUL_HTTP_TOKEN")' in conftest
+
+
+@contextlib.contextmanager
+def acl_agents() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
+    """A stand-in for both agents' ACL endpoints: records (method, path, JSON body, token) and answers as
+    Nomad and Consul do (bootstrap and token creation give a SecretID)."""
+    seen: list[tuple[str, str, Any, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            token = self.headers.get("X-Nomad-Token") or self.headers.get("X-Consul-Token") or ""
+            seen.append((self.command, self.path, body, token))
+            reply: dict[str, Any] = {}
+            if self.path.endswith(("/acl/bootstrap", "/acl/token")):
+                reply = {"SecretID": f"secret-{len(seen)}-{self.path.split('/')[1]}", "AccessorID": "a"}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_PUT = do_POST = answer  # noqa: N815 - the stdlib's naming
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_acl_bootstrap_applies_terraforms_policies_and_hands_out_only_caravans_tokens(tmp_path, capsys):
+    from tests.acl_policies import load_policies
+
+    spec = importlib.util.spec_from_file_location("acl_bootstrap", ROOT / ".ci" / "acl_bootstrap.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "acl.env"
+    with acl_agents() as (address, seen):
+        assert module.main(["--nomad", address, "--consul", address, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    values = {"environment": "dev", "namespace": "default", "model": "ranker"}
+    nomad_policies = {body["Name"]: body["Rules"] for _, path, body, _ in seen if path.startswith("/v1/acl/policy/")}
+    assert nomad_policies == {f"caravan-dev-{kind}": rules for kind, rules in load_policies("nomad", **values).items()}
+    consul_policies = {body["Name"]: body["Rules"] for _, path, body, _ in seen if path == "/v1/acl/policy"}
+    assert set(consul_policies.values()) == set(load_policies("consul", **values).values())
+    (management_nomad, management_consul) = [f"secret-{i + 1}-v1" for i, (_, path, _, _) in enumerate(seen)
+                                             if path == "/v1/acl/bootstrap"]
+    assert all(token in (management_nomad, management_consul) for _, path, _, token in seen
+               if path != "/v1/acl/bootstrap"), "set-up calls use the management tokens"
+    nomad_token = [body for _, path, body, _ in seen if path == "/v1/acl/token" and "Policies" in body
+                   and isinstance(body["Policies"][0], str)]
+    assert [sorted(b["Policies"]) for b in nomad_token] == [["caravan-dev-release", "caravan-dev-retrain"]]
+    consul_token = [body for _, path, body, _ in seen if path == "/v1/acl/token" and body not in nomad_token]
+    assert [b["Policies"] for b in consul_token] == [[{"Name": "caravan-dev-pipeline"}]]
+    written = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert set(written) == {"CARAVAN_TEST_NOMAD_TOKEN", "CARAVAN_TEST_CONSUL_TOKEN"}
+    assert management_nomad not in written.values() and management_consul not in written.values()
+    assert out.stat().st_mode & 0o777 == 0o600
+    for secret in [*written.values(), management_nomad, management_consul]:
+        assert secret not in printed, "no token is printed"
 
 
 def test_the_python_jobs_install_exactly_the_readmes_debian_prerequisites():
