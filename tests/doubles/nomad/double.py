@@ -16,6 +16,8 @@ subprocess, whatever the driver, so that pipelines run end to end through HTTP:
 * a client that honours restart and reschedule policies, writes ``alloc/logs/<task>.std{out,err}.0``,
   and kills with SIGTERM then SIGKILL after the kill timeout.
 * job ids with ``/`` work raw and ``%2F``-escaped; errors are ``text/plain``; a wrong method is 405.
+* ACLs (``acl``): a management token and tokens with policies; each endpoint checks the namespace capability
+  Nomad checks, register checks every host volume's mount capability.
 
 The client runs batch and sysbatch work only: service and system jobs stay unplaced (a blocked eval with
 "missing drivers"), so a registered serving spec never starts a server. Faults (:meth:`NomadDouble.inject`)
@@ -95,8 +97,12 @@ class NomadDouble(ACLEnforcer, Routes, Reads, JobEndpoint, PlanEndpoint, Schedul
                  inherit_env: bool = True, nodes: list[dict[str, Any]] | None = None,
                  gc_threshold_s: float = 4 * 3600, dispatch_idempotency: str = "1.11.2",
                  dispatch_race_window_s: float = 0.0) -> None:
-        """``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a ``vault``
-        block; ``consul_addr``/``consul_token``: the client's Consul. ``render_templates`` defaults to whether
+        """``acl_token``: a management token (ACLs on); ``acl_policies``: ``{SecretID: [policy HCL, ...]}``, tokens
+        whose policies the server enforces as :mod:`.acl` describes (ACLs on as well; no token is anonymous, with
+        no policy). ``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a
+        ``vault`` block; ``consul_addr``/``consul_token``: the client's Consul and its own token.
+        ``consul_identity(job, group, task)``: the Consul token a task with a ``consul`` block gets for its
+        templates by logging in with its workload identity (None: no binding rule matched). ``render_templates`` defaults to whether
         either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
         that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
         as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``.
