@@ -102,8 +102,8 @@ class NomadDouble(ACLEnforcer, Routes, Reads, JobEndpoint, PlanEndpoint, Schedul
         no policy). ``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a
         ``vault`` block; ``consul_addr``/``consul_token``: the client's Consul and its own token.
         ``consul_identity(job, group, task)``: the Consul token a task with a ``consul`` block gets for its
-        templates by logging in with its workload identity (None: no binding rule matched). ``render_templates`` defaults to whether
-        either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
+        templates by logging in with its workload identity (None: no binding rule matched).
+        ``render_templates`` defaults to whether either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
         that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
         as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``.
 
