@@ -97,15 +97,16 @@ class NomadDouble(ACLEnforcer, Routes, Reads, JobEndpoint, PlanEndpoint, Schedul
                  inherit_env: bool = True, nodes: list[dict[str, Any]] | None = None,
                  gc_threshold_s: float = 4 * 3600, dispatch_idempotency: str = "1.11.2",
                  dispatch_race_window_s: float = 0.0) -> None:
-        """``acl_token``: a management token (ACLs on); ``acl_policies``: ``{SecretID: [policy HCL, ...]}``, tokens
-        whose policies the server enforces as :mod:`.acl` describes (ACLs on as well; no token is anonymous, with
-        no policy). ``vault_addr``/``vault_token``: the client's Vault and the token it hands every task with a
-        ``vault`` block; ``consul_addr``/``consul_token``: the client's Consul and its own token.
-        ``consul_identity(job, group, task)``: the Consul token a task with a ``consul`` block gets for its
-        templates by logging in with its workload identity (None: no binding rule matched).
-        ``render_templates`` defaults to whether either is given. ``inherit_env``: tasks start from this process's environment (convenient for tests
-        that configure steps through it); False gives them only ``PATH``/locale, ``env`` and what Nomad sets,
-        as a Docker task gets, so nothing reaches a step but its spec, its templates and ``env``.
+        """``acl_token``: a management token (ACLs on); ``acl_policies``: ``{SecretID: [policy HCL, ...]}``,
+        tokens whose policies the server enforces as :mod:`.acl` describes (ACLs on as well; no token is
+        anonymous, with no policy). ``vault_addr``/``vault_token``: the client's Vault and the token it hands
+        every task with a ``vault`` block; ``consul_addr``/``consul_token``: the client's Consul and its own
+        token. ``consul_identity(job, group, task)``: the Consul token a task with a ``consul`` block gets for
+        its templates by logging in with its workload identity (None: no binding rule matched).
+        ``render_templates`` defaults to whether either is given. ``inherit_env``: tasks start from this
+        process's environment (convenient for tests that configure steps through it); False gives them only
+        ``PATH``/locale, ``env`` and what Nomad sets, as a Docker task gets, so nothing reaches a step but its
+        spec, its templates and ``env``.
 
         The cluster: ``nodes`` (see :func:`.nodes.make_nodes`; default one node large enough for any test
         that does not ask for limits), ``gc_threshold_s`` (``job_gc_threshold``, used by :meth:`gc`),
