@@ -15,6 +15,7 @@ The double answers the HTTP API the way a Consul 1.22 agent (CE, one server, ``d
 * Blocking queries (``?index=&wait=``) on every read, woken by a condition variable.
 * Sessions: create, destroy, renew, info, list, node; TTL expiry after TTL x 2; ``release``/``delete``
   behaviours; lock-delay after invalidation.
+* Services: ``/v1/health/service/:service`` over instances a test registers (``consul_catalog``).
 * ACLs: with ``acl_token`` or ``acl_policies`` set the default policy is deny; ``acl_token`` is a management
   token and each ``acl_policies`` token has its policies' rules, enforced as ``consul_acl`` describes (keys,
   sessions; reads filtered per key and per session node).
@@ -42,6 +43,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ._http import blocking_query, go_json, index_headers, shutdown
 from .consul_acl import Authorizer, authorizers
+from .consul_catalog import CatalogMixin, Instance
 
 DATACENTER = "dc1"
 NODE_NAME = "consul-double"
@@ -210,7 +212,7 @@ def _parse_uint(text: str) -> int:
 
 
 @final  # so that __enter__ can promise exactly this type
-class ConsulDouble:
+class ConsulDouble(CatalogMixin):
     """A Consul agent's KV and session API on a loopback port, for tests that drive ``py-consul``.
 
     ``acl_token``: when set, ACLs are on with default policy deny and this is a management token; requests
@@ -241,6 +243,8 @@ class ConsulDouble:
         self._kv: dict[str, _Entry] = {}
         self._tombstones: dict[str, int] = {}
         self._sessions: dict[str, _Session] = {}
+        self._services: dict[str, Instance] = {}  # consul_catalog: service ID -> instance
+        self._services_index = 0
         self._lock_delays: dict[str, float] = {}  # key -> time.monotonic() until which acquire fails
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -414,6 +418,17 @@ class ConsulDouble:
             self._allow(q, "GET")
             self._parse_read_options(q)
             return self._blocking_read(q, lambda: self._session_list(q))
+        if path.startswith("/v1/health/service/"):
+            self._allow(q, "GET")
+            self._parse_read_options(q)
+            self._check_dc(q)
+            name = path[len("/v1/health/service/"):]
+
+            def health() -> _Read:
+                index, body, extra = self._health_service(q, name)
+                return _Read(index, 200, body, headers=extra)
+
+            return self._blocking_read(q, health)
         if path == "/v1/status/leader":
             self._allow(q, "GET")
             return _Response(200, go_json(SERVER_ADDRESS), {"Content-Type": "application/json"})

@@ -159,19 +159,22 @@ def consul_double_keys(server: ConsulDouble, token: str) -> list[str]:
 # -- serving's templates, with the task's Consul workload identity -----------------------------------------------
 
 
-def binding_rule_role(claims: dict[str, str]) -> bool:
-    """Whether Terraform's task binding rule (terraform/consul.tf, for the production namespace) selects a
-    workload identity with ``claims``: the selector grammar it uses (``"k" in value``, ``"k" not in value``,
-    ``value.k == "v"``, joined by ``and``), evaluated as Consul's bexpr would."""
+def task_binding_selector() -> str | None:
+    """The selector of Terraform's task binding rule (terraform/consul.tf), for the production namespace."""
     options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
     tree = hcl2.loads((ROOT / "terraform" / "consul.tf").read_text(), serialization_options=options)
     rules = [body for entry in tree["resource"] for rtype, named in entry.items()
              if rtype == "consul_acl_binding_rule" for name, body in named.items() if name == "tasks"]
-    if not rules:
+    return rules[0]["selector"].replace('\\"', '"').replace("${var.namespace}", NAMESPACE) if rules else None
+
+
+def selects(selector: str | None, claims: dict[str, str]) -> bool:
+    """Whether a binding rule's selector selects a workload identity with ``claims``: the grammar Terraform's
+    rules use (``"k" in value``, ``"k" not in value``, ``value.k == "v"``, joined by ``and``), evaluated as
+    Consul's bexpr would. An unknown clause selects nothing (and is named by the test that parsed it)."""
+    if selector is None:
         return False
-    selector = rules[0]["selector"].replace('\\"', '"').replace("${var.namespace}", NAMESPACE)
-    for clause in selector.split(" and "):
-        clause = clause.strip()
+    for clause in (c.strip() for c in selector.split(" and ")):
         if m := re.fullmatch(r'"(\w+)" not in value', clause):
             ok = m.group(1) not in claims
         elif m := re.fullmatch(r'"(\w+)" in value', clause):
@@ -179,59 +182,73 @@ def binding_rule_role(claims: dict[str, str]) -> bool:
         elif m := re.fullmatch(r'value\.(\w+) == "([^"]*)"', clause):
             ok = claims.get(m.group(1)) == m.group(2)
         else:
-            raise AssertionError(f"selector clause the test cannot evaluate: {clause!r}")
+            return False
         if not ok:
             return False
     return True
 
 
-def serving_as_a_batch_job(server: NomadDouble) -> str:
-    """The real serving spec for production, registered with every Consul template kept (its Vault templates
-    dropped: this client has no Vault) as a batch job whose task only exits, so that the double's client (which
+def test_the_binding_rule_selects_this_namespaces_tasks_only():
+    selector = task_binding_selector()
+    task = {"nomad_namespace": NAMESPACE, "nomad_job_id": "serving", "nomad_task": "serve"}
+    assert selects(selector, task)
+    assert not selects(selector, {**task, "nomad_namespace": "caravan-staging"})
+    assert not selects(selector, {**task, "nomad_service": "caravan-production-ranker"})
+
+
+def as_batch_job(server: NomadDouble, spec: str, config: dict[str, Any]) -> str:
+    """The real ``spec`` for production, registered with every Consul template kept (its Vault templates
+    dropped: this client has no Vault) as a batch job running ``config``, so that the double's client (which
     runs batch work only) renders its templates. Returns its ID."""
-    job = hcl_to_job((SPECS / "serving.nomad.hcl").read_text(), {**PRODUCTION, "release": "v1.4.0"})
-    job["Type"], job["Update"], job["ID"], job["Name"] = "batch", None, "serving-templates", "serving-templates"
+    job = hcl_to_job((SPECS / f"{spec}.nomad.hcl").read_text(), {**PRODUCTION, "release": "v1.4.0"})
+    job["ID"] = job["Name"] = f"{spec}-templates"
+    job["Type"], job["Update"], job["Periodic"], job["Namespace"] = "batch", None, None, NAMESPACE
     (group,) = job["TaskGroups"]
     group["Services"], group["Networks"], group["Update"] = None, None, None
     (task,) = group["Tasks"]
-    consul_templates = [t for t in task["Templates"] or [] if "secret " not in (t.get("EmbeddedTmpl") or "")]
-    assert any(f"caravan/{ENVIRONMENT}/models/{MODEL}/current" in t["EmbeddedTmpl"] for t in consul_templates)
-    task["Templates"], task["Vault"] = consul_templates, None
-    task["Config"] = {"command": sys.executable, "args": ["-c", "pass"]}
+    assert task["Consul"] is not None, f"{spec}: its task renders Consul templates, so it needs a consul block"
+    task["Templates"] = [t for t in task["Templates"] or [] if "secret " not in (t.get("EmbeddedTmpl") or "")]
+    task["Vault"], task["Config"] = None, config
     admin = nomad.Nomad(address=server.address, token=server.acl_token, namespace=NAMESPACE, timeout=10)
     admin.jobs.register_job({"Job": job})
-    return "serving-templates"
+    return str(job["ID"])
 
 
-def test_servings_templates_render_with_the_tasks_consul_identity(policies, management, tmp_path):
-    root, works = policies
-    pointer = json.dumps({"artifact_uri": "file:///models/ranker", "artifact_id": "TrainRanker/x"})
-    identity_secret = f"identity-{uuid.uuid4()}"
-    task_policies = token_policies("consul", "tasks", root=root, **PRODUCTION)
-    logins: list[dict[str, str]] = []
+def identity_login(policy_root: Path, logins: list[dict[str, str]]) -> tuple[str, list[str], Any]:
+    """A Consul JWT login for the Nomad double: the claims Nomad signs into a task's identity, Terraform's
+    binding rule deciding whether it gets the task role, whose policies come from ``policy_root``.
+    Returns (the token's secret, its policies, the login function)."""
+    secret = f"identity-{uuid.uuid4()}"
+    selector = task_binding_selector()  # parsed here: the login runs on the double's threads
 
     def login(job: dict[str, Any], group: dict[str, Any], task: dict[str, Any]) -> str | None:
-        """Consul's JWT login with the task's workload identity: the claims Nomad signs, Terraform's binding rule."""
         claims = {"nomad_namespace": job["Namespace"], "nomad_job_id": job.get("ParentID") or job["ID"],
                   "nomad_task": task["Name"]}
         logins.append(claims)
-        return identity_secret if binding_rule_role(claims) else None
+        return secret if selects(selector, claims) else None
 
-    with ConsulDouble(acl_token=management, acl_policies={identity_secret: task_policies}) as consul_double:
+    return secret, token_policies("consul", "tasks", root=policy_root, **PRODUCTION), login
+
+
+def test_servings_templates_render_with_the_tasks_consul_identity(policies, management):
+    root, works = policies
+    pointer = json.dumps({"artifact_uri": "file:///models/ranker", "artifact_id": "TrainRanker/x"})
+    logins: list[dict[str, str]] = []
+    secret, task_policies, login = identity_login(root, logins)
+    with ConsulDouble(acl_token=management, acl_policies={secret: task_policies}) as consul_double:
         import consul
 
         consul.Consul(host=consul_double.host, port=consul_double.port, token=management).kv.put(
             f"caravan/{ENVIRONMENT}/models/{MODEL}/current", pointer)
         with NomadDouble(acl_token=management, consul_addr=consul_double.address, consul_identity=login,
                          render_templates=True, env={"PYTHONPATH": os.environ["PYTHONPATH"]}) as server:
-            job_id = serving_as_a_batch_job(server)
+            job_id = as_batch_job(server, "serving", {"command": sys.executable, "args": ["-c", "pass"]})
             admin = nomad.Nomad(address=server.address, token=management, namespace=NAMESPACE, timeout=10)
             alloc = wait_for_terminal_alloc(admin, job_id)
             events = [e for state in (alloc.get("TaskStates") or {}).values() for e in state.get("Events") or []]
             rendered = server.task_dir(alloc["ID"], "serve") / "local" / "current-model.json"
             rendered_text = rendered.read_text() if rendered.exists() else None
-    assert logins, "the serving task has a consul block, so it logs in with its identity"
-    assert logins[0]["nomad_namespace"] == NAMESPACE
+    assert logins and logins[0]["nomad_namespace"] == NAMESPACE, "the task logs in with its identity"
     if works:
         assert alloc["ClientStatus"] == "complete", events
         assert rendered_text == pointer, "the pointer reached the task through its identity's token"
@@ -239,6 +256,45 @@ def test_servings_templates_render_with_the_tasks_consul_identity(policies, mana
         assert alloc["ClientStatus"] == "failed", "the task never starts without its pointer"
         messages = " ".join(str(e.get("DisplayMessage") or e.get("Message") or "") for e in events)
         assert "Template failed" in messages and "403" in messages, messages
+
+
+def test_the_retrain_job_finds_the_scheduler_with_its_consul_identity(policies, management):
+    """retrain-ranker's guard and scheduler template as written: with its identity's role it starts with the
+    production scheduler's address; without one Consul filters the service away (or refuses the CA key) and
+    the run never starts (issue 17: "no healthy caravan-luigid service")."""
+    root, works = policies
+    logins: list[dict[str, str]] = []
+    secret, task_policies, login = identity_login(root, logins)
+    with ConsulDouble(acl_token=management, acl_policies={secret: task_policies}) as consul_double:
+        consul_double.register_service(f"caravan-{ENVIRONMENT}-luigid", "10.0.0.7", 8082, tags=["caravan"])
+        consul_double.register_service("caravan-staging-luigid", "10.0.0.9", 8082, tags=["caravan"])
+        with NomadDouble(acl_token=management, consul_addr=consul_double.address, consul_identity=login,
+                         render_templates=True, env={"PYTHONPATH": os.environ["PYTHONPATH"]}) as server:
+            (guard, _, _) = retrain_command().partition("exec python -m caravan.entrypoint")
+            job_id = as_batch_job(server, "retrain-ranker", {"command": "/bin/sh",
+                                                              "args": ["-c", guard + 'echo "$LUIGI_SCHEDULER_URL"']})
+            admin = nomad.Nomad(address=server.address, token=management, namespace=NAMESPACE, timeout=10)
+            alloc = wait_for_terminal_alloc(admin, job_id)
+            logs = server.task_dir(alloc["ID"], "retrain").parent / "alloc" / "logs"
+            out = "".join(p.read_text() for p in logs.glob("retrain.std*")) if logs.exists() else ""
+            events = [e for state in (alloc.get("TaskStates") or {}).values() for e in state.get("Events") or []]
+    assert logins and logins[0]["nomad_job_id"] == "retrain-ranker-templates"
+    if works:
+        assert alloc["ClientStatus"] == "complete", (out, events)
+        assert "http://10.0.0.7:8082" in out, out
+    else:
+        assert alloc["ClientStatus"] == "failed"
+        messages = out + " ".join(str(e.get("DisplayMessage") or "") for e in events)
+        assert "no healthy caravan-production-luigid service" in messages or (
+            "Template failed" in messages and "403" in messages), messages
+
+
+def retrain_command() -> str:
+    """The shell command of retrain-ranker's task, as the spec writes it."""
+    job = hcl_to_job((SPECS / "retrain-ranker.nomad.hcl").read_text(), PRODUCTION)
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    assert task["Config"]["command"] == "/bin/sh" and task["Config"]["args"][0] == "-c"
+    return str(task["Config"]["args"][1])
 
 
 def wait_for_terminal_alloc(client: nomad.Nomad, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:

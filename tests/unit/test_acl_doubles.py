@@ -232,3 +232,28 @@ def test_consul_answers_each_token_as_its_policy_says():
                                   timeout=10)
         assert everything.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
         assert {e["Key"] for e in everything.json()} == {mine, "caravan/production/models/ranker/lock"}
+
+
+def test_consul_health_queries_show_only_instances_whose_service_and_node_the_token_reads():
+    tasks = f"t-{uuid.uuid4()}"
+    service_only = f"s-{uuid.uuid4()}"
+    policies = {tasks: token_policies("consul", "tasks", **PRODUCTION),
+                service_only: ['service "caravan-production-luigid" {\n  policy = "read"\n}\n']}
+    with ConsulDouble(acl_token="management", acl_policies=policies) as server:
+        server.register_service("caravan-production-luigid", "10.0.0.7", 8082)
+        server.register_service("caravan-production-luigid", "10.0.0.8", 8082, passing=False)
+
+        def health(token: str) -> requests.Response:
+            return requests.get(f"{server.address}/v1/health/service/caravan-production-luigid?passing",
+                                headers={"X-Consul-Token": token}, timeout=10)
+
+        shown = health(tasks)
+        assert shown.status_code == 200 and [e["Service"]["Address"] for e in shown.json()] == ["10.0.0.7"]
+        assert int(shown.headers["X-Consul-Index"]) > 0
+        for token in (service_only, ""):  # no node:read, or no rule at all: filtered, never refused
+            hidden = health(token)
+            assert (hidden.status_code, hidden.json()) == (200, [])
+            assert hidden.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+        index, entries = consul.Consul(host=server.host, port=server.port, token=tasks).health.service(
+            "caravan-production-luigid")
+        assert len(entries) == 2 and int(index) == int(shown.headers["X-Consul-Index"])

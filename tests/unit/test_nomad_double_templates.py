@@ -367,7 +367,7 @@ def test_no_response_event_or_log_carries_a_secret(double, n, vault):
 
 def test_the_renderer_refuses_what_it_does_not_implement():
     for text, named in (('{{ range ls "x" }}{{ end }}', "{{ range }}"), ('{{ printf "%s" "a" }}', '"printf"'),
-                        ("{{ $x := 1 }}", "$x"), ('{{ service "web" }}', '"service"'),
+                        ("{{ $x := 1 }}", "$x"), ('{{ nomadService "web" }}', '"nomadService"'),
                         ('{{ template "t" }}', "{{ template }}")):
         with pytest.raises(UnsupportedAction, match=named.replace("$", r"\$").replace("{", r"\{")):
             parse(text, "local/x")

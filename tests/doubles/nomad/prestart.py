@@ -101,7 +101,8 @@ class Prestart:
             runtime, task_env, view = self._environment(rec, run)
         # Templates see the task's environment only (Nomad masks the agent's own), with relative task dirs.
         sources = Sources(env={**self.env, **task_env, **runtime, **self._vault_env(task)},
-                          secret=self._vault_reader(task), key=self._consul_reader(rec, task))
+                          secret=self._vault_reader(task), key=self._consul_reader(rec, task),
+                          service=self._consul_service_reader(rec, task))
         relative = {**view, "NOMAD_ALLOC_DIR": "alloc", "NOMAD_TASK_DIR": "local", "NOMAD_SECRETS_DIR": "secrets"}
         task_dir, rendered = rec.root / run.name, []
         for template in task["Templates"]:
@@ -178,6 +179,30 @@ class Prestart:
         if self.consul_identity is not None and (task.get("Consul") or rec.group.get("Consul")):
             return self.consul_identity(rec.job, rec.group, task)
         return self.consul_token
+
+    def _consul_service_reader(self, rec: AllocRec, task: dict[str, Any]
+                               ) -> Callable[[str], list[dict[str, Any]]] | None:
+        """Reads a service's passing instances with py-consul, with the task's Consul token (None: no Consul).
+        Consul filters what the token may not read, so a missing permission is an empty list, as in production."""
+        if self.consul_addr is None:
+            return None
+        import consul
+        import requests
+
+        parts = urlsplit(self.consul_addr if "://" in self.consul_addr else f"http://{self.consul_addr}")
+        client = consul.Consul(host=parts.hostname, port=parts.port or 8500, scheme=parts.scheme,
+                               token=self._consul_token(rec, task), connections_timeout=SERVICE_TIMEOUT_S)
+
+        def instances(name: str) -> list[dict[str, Any]]:
+            try:
+                _, entries = client.health.service(name, passing=True)
+            except consul.ACLPermissionDenied:
+                raise SourceError("Code: 403. Errors: Permission denied") from None
+            except (consul.ConsulException, requests.RequestException):
+                raise SourceError(f"Consul at {self.consul_addr} is unreachable") from None
+            return list(entries or [])
+
+        return instances
 
     def _consul_reader(self, rec: AllocRec, task: dict[str, Any]) -> Callable[[str], str | None] | None:
         """Reads a Consul KV key with py-consul (None when the client has no Consul)."""

@@ -5,8 +5,9 @@ text, ``{{ ... }}`` actions with configurable delimiters, ``{{-``/``-}}`` trimmi
 whitespace beside it), ``{{/* comments */}}``, pipelines (``x | f``), parentheses, string, raw string,
 number, bool and nil literals, ``.`` and field chains (``.Data.data.password``, ``(index . 0).Port``), and
 ``with``/``if`` ... ``else`` [``with``/``if``] ... ``end``. Functions: ``secret`` (a Vault read), ``env``
-(the task's environment), ``key``, ``keyOrDefault``, ``keyExists`` (Consul KV) and ``index``. Anything
-else (``range``, variables, ``printf``, ``toJSON``, ``service``...) is refused while parsing, before any
+(the task's environment), ``key``, ``keyOrDefault``, ``keyExists`` (Consul KV), ``service`` (the healthy
+instances of a Consul service, as ``*dependency.HealthService`` values) and ``index``. Anything
+else (``range``, variables, ``printf``, ``toJSON``...) is refused while parsing, before any
 data is read, with an :class:`UnsupportedAction` that names it: a template never renders silently wrong.
 
 Execution keeps text/template's rules that matter for secrets: a missing map key prints ``<no value>``,
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_FUNCTIONS = ("env", "index", "key", "keyExists", "keyOrDefault", "secret")
+SUPPORTED_FUNCTIONS = ("env", "index", "key", "keyExists", "keyOrDefault", "secret", "service")
 _UNSUPPORTED_KEYWORDS = ("range", "define", "template", "block", "break", "continue")
 _TRIM = " \t\r\n"
 _TOKEN = re.compile(r"""
@@ -92,6 +93,8 @@ class Sources:
     env: Mapping[str, str] = field(default_factory=dict)
     secret: Callable[[str], Mapping[str, Any] | None] | None = None  # Vault path -> the read's JSON response
     key: Callable[[str], str | None] | None = None  # Consul KV key -> its value
+    # Consul service name -> its passing instances (GET /v1/health/service/:name?passing entries)
+    service: Callable[[str], list[Mapping[str, Any]]] | None = None
 
 
 class _NoValue:
@@ -566,7 +569,7 @@ class _Executor:
     def call(self, fn: _Fn, args: list[Any]) -> Any:
         name = fn.name
         arity = {"env": (1, 1), "key": (1, 1), "keyExists": (1, 1), "keyOrDefault": (2, 2), "secret": (1, None),
-                 "index": (1, None)}[name]
+                 "index": (1, None), "service": (1, 1)}[name]
         if len(args) < arity[0] or (arity[1] is not None and len(args) > arity[1]):
             raise _ExecError(f"wrong number of args for {name}: want {arity[0]} got {len(args)}", fn)
         if name == "index":
@@ -582,6 +585,8 @@ class _Executor:
             return str(self.sources.env.get(args[0], ""))
         if name == "secret":
             return self.secret(args[0])
+        if name == "service":
+            return self.service(args[0])
         value = self.consul(args[0], "kv.block" if name == "key" else "kv.get")
         if name == "keyExists":
             return value is not None
@@ -628,6 +633,26 @@ class _Executor:
                 "Warnings": response.get("warnings"), "Auth": response.get("auth"),
                 "WrapInfo": response.get("wrap_info")})
         return self.cache["secret", path]
+
+    def service(self, name: str) -> list[Struct]:
+        """consul-template's ``service "name"``: the passing instances (an empty list is an answer, not a wait),
+        each a ``*dependency.HealthService`` whose Address falls back to the node's."""
+        dependency = f"health.service({name}|passing)"
+        if ("service", name) not in self.cache:
+            if self.sources.service is None:
+                raise MissingDependency(dependency, "Consul is not configured for this template", retry=False)
+            try:
+                entries = self.sources.service(name)
+            except SourceError as exc:
+                raise MissingDependency(dependency, exc.reason, exc.retry) from None
+            self.cache["service", name] = [Struct("*dependency.HealthService", {
+                "Node": e["Node"]["Node"], "NodeID": e["Node"].get("ID", ""), "NodeAddress": e["Node"]["Address"],
+                "NodeDatacenter": e["Node"].get("Datacenter", ""), "Address": e["Service"].get("Address")
+                or e["Node"]["Address"], "ID": e["Service"]["ID"], "Name": e["Service"]["Service"],
+                "Tags": list(e["Service"].get("Tags") or []), "Port": e["Service"]["Port"], "Status": "passing",
+                "ServiceMeta": e["Service"].get("Meta") or {}, "NodeMeta": e["Node"].get("Meta") or {}})
+                for e in entries]
+        return self.cache["service", name]  # type: ignore[no-any-return]
 
     def consul(self, key: str, kind: str) -> str | None:
         if ("key", key) not in self.cache:
