@@ -105,18 +105,19 @@ def test_sigterm_stops_the_step_jobs_the_run_started(double, tmp_path, workers):
     stops = double.stats["stops"]
     run = start_run([sys.executable, "-m", "caravan.entrypoint", "--grace", "20s", "luigi"], double, tmp_path,
                     workers)
-    child = None
+    child, stopped, stops_after = None, None, stops
     try:
         child, took = terminate_when_the_step_runs(run, api, before)
         code = run.poll()
+        # Read before the clean-up, which stops a step the run left behind.
+        stopped, stops_after = api.get(f"job/{child}")["Stop"], double.stats["stops"]
     finally:
         output = cleanup(run, api, child)
     limit = kill_timeout_s()
     assert code == 143, f"exit {code}, not 143 (terminated by SIGTERM, cleanly):\n{output[-3000:]}"
     assert took < limit, f"the run took {took:.1f} s to exit after SIGTERM; Nomad kills it after {limit:g} s"
-    assert api.get(f"job/{child}")["Stop"] is True, f"step job {child} still running after the run stopped:\n" \
-                                                    f"{output[-3000:]}"
-    assert double.stats["stops"] > stops
+    assert stopped is True, f"step job {child} still running after the run stopped:\n{output[-3000:]}"
+    assert stops_after > stops
     assert f"stopped {child}" in output
 
 
@@ -134,6 +135,36 @@ def test_plain_luigi_leaves_the_step_running_under_the_same_signal(double, tmp_p
         cleanup(run, api, child)
     assert code == -signal.SIGTERM, "plain luigi has no SIGTERM handler: the default action kills it"
     assert stopped is False, "plain luigi stopped the step: the test above would not show what the entrypoint adds"
+
+
+def test_an_interrupt_between_dispatch_and_confirmation_stops_the_dispatched_child(double, local_root, monkeypatch):
+    """The window where the run knows what it dispatched but has not confirmed it yet (a SIGTERM there used to
+    leave the step running: the executor stopped only a confirmed child)."""
+    import datetime as dt
+
+    from caravan.executors.base import StepRequest
+    from caravan.executors.jobspec import load_spec
+    from caravan.executors.nomad import NomadExecutor
+
+    from ..steps.tasks import Sleep
+
+    monkeypatch.setenv("NOMAD_ADDR", double.address)
+    monkeypatch.setenv("CARAVAN_JOBSPEC_DIR", str(STEP_SPECS))
+    api = NomadAPI(double.address)
+    before = {job["ID"] for job in sleep_children(api)}
+    task = Sleep(date=dt.date(2026, 1, 3), seconds=600 + uuid.uuid4().int % 10_000 / 1000)
+    executor = NomadExecutor()
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executor, "_confirm", interrupted)  # caravan's own step, not a client library
+    request = StepRequest(spec=load_spec("sleep"), artifact=task.output(), meta=task.meta(), run_id="test",
+                          timeout_s=60.0, placement_timeout_s=None)
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(request)
+    (child,) = [job for job in sleep_children(api) if job["ID"] not in before]
+    assert api.get(f"job/{child['ID']}")["Stop"] is True
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("6h", 21600.0),

@@ -86,8 +86,9 @@ class NomadExecutor(Executor):
         placement_s = (self.placement_timeout_s if request.placement_timeout_s is None
                        else float(request.placement_timeout_s))
         child_id = ""
+        dispatched: list[str] = []  # what this call dispatched, known before the child is confirmed
         try:
-            child_id, eval_id = self._start(request, deadline)
+            child_id, eval_id = self._start(request, deadline, dispatched)
             job = self._follow(request, child_id, eval_id, deadline, placement_s)
         except _Deadline:
             if child_id:
@@ -104,8 +105,11 @@ class NomadExecutor(Executor):
             raise StepFailed(f"step {spec.name}: Nomad refused a request: {exc}", job_id=child_id,
                              artifact=artifact.id) from exc
         except BaseException:  # an interrupt (SIGTERM, Ctrl-C): the step must not run on, orphaned
-            if child_id:
-                self._stop(child_id)
+            # Interrupted between the dispatch and its confirmation, there is no child_id yet: stop what we
+            # dispatched (never a child we only attached to, which another worker follows).
+            orphan = child_id or (dispatched[-1] if dispatched else "")
+            if orphan:
+                self._stop(orphan)
             raise
         result = self._finish(request, child_id, dead_job=job)
         if result.exit_code != 0 or not result.details["complete"]:
@@ -124,8 +128,9 @@ class NomadExecutor(Executor):
 
     # -- choosing the child: attach, accept, or dispatch -----------------------------------------
 
-    def _start(self, request: StepRequest, deadline: float) -> tuple[str, str]:
-        """The child to follow, and its dispatch eval (empty when attaching to an existing child)."""
+    def _start(self, request: StepRequest, deadline: float, dispatched: list[str]) -> tuple[str, str]:
+        """The child to follow, and its dispatch eval (empty when attaching to an existing child). Each child
+        Nomad names for a dispatch is appended to ``dispatched`` as soon as the answer arrives."""
         spec, artifact = request.spec, request.artifact
         for _ in range(5):  # a dispatch that never shows up and no other child: try again, a few times
             children = self._children(spec.name, artifact.id, deadline)
@@ -137,9 +142,10 @@ class NomadExecutor(Executor):
                 log.info("%s already published by %s", artifact.id, children[-1]["ID"])
                 return str(children[-1]["ID"]), ""
             attempt = self._next_attempt(children, deadline)
-            dispatched = self._dispatch(request, attempt, deadline, known={str(c["ID"]) for c in children})
-            if dispatched is not None:
-                return dispatched
+            started = self._dispatch(request, attempt, deadline, known={str(c["ID"]) for c in children},
+                                     dispatched=dispatched)
+            if started is not None:
+                return started
         raise StepFailed(f"dispatching step {spec.name}: Nomad answered with child ids that never appeared, "
                          "and the artifact has no live child", artifact=artifact.id)
 
@@ -172,8 +178,8 @@ class NomadExecutor(Executor):
                 highest = max(highest, attempt)
         return highest + 1
 
-    def _dispatch(self, request: StepRequest, attempt: int, deadline: float, known: set[str]
-                  ) -> tuple[str, str] | None:
+    def _dispatch(self, request: StepRequest, attempt: int, deadline: float, known: set[str],
+                  dispatched: list[str] | None = None) -> tuple[str, str] | None:
         """Dispatch and confirm the child; None when the answer named a child that never appeared and no
         other child of the artifact exists (the caller looks again). ``known``: the artifact's children
         before this dispatch."""
@@ -203,6 +209,8 @@ class NomadExecutor(Executor):
             except NomadRejected as exc:
                 raise StepFailed(f"Nomad refused to dispatch step {spec.name}: {exc}", artifact=artifact.id) from exc
         child_id, eval_id = str(answer["DispatchedJobID"]), str(answer.get("EvalID") or "")
+        if dispatched is not None:
+            dispatched.append(child_id)
         log.info("dispatched %s for %s, attempt %d (eval %s)", child_id, artifact.id, attempt,
                  eval_id or "none: existing child")
         return self._confirm(request, child_id, eval_id, deadline)
