@@ -338,6 +338,21 @@ def nomad_rows(entry: Mapping[str, Any]) -> dict[tuple[str, str], frozenset[str]
     return expected
 
 
+def test_every_row_names_code_that_exists():
+    """Each row's "by" names files (src/caravan/... or nomad/...) and functions defined in them."""
+    rows = [row for system in ("nomad", "consul") for entry in access_table()[system].values()
+            for row in entry.get("calls", entry.get("rules", []))]
+    for row in rows:
+        for part in re.split(r";\s*|,\s*(?=nomad/)", row["by"]):
+            where, *functions = part.split()
+            if where.startswith("nomad/"):
+                assert sorted(ROOT.glob(where)), f"{row}: no spec {where}"
+                continue
+            source = (ROOT / "src" / "caravan" / where).read_text()
+            for function in functions:
+                assert re.search(rf"^\s*def {re.escape(function)}\(", source, re.M), f"{where} has no {function}"
+
+
 def test_nomad_policies_grant_exactly_the_tables_capabilities():
     texts = load_policies("nomad", **SAMPLE)
     for name, entry in access_table()["nomad"].items():
