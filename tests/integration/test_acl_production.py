@@ -35,7 +35,7 @@ from caravan.cli import main as caravan_cli
 from caravan.registry import open_pointer
 from pipelines.ranker import RetrainRanker
 
-from ..acl_policies import POLICIES, POLICIES_BEFORE_ISSUE_17, token_policies
+from ..acl_policies import POLICIES, POLICIES_BEFORE_ISSUE_17, load_policies, token_policies
 from ..doubles.consul import ConsulDouble
 from ..doubles.nomad import NomadDouble, hcl_to_job
 from ..servers import build
@@ -306,3 +306,49 @@ def wait_for_terminal_alloc(client: nomad.Nomad, job_id: str, timeout_s: float =
             return client.allocation.get_allocation(done[0]["ID"])
         time.sleep(0.05)
     raise AssertionError(f"{job_id}: no allocation finished within {timeout_s} s")
+
+
+# -- Vault: each holder reads its secrets, with its policy, from a real OpenBao ----------------------------------
+
+VAULT_HOLDERS = {"step": ["storage"], "retrain": ["storage", "consul", "nomad"], "serving": ["storage", "serving"],
+                 "ci": ["nomad"]}
+
+
+def test_each_vault_policy_reads_its_holders_secrets_through_caravan(policies, vault_server, monkeypatch):
+    """The Vault policies applied to OpenBao; caravan's Vault source, with a token of each policy, reads every
+    secret its holder reads in production (and nothing of staging)."""
+    import hvac
+
+    from caravan.errors import SecretAccessDenied
+    from caravan.secrets.vault import VaultSecrets
+
+    root, works = policies
+    address, root_token = vault_server
+    admin = hvac.Client(url=address, token=root_token)
+    suffix = uuid.uuid4().hex[:8]
+    for env in (ENVIRONMENT, "staging"):
+        for name in ("storage", "consul", "nomad", "serving"):
+            admin.secrets.kv.v2.create_or_update_secret(f"caravan/{env}/{name}", secret={"token": f"{env}-{name}"},
+                                                        mount_point="secret")
+    texts = load_policies("vault", root=root, **PRODUCTION)
+    monkeypatch.setenv("CARAVAN_ENVIRONMENT", ENVIRONMENT)
+    outcomes = {}
+    for kind, names in VAULT_HOLDERS.items():
+        policy = f"caravan-{ENVIRONMENT}-{kind}-{suffix}"
+        admin.sys.create_or_update_acl_policy(name=policy, policy=texts[kind])
+        token = admin.auth.token.create(policies=[policy], ttl="5m")["auth"]["client_token"]
+        source = VaultSecrets(address, token)
+        for name in names:
+            try:
+                outcomes[kind, name] = dict(source.read(name))
+            except SecretAccessDenied:
+                outcomes[kind, name] = None
+        staging = hvac.Client(url=address, token=token)
+        with pytest.raises(hvac.exceptions.Forbidden):
+            staging.secrets.kv.v2.read_secret_version("caravan/staging/storage", mount_point="secret",
+                                                      raise_on_deleted_version=True)
+    if works:
+        assert outcomes == {(kind, name): {"token": f"{ENVIRONMENT}-{name}"}
+                            for kind, names in VAULT_HOLDERS.items() for name in names}
+    else:
+        assert all(value is None for value in outcomes.values()), "before: no environment in the paths"
