@@ -164,6 +164,9 @@ class ACL:
         """``AllowNsOpAnyOf``: any of ``capabilities`` granted in ``namespace`` (deny grants none)."""
         if self.management:
             return True
+        if namespace == "*":  # acl.go anyNamespaceAllowsOp: the all-namespaces sentinel of list endpoints
+            return any("deny" not in granted and any(c in granted for c in capabilities)
+                       for granted in self.namespaces.values())
         granted = _lookup(self.namespaces, namespace) or set()
         return "deny" not in granted and any(c in granted for c in capabilities)
 
