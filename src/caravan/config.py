@@ -108,12 +108,13 @@ LOCAL_ENVIRONMENT = "dev"
 PRODUCTION_NAMESPACE = "caravan"
 
 
-def check_environment(name: str) -> str:
-    """``name`` if it is a valid environment name (1-32 of ``[a-z0-9-]``, no leading or trailing hyphen)."""
+def check_environment(name: str, source: str = "CARAVAN_ENVIRONMENT or [caravan] environment") -> str:
+    """``name`` if it is a valid environment name (1-32 of ``[a-z0-9-]``, no leading or trailing hyphen);
+    ``source`` says where it came from in the error."""
     # fullmatch: "$" would let "prod\n" through.
     if not isinstance(name, str) or not _ENVIRONMENT.fullmatch(name):
-        raise ConfigurationError(f"environment {name!r} (CARAVAN_ENVIRONMENT or [caravan] environment) must be "
-                                 "1-32 of [a-z0-9-], starting and ending with a letter or digit")
+        raise ConfigurationError(f"environment {name!r} ({source}) must be 1-32 of [a-z0-9-], starting and "
+                                 "ending with a letter or digit")
     return name
 
 
@@ -132,11 +133,11 @@ def environment(namespace: str | None = None) -> str:
     Nomad namespace: ``namespace`` if given, else ``NOMAD_NAMESPACE`` (which Nomad sets in every task), else
     ``[nomad] namespace``."""
     named = setting("CARAVAN_ENVIRONMENT", section(caravan).environment)
-    if not named and namespace is not None:
-        named = environment_of_namespace(namespace)
-    if not named:
+    if named:
+        return check_environment(named)
+    if namespace is None:
         # luigi's config, not caravan.nomad_api's section class: importing the Nomad client here would make
         # every import of caravan.config pay for it.
-        configured = luigi.configuration.get_config().get("nomad", "namespace", "")
-        named = environment_of_namespace(setting("NOMAD_NAMESPACE", configured))
-    return check_environment(named)
+        namespace = setting("NOMAD_NAMESPACE", luigi.configuration.get_config().get("nomad", "namespace", ""))
+    return check_environment(environment_of_namespace(namespace),
+                             f"derived from the Nomad namespace {namespace!r}; set CARAVAN_ENVIRONMENT")

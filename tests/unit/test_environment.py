@@ -94,6 +94,14 @@ def test_a_bad_environment_variable_is_one_clear_error(monkeypatch):
         current_key("ranker")
 
 
+def test_a_namespace_that_gives_no_valid_name_says_so(monkeypatch):
+    monkeypatch.setenv("NOMAD_NAMESPACE", "Caravan_Prod")
+    with pytest.raises(ConfigurationError, match="derived from the Nomad namespace 'Caravan_Prod'; set CARAVAN_ENV"):
+        environment()
+    monkeypatch.setenv("CARAVAN_ENVIRONMENT", "production")
+    assert environment() == "production", "an explicit environment needs no usable namespace"
+
+
 def test_every_key_of_a_model_is_inside_its_environment_prefix():
     for env in ENVIRONMENTS:
         keys = (current_key("ranker", env), history_prefix("ranker", env), lock_key("ranker", env))
