@@ -45,6 +45,7 @@ _GRANTS = {"write": {"read", "list", "write"}, "list": {"read", "list"}, "read":
 _HCL = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, preserve_heredocs=False,
                                  with_comments=False)
 
+
 class PolicyError(ValueError):
     """Rules Consul would refuse (``consul acl policy create`` fails with this message)."""
 

@@ -65,6 +65,7 @@ TOKEN_NOT_FOUND = "ACL token not found"
 _HCL = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, preserve_heredocs=False,
                                  with_comments=False)
 
+
 class PolicyError(ValueError):
     """A policy Nomad would refuse to store (``nomad acl policy apply`` fails with this message)."""
 
