@@ -87,6 +87,7 @@ job "serving" {
     # One server per host where the cluster allows it: a host going down takes one replica, not all.
     spread {
       attribute = "${node.unique.id}"
+      weight    = 100
     }
 
     network {

@@ -186,7 +186,7 @@ def test_serving_deploys_on_liveness_and_routes_on_readiness():
     # first deployment in a new environment, before any promotion, succeeds.
     assert (checks["ready"]["path"], checks["ready"]["on_update"]) == ("/health", "ignore")
     assert (checks["alive"]["path"], checks["alive"]["on_update"]) == ("/metrics", "require_healthy")
-    assert group["spread"][0]["attribute"] == "${node.unique.id}"
+    assert group["spread"][0] == {"attribute": "${node.unique.id}", "weight": 100}
     (task,) = tasks("serving")
     assert parse_duration_ns(task["shutdown_delay"]) >= 5 * 10**9
     pointer = next(t for t in task["template"] if "/models/" in t["data"])
