@@ -68,7 +68,7 @@ def test_the_nomad_section_namespace_is_read_when_no_variable_is_set():
             cfg.remove_option("nomad", "namespace")
 
 
-@given(st.text(max_size=40))
+@given(st.one_of(st.text(max_size=40), st.from_regex(r"[a-z0-9][a-z0-9-]{0,32}", fullmatch=True)))
 @example("production")
 @example("prod\n")
 @example("-staging")
