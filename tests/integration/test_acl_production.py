@@ -93,6 +93,30 @@ def test_publish_with_the_release_token(policies, management, monkeypatch, capsy
         assert "Permission denied" in out + err, "refused for a permission (luigid's read-write host volume)"
 
 
+def test_caravan_trigger_with_the_retrain_token(management, monkeypatch, capsys):
+    """The trigger rows of the retrain policy: a forced periodic launch and a backfill dispatch, in production's
+    namespace, with only the retrain token (the release token published the jobs first)."""
+    secrets = tokens("nomad", POLICIES, "release", "retrain")
+    with NomadDouble(acl_token=management, acl_policies=policies_of("nomad", POLICIES, secrets)) as server:
+        monkeypatch.setenv("NOMAD_ADDR", server.address)
+        monkeypatch.setenv("NOMAD_NAMESPACE", NAMESPACE)
+        monkeypatch.setenv("NOMAD_TOKEN", secrets["release"])
+        assert caravan_cli(["publish", "--jobs-dir", str(SPECS), "--version", "v1.4.0",
+                            "--only", "retrain-ranker", "retrain-ranker-backfill"]) == 0, capsys.readouterr()
+        capsys.readouterr()
+        monkeypatch.setenv("NOMAD_TOKEN", secrets["retrain"])
+        server.inject("retrain-ranker", "fail")  # the children must not run a whole pipeline here
+        server.inject("retrain-ranker-backfill", "fail")
+        forced = caravan_cli(["trigger", "retrain"])
+        forced_out = capsys.readouterr()
+        backfill = caravan_cli(["trigger", "retrain", "--date", (DAY - dt.timedelta(days=30)).isoformat()])
+        backfill_out = capsys.readouterr()
+    assert forced == 0, forced_out
+    assert re.fullmatch(r"retrain-ranker/periodic-\d+", forced_out.out.strip())
+    assert backfill == 0, backfill_out
+    assert re.fullmatch(r"retrain-ranker-backfill/dispatch-\d+-[0-9a-f]{8}", backfill_out.out.strip())
+
+
 # -- a retraining run --------------------------------------------------------------------------------------------
 
 DAY = dt.date(2026, 11, 22)
