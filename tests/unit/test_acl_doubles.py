@@ -257,3 +257,53 @@ def test_consul_health_queries_show_only_instances_whose_service_and_node_the_to
         index, entries = consul.Consul(host=server.host, port=server.port, token=tasks).health.service(
             "caravan-production-luigid")
         assert len(entries) == 2 and int(index) == int(shown.headers["X-Consul-Index"])
+
+
+STOPPABLE = '''
+job "sleepy" {
+  type = "batch"
+  parameterized {
+    payload = "forbidden"
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "%s"
+        args    = ["-c", "import time; print('started', flush=True); time.sleep(30)"]
+      }
+    }
+  }
+}
+'''
+
+
+def test_the_retrain_token_dispatches_reads_logs_and_stops_a_child(nomad_acl):
+    """What the executor does with a step, with the retrain token: dispatch, follow, copy the logs
+    (read-logs), stop the child (DELETE is Job.Deregister: submit-job)."""
+    import sys
+    import time
+
+    server, secrets = nomad_acl
+    server.load_hcl(STOPPABLE % sys.executable, namespace="caravan")
+    token = secrets["retrain"]
+    child = call(server, token, "POST", "/v1/job/sleepy/dispatch?namespace=caravan", json={}).json()["DispatchedJobID"]
+    deadline = time.monotonic() + 20
+    logs = None
+    while time.monotonic() < deadline:
+        allocs = call(server, token, "GET", f"/v1/job/{child}/allocations?namespace=caravan").json()
+        if allocs and allocs[0]["ClientStatus"] == "running":
+            logs = call(server, token, "GET", f"/v1/client/fs/logs/{allocs[0]['ID']}?task=t&type=stdout&plain=true"
+                                              "&origin=start&namespace=caravan")
+            if "started" in logs.text:
+                break
+        time.sleep(0.05)
+    assert logs is not None and logs.status_code == 200 and "started" in logs.text
+    assert call(server, token, "DELETE", f"/v1/job/{child}?namespace=caravan").status_code == 200
+    assert call(server, token, "GET", f"/v1/job/{child}?namespace=caravan").json()["Stop"] is True
+    no_submit = 'namespace "caravan" {\n  capabilities = ["list-jobs", "read-job", "dispatch-job", "read-logs"]\n}\n'
+    with NomadDouble(acl_policies={"no-submit": [no_submit]}) as double:
+        double.load_hcl(STOPPABLE % sys.executable, namespace="caravan")
+        other = call(double, "no-submit", "POST", "/v1/job/sleepy/dispatch?namespace=caravan", json={})
+        refused = call(double, "no-submit", "DELETE", f"/v1/job/{other.json()['DispatchedJobID']}?namespace=caravan")
+        assert (refused.status_code, refused.text) == (403, "Permission denied"), "stopping needs submit-job"
