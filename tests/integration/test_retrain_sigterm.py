@@ -121,6 +121,31 @@ def test_sigterm_stops_the_step_jobs_the_run_started(double, tmp_path, workers):
     assert f"stopped {child}" in output
 
 
+def test_the_deadline_stops_the_run_and_its_steps_like_sigterm(double, tmp_path):
+    """--deadline is the run's `timeout`: when it passes, the run stops its steps and exits 124."""
+    api = NomadAPI(double.address)
+    before = {job["ID"] for job in sleep_children(api)}
+    deadline_s = 3.0
+    started = time.monotonic()
+    run = start_run([sys.executable, "-m", "caravan.entrypoint", "--deadline", f"{deadline_s:g}s", "--grace", "20s",
+                     "luigi"], double, tmp_path, workers=2)
+    mine: list[dict[str, Any]] = []
+    try:
+        code = run.wait(timeout=deadline_s + kill_timeout_s())
+        took = time.monotonic() - started
+        mine = [job for job in sleep_children(api) if job["ID"] not in before]
+        live = [job["ID"] for job in mine if not api.get(f"job/{job['ID']}")["Stop"]]
+    finally:
+        output = cleanup(run, api, None)
+        for job in mine:
+            if not api.get(f"job/{job['ID']}")["Stop"]:
+                api.delete(f"job/{job['ID']}")
+    assert code == 124, f"exit {code}, not 124:\n{output[-3000:]}"
+    assert deadline_s <= took < deadline_s + kill_timeout_s()
+    assert "the run's deadline passed" in output
+    assert live == [], f"steps left running after the deadline: {live}\n{output[-3000:]}"
+
+
 def test_plain_luigi_leaves_the_step_running_under_the_same_signal(double, tmp_path):
     """The control: without the entrypoint the same SIGTERM orphans the step, which is what the test above catches."""
     api = NomadAPI(double.address)
