@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import datetime as dt
 import json
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +31,11 @@ from typing import Any
 from ..config import check_environment
 from ..config import environment as config_environment
 from ..errors import CaravanError, ConfigurationError, PointerConflict
+from ..stamps import new_id
+from ..stamps import utc_now as utc_now  # re-exported: the pointer's stamps are caravan's one format
+
+#: A pointer change's id: caravan's time-ordered id (the history sorts by it).
+new_change_id = new_id
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 #: The length limit of a model name.
@@ -71,11 +74,6 @@ def lock_key(model: str, environment: str | None = None) -> str:
     return f"{models_prefix(environment)}{check_model_name(model)}/lock"
 
 
-def new_change_id() -> str:
-    """Sortable by time (UTC, microseconds), unique by its random tail."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
-
-
 #: Version of a corrupt pointer whose own version cannot be read (a truncated file).
 UNKNOWN_VERSION = -2
 #: Actions that moved the pointer (a "reject" entry did not).
@@ -107,10 +105,6 @@ class PointerState:
     @property
     def artifact_id(self) -> str | None:
         return None if self.document is None else str(self.document.get("artifact_id"))
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def encode(document: dict[str, Any]) -> bytes:
