@@ -4,19 +4,28 @@ An artifact lives at ``{TaskFamily}/{partition}/{readable params}--{digest}`` un
 store's root. Every segment is escaped so that any parameter value gives one safe path
 segment; the digest is a hash of everything that determines the artifact's content, so
 different inputs never share an address and the same inputs always get the same one.
+
+The escape character is ``~`` (``~XX`` per UTF-8 byte), not ``%``: a key holds only RFC 3986
+unreserved characters and ``=``, ``,`` and ``/``, so it is its own URI path, and every tool
+(pyarrow, fsspec, pandas, a browser) that decodes ``%XX`` in a ``file://`` or ``s3://`` URI opens
+exactly the folder caravan wrote. (Keys made before this rule used ``%XX``; such an artifact gets a new
+path, the same digest, and is rebuilt once.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Characters left as they are in a segment; everything else is percent-escaped (UTF-8),
-#: as Hive does for partition values. ``=`` and ``,`` separate keys, values and pairs.
+#: Characters left as they are in a segment: RFC 3986 unreserved ones but ``~``, which escapes every
+#: other character as ``~XX`` per UTF-8 byte. ``=`` and ``,`` separate keys, values and pairs.
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+ESCAPE = "~"
+_ESCAPED = re.compile(r"(?:~[0-9A-F]{2})+")
 #: Readable part budget, in bytes: a segment must stay under the 255-byte limit of common
 #: filesystems with room for ``--`` and the digest; S3 keys allow 1024 bytes in all.
 MAX_READABLE_BYTES = 160
@@ -25,18 +34,23 @@ MANIFEST_NAME = "_MANIFEST.json"
 
 
 def escape(value: str) -> str:
-    """Percent-escape ``value`` into characters that are safe in any path segment or URI."""
+    """Escape ``value`` into characters that are safe in any path segment and mean the same in any URI."""
     out = []
     for ch in value:
         if ch in _SAFE:
             out.append(ch)
         else:
-            out.extend(f"%{byte:02X}" for byte in ch.encode("utf-8"))
+            out.extend(f"{ESCAPE}{byte:02X}" for byte in ch.encode("utf-8"))
     escaped = "".join(out)
     # "." and ".." are the only all-safe strings with a meaning of their own in a path.
     if escaped in (".", ".."):
-        escaped = escaped.replace(".", "%2E")
+        escaped = escaped.replace(".", f"{ESCAPE}2E")
     return escaped
+
+
+def unescape(segment: str) -> str:
+    """The value :func:`escape` was given (for display; a shortened readable part stays cut)."""
+    return _ESCAPED.sub(lambda m: bytes.fromhex(m.group(0).replace(ESCAPE, "")).decode("utf-8", "replace"), segment)
 
 
 def canonical_json(value: Any) -> str:
@@ -45,11 +59,11 @@ def canonical_json(value: Any) -> str:
 
 
 def _shorten(readable: str, limit: int = MAX_READABLE_BYTES) -> str:
-    """Cut ``readable`` to ``limit`` bytes without splitting a ``%XX`` escape; mark the cut with ``~``."""
+    """Cut ``readable`` to ``limit`` bytes without splitting a ``~XX`` escape; mark the cut with a lone ``~``."""
     if len(readable) <= limit:  # escaped text is ASCII: characters are bytes
         return readable
     cut = readable[: limit - 1]
-    tail = cut.rfind("%")
+    tail = cut.rfind(ESCAPE)
     if tail >= len(cut) - 2:
         cut = cut[:tail]
     return cut + "~"

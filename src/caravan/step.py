@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from .addressing import Address
+from .addressing import Address, unescape
 from .artifacts import Artifact, ArtifactWriter
 from .errors import CaravanError
 from .executors.jobspec import CONTRACT_META
@@ -69,9 +69,7 @@ def artifact_at(uri: str, artifact_id: str, identity: Mapping[str, Any] | None =
     segments = artifact_id.split("/")
     partition_key = segments[1].split("=", 1)[0] if len(segments) == 3 else None
     if identity is not None:
-        from urllib.parse import unquote
-
-        address = Address.from_identity(identity, partition_key=unquote(partition_key) if partition_key else None)
+        address = Address.from_identity(identity, partition_key=unescape(partition_key) if partition_key else None)
         if address.key != artifact_id:
             raise ContractError(f"caravan_identity hashes to {address.key!r}, not to the artifact id {artifact_id!r}")
         return Artifact(store, address)

@@ -5,6 +5,11 @@ guarantees, held by one contract test suite: ``write`` replaces an object atomic
 (readers see the old or the new bytes, never a mix), ``create`` writes only if nothing is
 there and says whether it did, and a listing of a prefix costs requests in proportion to
 the number of objects under it, not to the number of questions asked about them.
+
+URIs follow RFC 3986 (and RFC 8089 for ``file:``): :meth:`Store.uri` percent-encodes a key's
+characters that a URI path cannot hold as they are, and :meth:`Store.key_of` decodes them, so the
+URI caravan prints opens the same object in pyarrow, fsspec or pandas. Artifact keys never need
+encoding (see :mod:`caravan.addressing`), so an artifact's URI is its root URI, ``/`` and its id.
 """
 
 from __future__ import annotations
@@ -13,6 +18,30 @@ import abc
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from urllib.parse import quote, unquote, urlsplit
+
+from ..errors import ConfigurationError
+
+#: What a URI path may hold unencoded besides unreserved characters (RFC 3986 ``pchar``), minus ``;``
+#: which some tools still read as a path-parameter separator.
+PATH_SAFE = "/=,:@!$&'()*+"
+
+
+def encode_path(path: str) -> str:
+    """``path`` as a URI path: UTF-8, percent-encoded where RFC 3986 requires it."""
+    return quote(path, safe=PATH_SAFE)
+
+
+def root_uri_of(root_uri: str) -> tuple[str, str, str]:
+    """``scheme://authority/path`` split into scheme, authority and the decoded path (no trailing ``/``).
+
+    The path is percent-decoded, as RFC 3986 says; a root written with a raw space or
+    unicode character is taken as it reads.
+    """
+    parts = urlsplit(root_uri)
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"root URI {root_uri!r} has a query or fragment; a root is scheme://authority/path")
+    return parts.scheme, parts.netloc, unquote(parts.path).rstrip("/")
 
 
 class Store(abc.ABC):
@@ -31,8 +60,16 @@ class Store(abc.ABC):
         return f"{type(self).__name__}({self.root_uri!r})"
 
     def uri(self, key: str) -> str:
-        """The full URI of ``key``."""
-        return f"{self.root_uri}/{key}" if key else self.root_uri
+        """The full URI of ``key`` (percent-encoded where a URI needs it; :meth:`key_of` is its inverse)."""
+        return f"{self.root_uri}/{encode_path(key)}" if key else self.root_uri
+
+    def key_of(self, uri: str) -> str:
+        """The key that ``uri`` names in this store; a URI outside the store's root is a ValueError."""
+        if uri.rstrip("/") == self.root_uri:
+            return ""
+        if not uri.startswith(self.root_uri + "/"):
+            raise ValueError(f"{uri!r} is not inside the store {self.root_uri!r}")
+        return unquote(uri[len(self.root_uri) + 1:]).rstrip("/")
 
     def _count(self, operation: str, n: int = 1) -> None:
         with self._requests_lock:

@@ -13,11 +13,10 @@ import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, CaravanError, ConfigurationError
-from .base import Store
+from .base import Store, encode_path, root_uri_of
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +27,16 @@ class HdfsStore(Store):
 
     def __init__(self, root_uri: str, token: str | None = None) -> None:
         super().__init__(root_uri)
-        parsed = urlparse(root_uri)
-        if not parsed.netloc:
+        scheme, netloc, path = root_uri_of(root_uri)
+        if not netloc:
             raise ConfigurationError(f"HDFS root {root_uri!r} names no WebHDFS host:port")
-        http = "https" if parsed.scheme == "swebhdfs" else "http"
-        self.base = "/" + parsed.path.strip("/")
+        http = "https" if scheme == "swebhdfs" else "http"
+        #: The root directory, decoded (``hdfs://nn/a%20b`` is the directory ``/a b``).
+        self.base = "/" + path.strip("/")
+        self.root_uri = f"{scheme}://{netloc}{encode_path(self.base.rstrip('/'))}"
         import hdfs  # imported here so that `import caravan` stays cheap without HDFS
 
-        url = f"{http}://{parsed.netloc}"
+        url = f"{http}://{netloc}"
         if token is None:
             from ..secrets import get_secret
 

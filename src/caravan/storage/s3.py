@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
-from .base import Store
+from .base import Store, encode_path, root_uri_of
 
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "ThrottlingException"}
 
@@ -28,11 +27,13 @@ class S3Store(Store):
 
     def __init__(self, root_uri: str) -> None:
         super().__init__(root_uri)
-        parsed = urlparse(root_uri)
-        if not parsed.netloc:
+        _scheme, bucket, path = root_uri_of(root_uri)
+        if not bucket:
             raise ConfigurationError(f"S3 root {root_uri!r} names no bucket; use s3://bucket/prefix")
-        self.bucket = parsed.netloc
-        self.base = parsed.path.strip("/")
+        self.bucket = bucket
+        #: The key prefix, decoded (``s3://b/a%20b`` is the prefix ``a b``, as pyarrow reads it).
+        self.base = path.strip("/")
+        self.root_uri = f"s3://{bucket}/{encode_path(self.base)}" if self.base else f"s3://{bucket}"
         config = section(caravan)
         import boto3  # imported here so that `import caravan` stays cheap without S3
 
@@ -57,7 +58,7 @@ class S3Store(Store):
     def _error(self, exc: Exception, what: str, key: str) -> Exception:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        where = f"{what} s3://{self.bucket}/{self._key(key)}"
+        where = f"{what} {self.uri(key)}"
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -111,7 +112,7 @@ class S3Store(Store):
                 raise self._error(exc, "PUT If-None-Match", key) from exc
             except BotoCoreError as exc:
                 raise self._error(exc, "PUT If-None-Match", key) from exc
-        raise BackendUnavailable(f"PUT If-None-Match s3://{self.bucket}/{self._key(key)}: "
+        raise BackendUnavailable(f"PUT If-None-Match {self.uri(key)}: "
                                  "conditional write kept conflicting", backend="s3")
 
     def _create_unconditionally(self, key: str, data: bytes) -> bool:
