@@ -24,25 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61ravan/v1/predict.proto\x12\ncaravan.v1\"C\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.caravan.v1.Row\"t\n\x03Row\x12+\n\x06values\x18\x01 \x03(\x0b\x32\x1b.caravan.v1.Row.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.caravan.v1.Value:\x02\x38\x01\"\xa9\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x11\n\x07\x62ig_int\x18\x06 \x01(\tH\x00\x12\x14\n\nother_type\x18\x07 \x01(\tH\x00\x42\x06\n\x04kind\"B\n\x0cPredictReply\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2L\n\tPredictor\x12?\n\x07Predict\x12\x1a.caravan.v1.PredictRequest\x1a\x18.caravan.v1.PredictReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61ravan/v1/predict.proto\x12\ncaravan.v1\"C\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.caravan.v1.Row\"C\n\x03Row\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\r\n\x05kinds\x18\x03 \x01(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\"B\n\x0cPredictReply\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2L\n\tPredictor\x12?\n\x07Predict\x12\x1a.caravan.v1.PredictRequest\x1a\x18.caravan.v1.PredictReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'caravan.v1.predict_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROW_VALUESENTRY']._loaded_options = None
-  _globals['_ROW_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=40
   _globals['_PREDICTREQUEST']._serialized_end=107
   _globals['_ROW']._serialized_start=109
-  _globals['_ROW']._serialized_end=225
-  _globals['_ROW_VALUESENTRY']._serialized_start=161
-  _globals['_ROW_VALUESENTRY']._serialized_end=225
-  _globals['_VALUE']._serialized_start=228
-  _globals['_VALUE']._serialized_end=397
-  _globals['_PREDICTREPLY']._serialized_start=399
-  _globals['_PREDICTREPLY']._serialized_end=465
-  _globals['_PREDICTOR']._serialized_start=467
-  _globals['_PREDICTOR']._serialized_end=543
+  _globals['_ROW']._serialized_end=176
+  _globals['_PREDICTREPLY']._serialized_start=178
+  _globals['_PREDICTREPLY']._serialized_end=244
+  _globals['_PREDICTOR']._serialized_start=246
+  _globals['_PREDICTOR']._serialized_end=322
 # @@protoc_insertion_point(module_scope)

@@ -15,35 +15,16 @@ class PredictRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
 
 class Row(_message.Message):
-    __slots__ = ("values",)
-    class ValuesEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: Value
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    values: _containers.MessageMap[str, Value]
-    def __init__(self, values: _Optional[_Mapping[str, Value]] = ...) -> None: ...
-
-class Value(_message.Message):
-    __slots__ = ("null_value", "bool_value", "int_value", "double_value", "string_value", "big_int", "other_type")
-    NULL_VALUE_FIELD_NUMBER: _ClassVar[int]
-    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
-    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
-    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
-    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
-    BIG_INT_FIELD_NUMBER: _ClassVar[int]
-    OTHER_TYPE_FIELD_NUMBER: _ClassVar[int]
-    null_value: bool
-    bool_value: bool
-    int_value: int
-    double_value: float
-    string_value: str
-    big_int: str
-    other_type: str
-    def __init__(self, null_value: _Optional[bool] = ..., bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., big_int: _Optional[str] = ..., other_type: _Optional[str] = ...) -> None: ...
+    __slots__ = ("names", "numbers", "kinds", "texts")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    numbers: _containers.RepeatedScalarFieldContainer[float]
+    kinds: bytes
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., kinds: _Optional[bytes] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictReply(_message.Message):
     __slots__ = ("scores", "artifact_id", "model")
