@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
 import threading
@@ -39,6 +40,8 @@ LOGS_DIR = "_logs"
 MANIFEST_FORMAT = 1
 _RESERVED = {MANIFEST_NAME, ATTEMPTS_DIR, LOGS_DIR}
 
+
+log = logging.getLogger(__name__)
 
 _RUN_ID = os.environ.get("CARAVAN_RUN_ID") or new_id()
 
@@ -143,6 +146,13 @@ class Artifact(luigi.Target):
 
     def _file_key(self, name: str) -> str:
         return f"{self.key}/{ATTEMPTS_DIR}/{self.manifest()['attempt']}/{name}"
+
+    def file_uri(self, name: str) -> str:
+        """The URI of a published file, for other tools (``pyarrow.dataset.dataset(artifact.file_uri(...))``)."""
+        if name not in self.manifest()["files"]:
+            raise ArtifactNotFoundError(f"no file {name!r}; it has {self.files()}", artifact=self.id,
+                                        store=self.store.root_uri)
+        return self.store.uri(self._file_key(name))
 
     def read_bytes(self, name: str) -> bytes:
         """A published file's bytes, checked against the size and sha256 in the manifest."""
@@ -268,14 +278,19 @@ class ArtifactWriter:
         artifact, store = self.artifact, self.artifact.store
         manifest = self.build_manifest()
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
-        if store.create(artifact.manifest_key, body):
+        try:
+            created = store.create(artifact.manifest_key, body)
+        except BaseException:
+            self._discard_after_failed_publish()
+            raise
+        if created:
             artifact._manifest = json.loads(body)
             completion_index.mark(artifact)
             self.outcome = "published"
             self._prune_other_attempts()
             return self.outcome
+        self.discard()  # someone else published first: ours are not needed whatever theirs hold
         theirs = Artifact(store, artifact.id).manifest()
-        self.discard()
         if theirs.get("files") == manifest["files"]:
             self.outcome = "already complete"
             return self.outcome
@@ -284,6 +299,29 @@ class ArtifactWriter:
             f"(published by run {theirs.get('run_id')}, attempt {theirs.get('attempt')})",
             artifact=artifact.id, store=store.root_uri,
         )
+
+    def _discard_after_failed_publish(self) -> None:
+        """Remove the staging area after ``create`` raised, unless the manifest made it anyway.
+
+        A create can fail after the store took it (a timeout on the answer): a manifest that names
+        this attempt vouches for these files, which must then stay. When the store cannot even say,
+        the files stay too; the next publication of this artifact prunes them. Never raises: the
+        error that stopped the publication is the one to report.
+        """
+        try:
+            raw = self.artifact.store.read(self.artifact.manifest_key)
+        except ArtifactNotFoundError:
+            raw = None
+        except Exception as exc:  # the publication's own error is the one that matters
+            log.warning("%s: publishing failed and the store cannot say whether the manifest exists (%s); "
+                        "staged files kept under %s", self.artifact.uri, exc, self._prefix)
+            return
+        try:
+            if raw is None or json.loads(raw).get("attempt") != self.attempt:
+                self.discard()
+        except Exception as exc:  # as above
+            log.warning("%s: could not remove the staged files under %s after a failed publication: %s",
+                        self.artifact.uri, self._prefix, exc)
 
     def _prune_other_attempts(self) -> None:
         # Attempts that lost, or died before publishing, are garbage once a manifest exists.
