@@ -1,0 +1,53 @@
+"""Real gRPC servers that speak caravan.v1.Predictor with a canned model, for the gateway's unit tests.
+
+A row's score is the sum of its numbers plus the server's ``offset``; a row with a field named ``bad`` is
+refused with INVALID_ARGUMENT naming it (as a worker refuses an unknown field), and ``too_many`` rows or more
+with RESOURCE_EXHAUSTED. Each server counts the calls it answered.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from caravan.serving.wire import decode_rows
+from caravan.serving.worker_client import FIELD_KEY, ROW_KEY
+from caravan.v1 import predict_pb2, predict_pb2_grpc
+
+
+class _Servicer(predict_pb2_grpc.PredictorServicer):
+    def __init__(self, artifact_id: str, offset: float, too_many: int) -> None:
+        self.artifact_id, self.offset, self.too_many, self.calls = artifact_id, offset, too_many, 0
+
+    def Predict(self, request: Any, context: Any) -> Any:  # gRPC names the method
+        rows = decode_rows(request)
+        if len(rows) >= self.too_many:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.too_many - 1} rows per request")
+        for i, row in enumerate(rows):
+            if "bad" in row:
+                context.set_trailing_metadata(((FIELD_KEY, "bad"), (ROW_KEY, str(i))))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"row {i}: unknown fields ['bad']")
+        self.calls += 1
+        scores = [self.offset + sum(v for v in row.values() if isinstance(v, (int, float))) for row in rows]
+        return predict_pb2.PredictReply(scores=scores, artifact_id=self.artifact_id, model="ranker")
+
+
+class FakeWorker:
+    """One real gRPC server on a loopback port; ``stop()`` makes it vanish like a killed worker."""
+
+    def __init__(self, artifact_id: str, offset: float = 0.0, too_many: int = 1000) -> None:
+        self.servicer = _Servicer(artifact_id, offset, too_many)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        predict_pb2_grpc.add_PredictorServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{self.port}"
+        self.server.start()
+
+    @property
+    def calls(self) -> int:
+        return self.servicer.calls
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait()
