@@ -239,6 +239,109 @@ def cmd_trigger_retrain(args: argparse.Namespace) -> int:
     return trigger_command(args)
 
 
+# --- experiments (issue 12): `caravan experiment start|status|stop` and `caravan models list` -----------------
+
+
+def cmd_experiment_start(args: argparse.Namespace) -> int:
+    from .experiments import commands, experiment_store
+    from .registry import open_pointer
+
+    exp = commands.start(open_pointer(), experiment_store(), args.model, args.arm, weights=args.weights,
+                         policy=args.policy, unit=args.unit, reward=args.reward, operator=_operator())
+    print(f"{args.model}: experiment started ({exp.policy}, unit {exp.unit}): "
+          + ", ".join(f"{a.name}={a.artifact_id} {a.weight:.0%}" for a in exp.arms))
+    return 0
+
+
+def cmd_experiment_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .experiments import commands, experiment_store
+
+    store = experiment_store()
+    exp = commands.running(store, args.model)
+    arms = commands.status(store, args.model, exp)
+    if args.json:
+        _print_json({"experiment": exp.to_dict(), "arms": [asdict(a) for a in arms]})
+        return 0
+    print(f"{args.model}: {exp.policy} experiment since {exp.started_at}, unit {exp.unit}, reward {exp.reward}")
+    rows = [[a.name, _short(a.artifact_id, 60), f"{a.traffic:.1%}", str(a.requests), str(a.rewards),
+             f"{a.rate:.2%} [{a.low:.2%}, {a.high:.2%}]", f"{a.prob_best:.3f}"] for a in arms]
+    print(_table(rows, ["arm", "artifact", "traffic", "requests", "rewards", "success rate [95%]", "P(best)"]))
+    return 0
+
+
+def cmd_experiment_stop(args: argparse.Namespace) -> int:
+    from .experiments import commands, experiment_store
+    from .registry import open_pointer
+
+    _, outcome = commands.stop(open_pointer(), experiment_store(), args.model, args.winner,
+                               tolerance=args.tolerance, floor_window=args.floor_window,
+                               allow_schema_change=args.allow_schema_change, lock_timeout_s=args.lock_timeout,
+                               operator=_operator())
+    print(f"{args.model}: experiment stopped, winner {args.winner}: {outcome}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .experiments import commands, experiment_store
+    from .registry import open_pointer
+
+    found = commands.versions(open_pointer(), experiment_store(), args.model)
+    if args.json:
+        _print_json([asdict(v) for v in found])
+        return 0
+    rows = [[v.status, _short(v.artifact_id, 60), v.since[:19], _short(v.metrics or {}, 50), v.experiment]
+            for v in found]
+    print(_table(rows, ["status", "artifact", "since (UTC)", "metrics", "experiment"]))
+    return 0
+
+
+def _add_experiment_parsers(sub: Any, models_sub: Any) -> None:
+    listing = models_sub.add_parser("list", help="every version of a model with its status: production, ab:<arm>, "
+                                    "candidate, rejected, retired")
+    listing.add_argument("model")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_models_list)
+
+    experiment = sub.add_parser("experiment", help="A/B tests and bandits between versions of a model")
+    experiment_sub = experiment.add_subparsers(dest="experiment_command", required=True)
+    start = experiment_sub.add_parser(
+        "start", help="start an experiment: arms, weights, policy",
+        description="Every challenger must pass the gate's soundness check (loaded in a disposable process) and "
+        "keep the current model's serving schema. The gateway follows the experiment live.")
+    start.add_argument("model")
+    start.add_argument("--arm", action="append", required=True, metavar="NAME=current|URI",
+                       help="an arm: NAME=current (the current model) or NAME=<artifact URI>; repeat per arm")
+    start.add_argument("--weights", metavar="W1,W2,...", help="initial traffic shares in arm order (default equal)")
+    start.add_argument("--policy", choices=["fixed", "thompson"], default="thompson",
+                       help="fixed: the weights hold; thompson: gateways move them toward the best arm (default)")
+    start.add_argument("--unit", default="user_id", help="the request field users stick by (default user_id)")
+    start.add_argument("--reward", default="reward", help="what a reward of 1 means, for the record (e.g. click)")
+    start.set_defaults(func=cmd_experiment_start)
+    status = experiment_sub.add_parser("status", help="per arm: traffic, requests, rewards, success rate with a "
+                                       "95%% interval, probability of being best")
+    status.add_argument("model")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_experiment_status)
+    stop = experiment_sub.add_parser(
+        "stop", help="end the experiment: promote the winner through the gate",
+        description="The winner goes through the promotion protocol of 'caravan models promote' (the gate judges it "
+        "against the current model on the same holdout rows); a rejection leaves the experiment running.")
+    stop.add_argument("model")
+    stop.add_argument("--winner", required=True, metavar="ARM")
+    stop.add_argument("--tolerance", type=float, default=0.01)
+    stop.add_argument("--floor-window", type=int, default=10, metavar="N")
+    stop.add_argument("--allow-schema-change", action="store_true")
+    stop.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
+    stop.set_defaults(func=cmd_experiment_stop)
+
+
+# --- end of experiments ------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caravan", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -290,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="ID", help="an artifact id (or change id) that was current before")
     rollback.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
     rollback.set_defaults(func=cmd_models_rollback)
+    _add_experiment_parsers(sub, models_sub)
 
     serve = sub.add_parser("serve", help="serve the current model over HTTP, reloading it when the pointer moves")
     serve.add_argument("--model", required=True)
