@@ -341,6 +341,56 @@ def _add_experiment_parsers(sub: Any, models_sub: Any) -> None:
 
 # --- end of experiments ------------------------------------------------------------------------------------------
 
+# --- gateway (issue 12): `caravan gateway`, the HTTP front that routes each request to an arm's workers ------------
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from .gateway.app import serve as serve_gateway
+
+    serve_gateway(args.model, host=args.host, port=args.port, workers=args.worker or (), unit=args.unit,
+                  production_arm=args.production_arm, enrich=args.enrich, update_s=args.update_s,
+                  min_weight=args.min_weight, timeout_s=args.timeout_s, store_kind=args.pointer,
+                  max_body_bytes=args.max_body_bytes)
+    return 0
+
+
+def _add_gateway_parser(sub: Any) -> None:
+    gateway = sub.add_parser(
+        "gateway", help="HTTP front for a model's workers: sticky A/B arms by user, Thompson sampling, feedback",
+        description="POST /predict takes `caravan serve`'s bodies plus the unit field; each request goes to its "
+        "arm of the model's experiment (followed live) and to a healthy worker of that arm over gRPC, else to the "
+        "production arm. POST /feedback {request_id, reward: 0|1} counts rewards for the bandit. Workers come "
+        "from --worker, else from Consul (service caravan-<env>-worker, tags model=M and arm=NAME, passing). "
+        "The request-id signing key is the secret gateway/signing_key (CARAVAN_SECRET_GATEWAY_SIGNING_KEY).")
+    gateway.add_argument("--model", required=True)
+    gateway.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
+    gateway.add_argument("--port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "8080")))
+    gateway.add_argument("--worker", action="append", metavar="ARM=HOST:PORT",
+                         help="a worker of an arm (repeatable); without any, workers are found in Consul")
+    gateway.add_argument("--unit", help="the body field naming the unit of assignment (default: the "
+                         "experiment's, user_id)")
+    gateway.add_argument("--production-arm", default="control", metavar="NAME",
+                         help="the arm that serves when there is no experiment, and when an arm has no healthy "
+                         "worker (default control; the experiment's first arm if it has none of that name)")
+    gateway.add_argument("--enrich", metavar="MODULE:FUNCTION",
+                         help="a function (unit, rows) -> rows that adds features, e.g. "
+                         "caravan.gateway.enrich_parquet:enrich")
+    gateway.add_argument("--update-s", type=float, default=60.0,
+                         help="seconds between bandit updates: share counters, recompute weights (default 60)")
+    gateway.add_argument("--min-weight", type=float, default=0.05,
+                         help="the least share of traffic any arm gets under Thompson sampling (default 0.05)")
+    gateway.add_argument("--timeout-s", type=float, default=2.0,
+                         help="deadline of a request's worker calls, failover included (default 2)")
+    gateway.add_argument("--pointer", choices=["file", "consul"],
+                         help="experiment store backend (default: the configured pointer backend)")
+    gateway.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                         help="request body size limit, enforced while reading (default 64 MiB)")
+    gateway.set_defaults(func=cmd_gateway)
+
+
+# --- end of gateway -----------------------------------------------------------------------------------------------
+
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caravan", description=__doc__.splitlines()[0])
@@ -408,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load new models in the server process without trying them in a disposable probe "
                        "process first (only for models you trust: a damaged model file can abort the server)")
     serve.set_defaults(func=cmd_serve)
+    _add_gateway_parser(sub)
 
     publish = sub.add_parser("publish", help="render every nomad/*.nomad.hcl with a release's image and register "
                              "the jobs that changed", description="Parse every job spec through Nomad with the "
