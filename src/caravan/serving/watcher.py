@@ -19,10 +19,10 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CaravanError
-from ..registry import ModelPointer, PointerState
+from ..registry import PointerState
 from ..registry.base import lineage
 from ..step import artifact_at
 from .model import LoadedModel, ModelHolder, ModelUnsound, build_model, read_model_files
@@ -32,6 +32,17 @@ from .probe import Probe
 log = logging.getLogger("caravan.serving")
 
 _REMEMBERED = 256  # models known good, and models refused, kept per server
+
+
+class PointerSource(Protocol):
+    """What the watcher follows: a model pointer, or anything that reads like one (a worker follows its
+    experiment arm's artifact, or one fixed artifact, through this)."""
+
+    def read(self, model: str) -> PointerState: ...
+
+    def watch(self, model: str, state: PointerState, timeout_s: float) -> PointerState: ...
+
+    def history(self, model: str) -> list[dict[str, Any]]: ...
 
 
 class PointerInvalid(CaravanError):
@@ -52,7 +63,7 @@ def target_of(document: Any) -> tuple[str, str]:
 class Watcher(threading.Thread):
     """Follows the pointer of one model and swaps in each new version that survives the probe and loads."""
 
-    def __init__(self, pointer: ModelPointer, model: str, holder: ModelHolder, metrics: Metrics, *,
+    def __init__(self, pointer: PointerSource, model: str, holder: ModelHolder, metrics: Metrics, *,
                  probe: Probe | None = None, wait_s: float = 30.0, min_backoff_s: float = 0.5,
                  max_backoff_s: float = 30.0, fallback_tries: int = 20) -> None:
         super().__init__(name=f"watch-{model}", daemon=True)

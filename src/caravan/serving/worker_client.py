@@ -32,7 +32,7 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
-FIELD_KEY = "caravan-field"  # trailing metadata of an INVALID_ARGUMENT: the field at fault
+FIELD_KEY = "caravan-field-bin"  # trailing metadata of an INVALID_ARGUMENT: the field at fault (UTF-8)
 ROW_KEY = "caravan-row"  # ... and its row
 
 
