@@ -366,6 +366,11 @@ class CompletionIndex:
         with self._lock:
             self._published.add(artifact.uri)
 
+    def unmark(self, artifact: Artifact) -> None:
+        """Forget that ``artifact`` is published (``caravan verify --quarantine`` took its manifest away)."""
+        with self._lock:
+            self._published.discard(artifact.uri)
+
     def is_known(self, artifact: Artifact) -> bool:
         """Whether ``artifact`` is already known to be published (no request needed)."""
         with self._lock:

@@ -44,6 +44,9 @@ class EdgeFailure(Store):
     def list_keys(self, prefix: str) -> Iterator[str]:
         return self.inner.list_keys(prefix)
 
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
     def delete_prefix(self, prefix: str) -> None:
         self.inner.delete_prefix(prefix)
 

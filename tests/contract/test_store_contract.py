@@ -81,6 +81,15 @@ def test_delete_prefix_removes_only_that_prefix(store):
     store.delete_prefix("d/never-there/")
 
 
+def test_delete_removes_one_object_only(store):
+    for key in ("del/a", "del/ab", "del/a2/x"):
+        store.write(key, b"x")
+    store.delete("del/a")
+    assert not store.exists("del/a")
+    assert sorted(store.list_keys("del/")) == ["del/a2/x", "del/ab"]
+    store.delete("del/never-there")
+
+
 def test_empty_objects_are_objects(store):
     store.write("e/empty", b"")
     assert store.read("e/empty") == b""

@@ -96,6 +96,10 @@ class Store(abc.ABC):
         """Every object key under ``prefix`` (which ends with ``/``), at any depth."""
 
     @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error."""
+
+    @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under ``prefix``; a missing prefix is not an error."""
 

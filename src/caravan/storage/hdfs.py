@@ -166,5 +166,8 @@ class HdfsStore(Store):
             if status.get("type") == "DIRECTORY" and self.exists(f"{prefix.rstrip('/')}/{name}/{marker}")
         }
 
+    def delete(self, key: str) -> None:
+        self._call("DELETE", key, self.client.delete, self._path(key))
+
     def delete_prefix(self, prefix: str) -> None:
         self._call("DELETE", prefix, self.client.delete, self._path(prefix.rstrip("/")), recursive=True)

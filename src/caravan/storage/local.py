@@ -101,6 +101,13 @@ class LocalStore(Store):
             return set()
         return {e.name for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, marker))}
 
+    def delete(self, key: str) -> None:
+        self._count("delete")
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass
+
     def delete_prefix(self, prefix: str) -> None:
         self._count("delete")
         shutil.rmtree(self.path(prefix.rstrip("/")), ignore_errors=True)

@@ -146,6 +146,14 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "LIST", prefix) from exc
 
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "DELETE", key) from exc
+
     def delete_prefix(self, prefix: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
