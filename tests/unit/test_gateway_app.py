@@ -209,3 +209,19 @@ def test_no_body_gives_a_5xx(setup: Setup, value: Any, raw: bytes) -> None:
         for body in (text, raw):
             answer = setup.client.post(path, content=body)
             assert answer.status_code < 500, (path, body, answer.text)
+
+
+def test_the_enricher_adds_the_units_features_before_the_worker_call(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def enrich(unit: str | None, rows: list[Any]) -> list[Any]:
+        seen.append(unit)
+        return [{"boost": 10.0, **row} for row in rows]
+
+    made = Setup(tmp_path, enrich=enrich)
+    try:
+        with made.client:
+            body = made.client.post("/predict", json={"user_id": "u7", "x": 1.0}).json()
+            assert body["prediction"] == 11.0 and seen == ["u7"]
+    finally:
+        made.stop()
