@@ -27,7 +27,7 @@ class _Servicer(predict_pb2_grpc.PredictorServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.too_many - 1} rows per request")
         for i, row in enumerate(rows):
             if "bad" in row:
-                context.set_trailing_metadata(((FIELD_KEY, "bad"), (ROW_KEY, str(i))))
+                context.set_trailing_metadata(((FIELD_KEY, b"bad"), (ROW_KEY, str(i))))
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"row {i}: unknown fields ['bad']")
         self.calls += 1
         scores = [self.offset + sum(v for v in row.values() if isinstance(v, (int, float))) for row in rows]
