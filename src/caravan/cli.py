@@ -1,7 +1,7 @@
 """The ``caravan`` command: look at runs, move model pointers, serve, publish jobs.
 
-Errors caravan raises on purpose are printed as one headline (no traceback) with exit code 1;
-``--debug`` shows the traceback.
+Every error is one line on stderr (``caravan: …``) with a non-zero exit code and no traceback;
+``--debug`` shows the traceback. A closed pipe (``caravan runs | head -1``) ends quietly.
 """
 
 from __future__ import annotations
@@ -10,13 +10,39 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from .addressing import MANIFEST_NAME
-from .config import artifact_root
+from .addressing import MANIFEST_NAME, unescape
+from .config import artifact_root, artifact_root_origin
 from .errors import CaravanError
+from .tables import fit, key_metric_headers, metric_cells, render, terminal_width
+
+#: A task family: a class name, optionally behind a luigi namespace (``pipelines.TrainRanker``); never a path.
+_FAMILY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_family(family: str) -> str:
+    """``family`` if it names a task family; a path (``../..``, ``a/b``) is refused: listings stay inside the root."""
+    if not _FAMILY.fullmatch(family):
+        raise CaravanError(f"--family {family!r} is not a task family name (like TrainRanker): it must stay "
+                           "inside the artifact root")
+    return family
+
+
+def resolve_root(given: str | None) -> str:
+    """The artifact root to read: ``--root`` or the one in effect; a local root that does not exist is an error
+    (an empty table would say "nothing was built" when caravan looked in the wrong place)."""
+    root = given or artifact_root()
+    local = root.removeprefix("file://") if root.startswith("file://") else root if "://" not in root else None
+    if local is not None and not os.path.isdir(local):
+        origin = "--root" if given else artifact_root_origin()
+        raise CaravanError(f"artifact root {os.path.abspath(local)} does not exist (from {origin}); run caravan "
+                           "inside the project (it finds the nearest luigi.cfg upwards), or give --root or "
+                           "CARAVAN_ARTIFACT_ROOT")
+    return root
 
 
 def _manifests(root: str, family: str | None) -> list[dict[str, Any]]:
@@ -24,7 +50,7 @@ def _manifests(root: str, family: str | None) -> list[dict[str, Any]]:
     from .storage import open_store
 
     store = open_store(root)
-    prefix = f"{family}/" if family else ""
+    prefix = f"{check_family(family)}/" if family is not None else ""
     found = []
     for key in store.list_keys(prefix):
         if key.endswith("/" + MANIFEST_NAME) and "/_attempts/" not in key:
@@ -43,36 +69,47 @@ def _short(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(lines)
+def _table(rows: list[list[str]], headers: list[str], *, wide: bool = False, id_columns: Sequence[int] = (),
+           free_columns: Sequence[int] = ()) -> str:
+    """Every value in full unless stdout is a terminal (and not ``--wide``): then fitted to its width."""
+    width = None if wide else terminal_width()
+    return render(fit(rows, headers, width=width, id_columns=id_columns, free_columns=free_columns), headers)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    manifests = _manifests(args.root or artifact_root(), args.family)[: args.limit]
+    manifests = _manifests(resolve_root(args.root), args.family)[: args.limit]
     if args.json:
         print(json.dumps(manifests, indent=2, sort_keys=True, default=str))
         return 0
-    rows = [[str(m.get("finished_at", ""))[:19], _short(m["artifact_id"], 70),
-             _short(m.get("metrics") or {}, 60), f"{m.get('duration_s', 0):.1f}",
-             str((m.get("executor") or {}).get("name", ""))] for m in manifests]
-    print(_table(rows, ["finished (UTC)", "artifact", "metrics", "secs", "executor"]))
+    rows = []
+    for m in manifests:
+        keys, rest = metric_cells(m.get("metrics"))
+        rows.append([str(m.get("finished_at", ""))[:19], m["artifact_id"], *keys, rest,
+                     f"{m.get('duration_s', 0):.1f}", str((m.get("executor") or {}).get("name", ""))])
+    headers = ["finished (UTC)", "artifact", *key_metric_headers(), "other metrics", "secs", "executor"]
+    print(_table(rows, headers, wide=args.wide, id_columns=[1], free_columns=[len(headers) - 3]))
     return 0
 
 
-def _find(manifests: list[dict[str, Any]], ref: str) -> dict[str, Any]:
-    matches = [m for m in manifests if m["uri"] == ref or ref in m["artifact_id"]]
-    if len(matches) != 1:
-        raise CaravanError(f"{ref!r} matches {len(matches)} artifacts; give a longer part of its id, or its URI")
+def find_artifact(manifests: list[dict[str, Any]], ref: str, root: str) -> dict[str, Any]:
+    """The one artifact ``ref`` names: its URI, its full id, or a part of its id no other artifact has."""
+    if not ref.strip():
+        raise CaravanError("no artifact given: give its URI, its id or a unique part of its id")
+    exact = [m for m in manifests if ref in (m["uri"], m["artifact_id"], m["uri"].rstrip("/"))]
+    # A part of the id as printed (escaped: "name=a~3Db") or as the parameter reads ("name=a=b").
+    matches = exact or [m for m in manifests if ref in m["artifact_id"] or ref in unescape(m["artifact_id"])]
+    if not matches:
+        raise CaravanError(f"no artifact matches {ref!r} under {root} (see caravan runs)")
+    if len(matches) > 1:
+        shown = ", ".join(m["artifact_id"] for m in matches[:5]) + (", …" if len(matches) > 5 else "")
+        raise CaravanError(f"{ref!r} matches {len(matches)} artifacts: {shown}; give more of its id, or its URI")
     return matches[0]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    manifests = _manifests(args.root or artifact_root(), None)
-    a, b = _find(manifests, args.a), _find(manifests, args.b)
+    root = resolve_root(args.root)
+    manifests = _manifests(root, None)
+    a, b = find_artifact(manifests, args.a, root), find_artifact(manifests, args.b, root)
     fields: list[tuple[str, Any, Any]] = [("artifact", a["artifact_id"], b["artifact_id"])]
     for section in ("params", "metrics"):
         for key in sorted(set(a.get(section) or {}) | set(b.get(section) or {})):
@@ -104,9 +141,13 @@ def cmd_models_current(args: argparse.Namespace) -> int:
         return 0
     doc = state.document
     print(f"{args.model}: {doc['artifact_uri']}")
-    print(f"  promoted {doc.get('promoted_at')} by {doc.get('promoted_by')} ({doc.get('action')}); "
-          f"previous {doc.get('previous_artifact_id')}")
-    print(f"  metrics {_short(doc.get('metrics'), 200)}")
+    previous = doc.get("previous_artifact_id")
+    print(f"  promoted {doc.get('promoted_at')} by {doc.get('promoted_by')} ({doc.get('action')})"
+          + (f"; previous {previous}" if previous else "; the first model"))
+    keys, rest = metric_cells(doc.get("metrics"))
+    shown = [f"{name} {value}" for name, value in zip(key_metric_headers(), keys, strict=True) if value]
+    if shown or rest:
+        print("  metrics " + ", ".join([*shown, *([rest] if rest else [])]))
     return 0
 
 
@@ -117,9 +158,13 @@ def cmd_models_history(args: argparse.Namespace) -> int:
     pointer = open_pointer()
     entries = pointer.history(args.model)
     try:
-        pointer.read(args.model)
+        state = pointer.read(args.model)
     except PointerCorrupt as exc:  # the history is still readable (and names what --force could restore)
         print(f"caravan: {exc}", file=sys.stderr)
+    else:
+        if not entries and state.document is None:
+            where = f" under {pointer.root}" if hasattr(pointer, "root") else ""
+            raise CaravanError(f"no model {args.model!r}{where}: it was never promoted (caravan models promote)")
     stack, rolled_back = lineage(entries)
     current = stack[-1].get("change_id") if stack else None
     for entry in entries:
@@ -128,10 +173,11 @@ def cmd_models_history(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(entries)
         return 0
-    rows = [[str(e.get("promoted_at", ""))[:19], str(e.get("action", "")), e["state"],
-             _short(e.get("artifact_id", ""), 70),
-             _short(e.get("reason") or "; ".join(e.get("reasons") or []), 80)] for e in entries]
-    print(_table(rows, ["when (UTC)", "action", "state", "artifact", "why"]))
+    rows = [[str(e.get("promoted_at", ""))[:19], str(e.get("action", "")), e["state"], str(e.get("artifact_id", "")),
+             *metric_cells(e.get("metrics"))[0], str(e.get("reason") or "; ".join(e.get("reasons") or []))]
+            for e in entries]
+    headers = ["when (UTC)", "action", "state", "artifact", *key_metric_headers(), "why"]
+    print(_table(rows, headers, wide=args.wide, id_columns=[3], free_columns=[len(headers) - 1]))
     return 0
 
 
@@ -148,7 +194,7 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
     from .step import artifact_at
 
     pointer = open_pointer()
-    candidate = artifact_at(args.artifact_uri, _artifact_id_of(args.artifact_uri))
+    candidate = artifact_at(*_candidate(args.artifact))
     candidate.manifest()  # fails clearly when nothing is published there
     with pointer.lock(args.model, holder=_operator(), timeout_s=args.lock_timeout):
         for _ in range(5):
@@ -186,6 +232,16 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
                 print(f"  note: {note}")
             return 0
     raise CaravanError(f"{args.model}: the pointer kept moving during 5 attempts to promote {candidate.id}")
+
+
+def _candidate(ref: str) -> tuple[str, str]:
+    """The URI and id of the artifact ``ref`` names: a URI (of any store), or an id or a unique part of one
+    under the artifact root."""
+    if "://" in ref or os.path.isabs(ref):
+        return ref, _artifact_id_of(ref)
+    root = resolve_root(None)
+    found = find_artifact(_manifests(root, None), ref, root)
+    return str(found["uri"]), str(found["artifact_id"])
 
 
 def _artifact_id_of(uri: str) -> str:
@@ -237,6 +293,18 @@ def cmd_trigger_retrain(args: argparse.Namespace) -> int:
     from .trigger import trigger_command
 
     return trigger_command(args)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line too (``caravan runs: …; see caravan runs --help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its non-blank lines joined by ``; ``."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 # --- experiments (issue 12): `caravan experiment start|status|stop` and `caravan models list` -----------------
@@ -433,14 +501,16 @@ def _add_worker_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caravan", description=__doc__.splitlines()[0])
+    parser = Parser(prog="caravan", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     runs = sub.add_parser("runs", help="recent artifacts with parameters, metrics, durations and executor")
-    runs.add_argument("--root", help="artifact root (default: CARAVAN_ARTIFACT_ROOT or [caravan] artifact_root)")
+    runs.add_argument("--root", help="artifact root (default: CARAVAN_ARTIFACT_ROOT, else [caravan] artifact_root "
+                      "of the nearest luigi.cfg upwards)")
     runs.add_argument("--family", help="only this task family, e.g. TrainRanker")
     runs.add_argument("--limit", type=int, default=30)
     runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.add_argument("--wide", action="store_true", help="never shorten values, even on a terminal")
     runs.set_defaults(func=cmd_runs)
     runs_sub = runs.add_subparsers(dest="runs_command")
     compare = runs_sub.add_parser("compare", help="two runs side by side")
@@ -449,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--root")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(func=cmd_compare)
+    from .verify import add_parser as add_verify_parser  # caravan verify [--family F] [--quarantine]
+
+    add_verify_parser(sub)
 
     models = sub.add_parser("models", help="the model pointers: current, history, promote, rollback")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -457,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = models_sub.add_parser(name, help=text)
         cmd.add_argument("model")
         cmd.add_argument("--json", action="store_true")
+        if name == "history":
+            cmd.add_argument("--wide", action="store_true", help="never shorten values, even on a terminal")
         cmd.set_defaults(func=func)
     promote = models_sub.add_parser(
         "promote", help="make an artifact the current model, through the gate",
@@ -464,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against the current model and the best recent promotion on the same holdout rows; a rejection is "
         "recorded in the history and exits 1. --force skips the comparison, never the soundness check.")
     promote.add_argument("model")
-    promote.add_argument("artifact_uri")
+    promote.add_argument("artifact", help="the artifact's URI, its id, or a part of its id no other artifact has")
     promote.add_argument("--force", action="store_true",
                          help="skip the gate's comparison (the model must still load, score and have a schema); "
                          "also replaces a corrupt pointer")
@@ -530,16 +605,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """After a closed pipe: send what is left of stdout to /dev/null, so that flushing it at exit fails no more
+    (as the Python documentation's "Note on SIGPIPE" does)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``caravan`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # what a shell reports for a command killed by SIGPIPE (128 + 13)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("caravan: interrupted", file=sys.stderr)
+        return 130
     except CaravanError as exc:
         if args.debug:
             raise
-        print(f"caravan: {exc}", file=sys.stderr)
+        print(f"caravan: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # any failure is one line; --debug shows where it came from
+        if args.debug:
+            raise
+        print(f"caravan: {type(exc).__name__}: {one_line(str(exc)) or 'no message'} (--debug shows the traceback)",
+              file=sys.stderr)
         return 1
 
 

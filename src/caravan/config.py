@@ -2,27 +2,40 @@
 
 One ``luigi.Config`` class per section, as luigi.contrib does for ``[s3]`` and ``[hdfs]``.
 Settings name secrets by where they live (a Vault path), never hold them.
+
+Which luigi.cfg: luigi reads ``./luigi.cfg`` and ``LUIGI_CONFIG_PATH``. Importing this module also
+finds the nearest ``luigi.cfg`` in the working directory or its parents (as git finds ``.git``) and
+hands it to luigi in ./luigi.cfg's place, so ``caravan`` and ``luigi --module pipelines.…`` agree from
+any folder of a project (``LUIGI_CONFIG_PATH`` still wins over it). A relative ``artifact_root`` or
+``pointer_root`` is relative to the folder of the file that sets it; the defaults are relative to the
+discovered luigi.cfg's folder (the working directory when there is none).
 """
 
 from __future__ import annotations
 
+import configparser
 import functools
 import os
 import re
+from pathlib import Path
 from typing import TypeVar
 
 import luigi
 
+from . import luigi_errors
 from .errors import ConfigurationError
 
 _C = TypeVar("_C", bound=luigi.Config)
+
+#: The local defaults of the path settings (relative: see the module docstring).
+PATH_DEFAULTS = {"artifact_root": ".caravan/artifacts", "pointer_root": ".caravan/pointers"}
 
 
 class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
     """``[caravan]``: where artifacts live and which backends run the steps."""
 
     artifact_root = luigi.Parameter(
-        default=".caravan/artifacts",
+        default=PATH_DEFAULTS["artifact_root"],
         description="Root URI of every artifact: a path or file:// (local), s3://bucket/prefix, "
         "hdfs://host:port/path or webhdfs://host:port/path (WebHDFS HTTP address). "
         "Env CARAVAN_ARTIFACT_ROOT wins.",
@@ -36,7 +49,7 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         description="Where model pointers live. Env CARAVAN_POINTER wins.",
     )
     pointer_root = luigi.Parameter(
-        default=".caravan/pointers", description="Folder of the file pointer backend.",
+        default=PATH_DEFAULTS["pointer_root"], description="Folder of the file pointer backend.",
     )
     s3_endpoint_url = luigi.Parameter(
         default="",
@@ -77,12 +90,99 @@ class caravan(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg sec
         "Env CARAVAN_ENVIRONMENT wins.",
     )
 
+    def resolve_paths(self) -> None:
+        """Make a relative ``artifact_root``/``pointer_root`` absolute, relative to the file that sets it."""
+        for option in ("artifact_root", "pointer_root"):
+            setattr(self, option, resolve_configured_path(option, str(getattr(self, option))))
+
+
+#: The file name luigi reads from the working directory, and that caravan looks for upwards.
+CONFIG_NAME = "luigi.cfg"
+
+
+def find_config(start: str | os.PathLike[str]) -> Path | None:
+    """The nearest ``luigi.cfg`` (a file) in ``start`` or one of its parents, or None."""
+    here = Path(os.path.abspath(start))  # abspath, not resolve(): a symlinked project stays where the user is
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _discover() -> Path | None:
+    """Find the project's luigi.cfg and, when it is not ./luigi.cfg (which luigi reads anyway), add it to luigi's
+    files, then ``LUIGI_CONFIG_PATH`` again so that it keeps the last word, as luigi orders them."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed: nothing to find
+        return None
+    found = find_config(cwd)
+    if found is None or os.environ.get("LUIGI_CONFIG_PARSER", "cfg") != "cfg":
+        return found
+    if found != Path(cwd, CONFIG_NAME):
+        luigi.configuration.add_config_path(str(found))
+        explicit = os.environ.get("LUIGI_CONFIG_PATH")
+        if explicit and os.path.isfile(explicit):
+            luigi.configuration.add_config_path(explicit)
+    return found
+
+
+#: The luigi.cfg found from the working directory at import (None: there is none upwards).
+DISCOVERED = _discover()
+# Every caravan task imports this module: on the luigi command line, caravan's errors are one line.
+luigi_errors.install()
+
+
+def _config_files() -> list[Path]:
+    """The config files luigi read, in its order (later ones win), that exist."""
+    parser = luigi.configuration.get_config()
+    # luigi keeps its list on the parser class (LuigiConfigParser._config_paths; add_config_path appends to it).
+    paths = getattr(type(parser), "_config_paths", [])
+    return [Path(os.path.abspath(p)) for p in paths if os.path.isfile(p)]
+
+
+def source_of(option: str, value: str) -> Path | None:
+    """The file whose ``[caravan] option`` is the ``value`` in effect (the last file luigi read that sets it),
+    or None when no file does (a default, or a value set by a program)."""
+    for path in reversed(_config_files()):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if parser.has_option("caravan", option):
+            return path if parser.get("caravan", option).strip() == value else None
+    return None
+
+
+def resolve_relative(value: str, base: str | os.PathLike[str]) -> str:
+    """``value`` made absolute against ``base`` if it is a relative local path; URIs and absolute paths unchanged."""
+    if not value or "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(os.path.abspath(base), value))
+
+
+def resolve_configured_path(option: str, value: str) -> str:
+    """A configured path made absolute: against the folder of the file that sets it, else (a default) the
+    discovered luigi.cfg's folder, else the working directory."""
+    source = source_of(option, value)
+    if source is not None:
+        return resolve_relative(value, source.parent)
+    is_default = value == PATH_DEFAULTS.get(option)
+    base = DISCOVERED.parent if is_default and DISCOVERED is not None else Path.cwd()
+    return resolve_relative(value, base)
+
 
 @functools.cache
 def section(config_class: type[_C]) -> _C:
     """The settings of one luigi.cfg section, read once per process (luigi resolves every
     parameter against the config files on each instantiation, which hot paths cannot afford)."""
-    return config_class()
+    settings = config_class()
+    resolve = getattr(settings, "resolve_paths", None)
+    if callable(resolve):
+        resolve()
+    return settings
 
 
 def reload() -> None:
@@ -96,8 +196,19 @@ def setting(env_name: str, configured: str) -> str:
 
 
 def artifact_root() -> str:
-    """The artifact root in effect (``CARAVAN_ARTIFACT_ROOT`` or ``[caravan] artifact_root``)."""
+    """The artifact root in effect (``CARAVAN_ARTIFACT_ROOT`` or ``[caravan] artifact_root``, see the module
+    docstring for relative paths)."""
     return setting("CARAVAN_ARTIFACT_ROOT", section(caravan).artifact_root)
+
+
+def artifact_root_origin() -> str:
+    """Where the artifact root in effect was set, for messages: the variable, the file, or the default."""
+    if os.environ.get("CARAVAN_ARTIFACT_ROOT"):
+        return "CARAVAN_ARTIFACT_ROOT"
+    source = source_of("artifact_root", luigi.configuration.get_config().get("caravan", "artifact_root", "").strip())
+    if source is not None:
+        return f"[caravan] artifact_root in {source}"
+    return "the default, under " + (str(DISCOVERED.parent) if DISCOVERED is not None else "the working directory")
 
 
 #: An environment name: it becomes part of DNS-style Consul service names, KV keys, Vault paths and role names.
