@@ -1,0 +1,139 @@
+"""End to end: two workers' arms (two different trained models), one `caravan gateway` process, an experiment
+started, followed and stopped from the CLI. Users reach their arm, feedback moves the Thompson weights, a
+dead worker loses no request of its arm's users, and the stopped experiment's winner is promoted through the
+gate and takes every user."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from caravan.cli import main as caravan
+from caravan.experiments import experiment_store
+from caravan.experiments.assign import assign
+from caravan.registry import open_pointer
+from caravan.serving.worker import ArmPointer, Worker
+
+from ..servers import free_port, poll_until, process
+from ..tiny_models import make_dataset, make_model
+
+SIGNAL = {"s1": 1.0, "s2": 0.6, "s3": 0.3}
+ROW = {"s1": 0.3, "s2": -1.2, "s3": 0.5}
+KEY = "e2e-signing-key-0123456789abcdef"
+
+
+@contextlib.contextmanager
+def workers(model: str, arms: list[str]) -> Iterator[list[Worker]]:
+    """One in-process `caravan worker` per entry of ``arms`` (real gRPC), each following its experiment arm."""
+    started = []
+    try:
+        for arm in arms:
+            worker = Worker(ArmPointer(experiment_store("file"), arm), model, arm=arm, host="127.0.0.1",
+                            grpc_port=0, http_port=0, isolate=False)
+            started.append(worker.start())
+        poll_until(lambda: all(w.holder.current is not None for w in started), 30, "every worker loads its arm")
+        yield started
+    finally:
+        for worker in started:
+            worker.stop(0.2)
+
+
+class Gateway:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def predict(self, user: str | None) -> dict[str, Any]:
+        body = {"user_id": user, **ROW} if user is not None else ROW
+        answer = requests.post(f"{self.url}/predict", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+    def feedback(self, request_id: str, reward: Any) -> requests.Response:
+        return requests.post(f"{self.url}/feedback", json={"request_id": request_id, "reward": reward}, timeout=10)
+
+    def health(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/health", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(local_root, "d", SIGNAL)
+    a, b = (make_model(local_root, data, list(SIGNAL), name=n, iterations=i) for n, i in (("a", 20), ("b", 22)))
+    assert caravan(["models", "promote", model_name, a.uri]) == 0
+    assert caravan(["experiment", "start", model_name, "--arm", "control=current", "--arm", f"challenger={b.uri}",
+                    "--weights", "50,50", "--policy", "thompson"]) == 0
+    salt = experiment_store("file").read(model_name)[0].salt  # type: ignore[union-attr]
+    port = free_port()
+    with workers(model_name, ["control", "challenger", "challenger"]) as (control, challenger, spare):
+        flags = [f"--worker=control=127.0.0.1:{control.grpc_port}",
+                 f"--worker=challenger=127.0.0.1:{challenger.grpc_port}",
+                 f"--worker=challenger=127.0.0.1:{spare.grpc_port}"]
+        args = [sys.executable, "-m", "caravan.cli", "gateway", "--model", model_name, "--host", "127.0.0.1",
+                "--port", str(port), "--update-s", "0.2", "--min-weight", "0.05", *flags]
+        url = f"http://127.0.0.1:{port}"
+        with process(args, f"{url}/health", env={**os.environ, "CARAVAN_SECRET_GATEWAY_SIGNING_KEY": KEY}):
+            gateway = Gateway(url)
+            poll_until(lambda: gateway.health()["experiment"]["state"] == "running", 20, "the gateway follows")
+            health = gateway.health()
+            assert KEY not in str(health) and health["signing_key_configured"] is True
+            weights = list(health["experiment"]["weights"].items())
+
+            # Users reach their arm, and the arm's model answers.
+            users = [f"user-{i}" for i in range(60)]
+            answers = {user: gateway.predict(user) for user in users}
+            artifact = {"control": a.id, "challenger": b.id}
+            for user, body in answers.items():
+                assert body["arm"] == assign(salt, user, weights) and body["model"] == artifact[body["arm"]]
+                assert body["sticky"] is True and body["fallback"] is False
+            assert gateway.predict("user-1")["arm"] == answers["user-1"]["arm"]  # sticky
+            assert gateway.predict(None)["sticky"] is False
+
+            # Errors: malformed feedback, forged request id, a request id's arm changed: clear 4xx.
+            some = answers["user-1"]["request_id"]
+            assert gateway.feedback(some, 2).status_code == 422
+            assert gateway.feedback(some, True).status_code == 422
+            forged = some.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
+            assert gateway.feedback(forged, 1).status_code == 403
+            assert "signature" in gateway.feedback(forged, 1).json()["error"]
+
+            # Feedback: the challenger's users click, the control's do not; the weights follow.
+            for body in answers.values():
+                reward = 1 if body["arm"] == "challenger" else 0
+                assert gateway.feedback(body["request_id"], reward).status_code == 202
+            poll_until(lambda: gateway.health()["experiment"]["weights"]["challenger"] > 0.9, 20,
+                       "the challenger's weight rises")
+            assert gateway.health()["experiment"]["weights"]["control"] >= 0.05  # the floor
+
+            # Killing one of the challenger's workers loses none of its users' requests.
+            challenger.stop(0)
+            moved = [u for u in users if gateway.predict(u)["arm"] == "challenger"]
+            assert moved
+            for user in moved:
+                body = gateway.predict(user)
+                assert (body["arm"], body["model"], body["fallback"]) == ("challenger", b.id, False)
+            arms = {arm["name"]: arm for arm in gateway.health()["arms"]}
+            assert arms["challenger"]["healthy_workers"] == 1 and arms["challenger"]["fallbacks"] == 0
+
+            # The CLI sees the gateway's counters; stop promotes the winner through the gate.
+            clicks = sum(1 for body in answers.values() if body["arm"] == "challenger")
+
+            def status() -> dict[str, Any]:
+                capsys.readouterr()
+                assert caravan(["experiment", "status", model_name, "--json"]) == 0
+                return {arm["name"]: arm for arm in json.loads(capsys.readouterr().out)["arms"]}
+
+            poll_until(lambda: status()["challenger"]["rewards"] == clicks, 20, "the counters reach the store")
+            assert status()["control"]["requests"] == len(users) - clicks and status()["control"]["rewards"] == 0
+            assert caravan(["experiment", "stop", model_name, "--winner", "challenger", "--tolerance", "1"]) == 0
+            assert open_pointer().read(model_name).artifact_id == b.id
+            poll_until(lambda: gateway.health()["experiment"]["state"] == "stopped", 20, "the gateway sees the stop")
+            assert {gateway.predict(u)["arm"] for u in users[:20]} == {"challenger"}
+            late = gateway.feedback(answers["user-2"]["request_id"], 1)
+            assert late.status_code == 409 and "not running" in late.json()["error"]
