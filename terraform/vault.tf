@@ -28,7 +28,7 @@ locals {
       "gate-model", "make-numbers", "summarize",
     ]
     "retrain" = ["retrain-ranker", "retrain-ranker-backfill"]
-    "serving" = ["serving"]
+    "serving" = ["serving", "worker", "gateway"] # worker, gateway: issue 12 (nomad/worker.nomad.hcl, gateway.nomad.hcl)
   }
 
   policy_variables = { environment = local.environment, namespace = var.namespace, model = var.model }

@@ -27,10 +27,15 @@ SECRETS = {
     "retrain-ranker-backfill": ("retrain", {"storage", "consul", "nomad"}),
     "serving": ("serving", {"storage", "serving"}),
     "luigid": (None, set()),
+    # Issue 12: the workers load artifacts and watch the experiment; the gateway needs only the serving secret
+    # (its Consul token, and the key that signs request ids).
+    "worker": ("serving", {"storage", "serving"}),
+    "gateway": ("serving", {"serving"}),
 }
 #: Nomad client's default max_kill_timeout: a longer kill_timeout is capped to it.
 MAX_KILL_TIMEOUT_S = 30.0
-ENV_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CARAVAN_WEBHDFS_TOKEN", "CONSUL_HTTP_TOKEN", "NOMAD_TOKEN"}
+ENV_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CARAVAN_WEBHDFS_TOKEN", "CONSUL_HTTP_TOKEN", "NOMAD_TOKEN",
+             "CARAVAN_SECRET_GATEWAY_SIGNING_KEY"}
 # cpu/memory before the resources became variables: the defaults must not have moved.
 RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "validate-data": (500, 4096),
              "process-text": (1000, 4096), "train-lightgbm": (2000, 8192), "evaluate": (1000, 4096),
@@ -81,7 +86,11 @@ def test_every_spec_declares_its_variables_and_uses_the_namespace(name):
 @pytest.mark.parametrize("name", sorted(SECRETS))
 def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
     kind, paths = SECRETS[name]
-    (task,) = tasks(name)
+    for task in tasks(name):  # the worker has one task per arm
+        check_task_secrets(task, kind, paths)
+
+
+def check_task_secrets(task: dict[str, Any], kind: str | None, paths: set[str]) -> None:
     templates = task.get("template") or []
     read = {m for t in templates
             for m in re.findall(r'secret "secret/data/caravan/\$\{var\.environment\}/([a-z]+)"', t["data"])}
@@ -102,6 +111,8 @@ def test_every_spec_reads_exactly_the_secrets_of_its_role(name):
         assert template["destination"].startswith("secrets/")
         rendered = set(re.findall(r"([A-Z_]+)=\{\{", template["data"]))
         assert rendered and rendered <= ENV_NAMES
+    if "storage" not in paths:
+        return
     storage = next(t for t in templates if "/storage\"" in t["data"])
     assert storage["destination"] == "secrets/storage.env"
     assert "AWS_ACCESS_KEY_ID={{ .Data.data.aws_access_key_id }}" in storage["data"]

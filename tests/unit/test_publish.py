@@ -95,7 +95,8 @@ def test_the_first_publish_creates_every_job_with_the_namespace_and_image(double
     code, out, _ = publish(capsys, "--version", "v1.4.0")
     assert code == 0, out
     assert actions(out) == dict.fromkeys(JOB_IDS, "created")
-    assert "13 created, 0 changed, 0 unchanged" in out
+    assert {"gateway", "worker", "serving", "luigid"} <= set(JOB_IDS)  # issue 12's specs are published with the others
+    assert f"{len(JOB_IDS)} created, 0 changed, 0 unchanged" in out
     n = client(double, "caravan-staging")
     for job_id in JOB_IDS:
         job = n.job.get_job(job_id)
@@ -162,7 +163,7 @@ def test_a_new_spec_is_created_and_the_others_left_alone(double, capsys, tmp_pat
     out = capsys.readouterr().out
     assert actions(out) == {**dict.fromkeys(JOB_IDS, "unchanged"), "make-more-numbers": "created"}
     assert len(registrations(double, before)) == 1
-    assert "1 created, 0 changed, 13 unchanged" in out
+    assert f"1 created, 0 changed, {len(JOB_IDS)} unchanged" in out
     assert client(double).job.get_job("make-more-numbers")["Version"] == 0
 
 
@@ -354,27 +355,31 @@ def test_only_and_var_are_checked(double, capsys):
     assert len(registrations(double)) == 2  # luigid and serving, from the first call only
 
 
-def test_auto_promote_reaches_only_the_serving_spec_as_a_bool(double, capsys):
+def test_auto_promote_reaches_only_the_specs_with_canaries_as_a_bool(double, capsys):
     specs = {spec.path.name: spec for spec in find_specs(SPECS, ())}
     assert variables_for(specs["serving.nomad.hcl"], {}, {"auto_promote": "true"}) == {"auto_promote": True}
     assert "auto_promote = true" in render_var_file({"auto_promote": True})
-    assert [name for name, spec in specs.items() if "auto_promote" in spec.variables] == ["serving.nomad.hcl"]
+    # serving and (issue 12) the gateway deploy canaries; nothing else declares the variable.
+    assert sorted(name for name, spec in specs.items() if "auto_promote" in spec.variables) == \
+        ["gateway.nomad.hcl", "serving.nomad.hcl"]
     code, out, _ = publish(capsys, "--version", "v1", "--var", "auto_promote=true", "--dry-run")
     assert code == 0 and actions(out)["serving"] == "created"
     code, _, err = publish(capsys, "--version", "v1", "--var", "auto_promote=yes")
     assert code == 1 and "auto_promote='yes': not a bool" in err
 
 
-def test_auto_promote_changes_only_the_serving_groups_update_strategy(double, capsys):
+def test_auto_promote_changes_only_the_canary_groups_update_strategy(double, capsys):
     assert publish(capsys, "--version", "v1")[0] == 0
     stored = client(double).job.get_job("serving")
     # The job-level update block lives in each group (api/tasks.go); Nomad keeps Stagger/MaxParallel at job level.
     assert stored["TaskGroups"][0]["Update"]["Canary"] == 1 and stored["Update"]["Canary"] == 0
     before = len(double.requests)
     code, out, _ = publish(capsys, "--version", "v1", "--var", "auto_promote=true")
-    assert code == 0 and actions(out)["serving"] == "changed" and "0 created, 1 changed, 12 unchanged" in out
+    assert code == 0 and actions(out)["serving"] == actions(out)["gateway"] == "changed"
+    assert f"0 created, 2 changed, {len(JOB_IDS) - 2} unchanged" in out
     assert '    Edited  TaskGroups[server].Update.AutoPromote: "false" → "true"\n' in out
-    assert len(registrations(double, before)) == 1
+    assert '    Edited  TaskGroups[gateway].Update.AutoPromote: "false" → "true"\n' in out
+    assert len(registrations(double, before)) == 2
 
 
 def test_the_nomad_token_is_sent_but_never_printed(capsys, monkeypatch):
