@@ -118,3 +118,20 @@ def test_errors_are_one_clear_line(pointer_kind, model_name, models, local_root,
     error = one_line_error(capsys)
     assert "no arm 'nobody'" in error and "control, c" in error
     assert experiment_store().read(model_name)[0].state == "running"
+
+
+def test_a_winner_the_gate_rejects_is_recorded_and_the_experiment_keeps_running(pointer_kind, model_name, models,
+                                                                                 local_root, capsys):
+    a, _ = models
+    data = make_dataset(local_root, "d", SIGNAL)
+    weak = make_model(local_root, data, ["s3"], name="weak")  # same schema subset, much lower holdout AUC
+    assert caravan(["models", "promote", model_name, a.uri]) == 0
+    assert caravan(["experiment", "start", model_name, "--arm", "control=current", "--arm", f"weak={weak.uri}"]) == 0
+    capsys.readouterr()
+    assert caravan(["experiment", "stop", model_name, "--winner", "weak"]) == 1
+    error = one_line_error(capsys)
+    assert "gate rejected the winner 'weak'" in error and "keeps running" in error
+    assert open_pointer().read(model_name).artifact_id == a.id
+    assert experiment_store().read(model_name)[0].state == "running"
+    assert open_pointer().history(model_name)[-1]["action"] == "reject"
+    assert listing(model_name, capsys) == {a.id: "production", weak.id: "ab:weak"}
