@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from caravan.experiments.bandit import period_seed, prob_best, success_interval, thompson_weights
@@ -93,6 +93,7 @@ def test_prob_best_matches_the_exact_two_arm_answer():
 
 @settings(max_examples=100, deadline=None)
 @given(s=st.integers(0, 10_000), f=st.integers(0, 10_000))
+@example(s=108, f=0)  # p = 1: rounding once put the upper bound just below the observed rate
 def test_the_interval_holds_the_rate_and_narrows_with_data(s, f):
     low, high = success_interval(s, f)
     assert 0 <= low <= high <= 1

@@ -64,4 +64,5 @@ def success_interval(successes: int, failures: int) -> tuple[float, float]:
     p = successes / n
     centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 Wilson's bound is exactly 0 or 1; rounding must not leave the observed rate outside it.
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if failures == 0 else min(1.0, centre + half))
