@@ -61,6 +61,18 @@ class CatalogMixin:
             self._cond.notify_all()
         return service_id
 
+    def set_service_passing(self, service_id: str, passing: bool) -> None:
+        """Turn an instance's service check passing or critical (a health check that starts or stops failing).
+
+        In Consul a check update is written by ``ensureCheckTxn`` (``agent/consul/state/catalog.go``), which
+        advances the checks table's index that ``/v1/health/service`` blocks on: a blocking query returns."""
+        with self._cond:
+            instance = self._services[service_id]
+            if instance.passing != passing:
+                instance.passing = passing
+                self._services_index = self._next_index()
+                self._cond.notify_all()
+
     def deregister_service(self, service_id: str) -> None:
         """Remove an instance (what Nomad does when its allocation stops)."""
         with self._cond:
