@@ -176,3 +176,20 @@ def test_a_corrupt_stored_document_is_one_clear_error(pointer_kind, model_name, 
         store.client.kv.put(key, b'{"model": 1')
     with pytest.raises(ExperimentInvalid, match="experiment"):
         store.read(model_name)
+
+
+def test_consul_errors_are_the_pointers_and_name_the_key(model_name):
+    """A refused connection is BackendUnavailable (retryable) naming the experiment key, as for the pointer."""
+    import socket
+
+    from caravan.errors import BackendUnavailable
+    from caravan.experiments.consul import ConsulExperimentStore
+
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        store = ConsulExperimentStore(address=address, token="", timeout_s=1.0)
+        with pytest.raises(BackendUnavailable, match=f"experiments/{model_name}"):
+            store.read(model_name)
+        with pytest.raises(BackendUnavailable, match=f"experiments/{model_name}/stats/"):
+            store.read_stats(model_name)
