@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caravan.errors import ConfigurationError
+from caravan.errors import CaravanError, ConfigurationError
 from caravan.gateway.bodies import feedback_body, predict_body
 from caravan.gateway.signing import RequestIdInvalid, RequestSigner, experiment_tag, signer_from_secrets
 from caravan.serving.limits import REQUEST_ID_MAX
@@ -73,6 +73,11 @@ def test_the_key_comes_from_the_secrets_source_and_is_never_shown(monkeypatch: p
     monkeypatch.delenv("CARAVAN_SECRET_GATEWAY_SIGNING_KEY")
     signer, configured = signer_from_secrets()
     assert not configured and "random key" in caplog.text and secret not in caplog.text
+    # the secrets source's own name for it (serving/gateway_signing_key, where Vault keeps it)
+    monkeypatch.setenv("CARAVAN_SECRET_SERVING_GATEWAY_SIGNING_KEY", secret)
+    signer, configured = signer_from_secrets()
+    assert configured and RequestSigner(secret.encode()).verify(signer.issue("a", "t")).arm == "a"
+    assert secret not in str(CaravanError(f"failed with {secret}"))  # remembered, so redacted
 
 
 # -- bodies ---------------------------------------------------------------------------------------------

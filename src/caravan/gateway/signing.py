@@ -6,9 +6,10 @@ is told apart), the issue time (hex seconds), a random nonce, and an HMAC-SHA256
 gateways' shared key (truncated to 128 bits, base64url). base64url never uses ``.``, so the parts split
 unambiguously; the whole id is printable ASCII of at most 128 characters for arm names of up to 48 bytes.
 
-The key comes from caravan's secrets source (path ``gateway``, field ``signing_key``: environment variable
-``CARAVAN_SECRET_GATEWAY_SIGNING_KEY``, or Vault); every gateway of a model must share it so that any of them
-accepts feedback for a request another one answered. It is never logged, and errors never quote it.
+The key is the environment variable ``CARAVAN_SECRET_GATEWAY_SIGNING_KEY`` (what ``nomad/gateway.nomad.hcl``
+renders from Vault), else caravan's secrets source at path ``serving``, field ``gateway_signing_key`` (Vault:
+``secret/data/caravan/<env>/serving``, where the job reads it). Every gateway of a model must share it so that
+any of them accepts feedback for a request another one answered. It is never logged, and errors never quote it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger("caravan.gateway")
 
-SECRET_PATH, SECRET_FIELD = "gateway", "signing_key"
+SECRET_PATH, SECRET_FIELD = "serving", "gateway_signing_key"
+ENV_VAR = "CARAVAN_SECRET_GATEWAY_SIGNING_KEY"
 MIN_KEY_BYTES = 16
 _VERSION = "r1"
 _MAC_BYTES = 16
@@ -110,13 +112,16 @@ def signer_from_secrets() -> tuple[RequestSigner, bool]:
     A key that is configured but too short is an error (it would be guessable).
     """
     from ..errors import ConfigurationError
-    from ..secrets import env_name, get_secret
+    from ..secrets import get_secret, remember
 
-    value = get_secret(SECRET_PATH, SECRET_FIELD)
+    value = os.environ.get(ENV_VAR)
+    if value:
+        remember(value)  # redacted wherever it might be quoted, as every secret read is
+    else:
+        value = get_secret(SECRET_PATH, SECRET_FIELD)
     if value is None:
-        log.warning("no request-id signing key (secret %s/%s, env %s): using a random key of this process; "
-                    "feedback is accepted only by this gateway", SECRET_PATH, SECRET_FIELD,
-                    env_name(SECRET_PATH, SECRET_FIELD))
+        log.warning("no request-id signing key (env %s, or secret %s/%s): using a random key of this process; "
+                    "feedback is accepted only by this gateway", ENV_VAR, SECRET_PATH, SECRET_FIELD)
         return RequestSigner(os.urandom(32)), False
     key = value.encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
