@@ -429,7 +429,7 @@ def _add_gateway_parser(sub: Any) -> None:
         "arm of the model's experiment (followed live) and to a healthy worker of that arm over gRPC, else to the "
         "production arm. POST /feedback {request_id, reward: 0|1} counts rewards for the bandit. Workers come "
         "from --worker, else from Consul (service caravan-<env>-worker, tags model=M and arm=NAME, passing). "
-        "The request-id signing key is the secret gateway/signing_key (CARAVAN_SECRET_GATEWAY_SIGNING_KEY).")
+        "The request-id signing key: CARAVAN_SECRET_GATEWAY_SIGNING_KEY, else the secret serving/gateway_signing_key.")
     gateway.add_argument("--model", required=True)
     gateway.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
     gateway.add_argument("--port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "8080")))
