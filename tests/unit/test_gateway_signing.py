@@ -129,7 +129,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     max_leaves=12)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value=JSON | st.dictionaries(st.sampled_from(["user_id", "rows", "request_id", "reward", "a"]), JSON),
        raw=st.binary(max_size=40))
 def test_any_body_is_parsed_or_refused_as_invalid(value: object, raw: bytes) -> None:
