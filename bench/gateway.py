@@ -1,0 +1,213 @@
+"""Gateway + worker over gRPC against the single-process ``caravan serve``: the same model, the same bodies.
+
+Run: ``.venv/bin/python bench/gateway.py [--duration 5] [--rounds 2] [--connections 4] [--batch 100]``
+
+Trains the LightGBM model of bench/serving.py (``--features`` 20 numeric features, ``--trees`` 100 trees of
+``--leaves`` 31 leaves), publishes it, points a file model pointer at it and starts an experiment whose only arm
+(``control``) is that artifact. Then, each a separate process on 127.0.0.1, started as bench/servers.py starts
+servers:
+
+* serve: ``caravan serve --pointer file`` (one uvicorn worker), the single-process path;
+* worker: ``caravan worker --arm control`` (gRPC ``caravan.v1.Predictor/Predict``; the probe process loads the
+  model first, as in serve);
+* gateway: ``caravan gateway --worker control=127.0.0.1:<worker>`` (one uvicorn worker), which parses each
+  body, picks the arm by the unit (``user_id``), signs a request id and calls the worker over a pooled channel.
+
+The load generator is bench/serving.py's (raw keep-alive sockets, ``--connections`` threads, pre-encoded bodies;
+any answer but 200, or none, counts as a failed request). The bodies are the same rows for both paths: one row,
+and ``--batch`` rows, each with a ``user_id`` (serve gets the same rows without it). Each case runs ``--warmup``
+s unmeasured, then ``--duration`` s measured, against each path in turn, ``--rounds`` times, the order
+alternating. Both paths share the machine's cores with each other's idle processes and with the load generator;
+``server CPU`` is the CPU time of the path's processes over the measured window (gateway + worker together for
+the split path; 100% = one core).
+
+Goal (issue 12): at p50 the gateway path adds at most 1 ms to serve's latency, and its throughput is at least
+0.7 of serve's, in both cases, with no failed request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from common import percentile, verdict  # first: puts the repository root on sys.path
+from servers import free_port, process
+from serving import Connection, Run, Target, cpu_seconds, encode_post, load, publish, train
+
+MODEL = "bench-gateway"
+ARM = "control"
+MAX_ADDED_P50_MS = 1.0
+MIN_THROUGHPUT_RATIO = 0.7
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
+def healthy(url: str, artifact_id: str) -> bool:
+    import requests
+
+    try:
+        answer = requests.get(url, timeout=2)
+    except requests.RequestException:
+        return False
+    return answer.status_code == 200 and artifact_id in answer.text
+
+
+def measured_cpu(pids: list[int], warmup: float, duration: float) -> dict[str, float]:
+    """Sample the CPU time of ``pids`` at the edges of load()'s measured window (it starts 0.2 s + warmup after
+    the call); the result holds the CPU seconds spent in the window once load() returns."""
+    found: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def sample(key: str, at: float) -> None:
+        time.sleep(max(0.0, start + at - time.perf_counter()))
+        found[key] = sum(cpu_seconds(pid) for pid in pids)
+
+    for key, at in (("before", 0.2 + warmup), ("after", 0.2 + warmup + duration)):
+        threading.Thread(target=sample, args=(key, at), daemon=True).start()
+    return found
+
+
+def check_same_answers(paths: dict[str, Any], cases: dict[str, tuple[int, dict[str, list[bytes]]]]) -> None:
+    """Both paths answer the first body of each case with 200 and the same predictions from the same artifact."""
+    for n_rows, bodies in cases.values():
+        answers = {}
+        for path, (port, _) in paths.items():
+            target = Target("127.0.0.1", port)
+            conn = Connection(target)
+            try:
+                status, body = conn.request(encode_post(target, bodies[path][0]))
+            finally:
+                conn.close()
+            if status != 200:
+                raise SystemExit(f"{path} answered {status}: {body[:300]!r}")
+            answer = json.loads(body)
+            answers[path] = (answer["model"], answer.get("prediction", answer.get("predictions")))
+        if len({json.dumps(a) for a in answers.values()}) != 1:
+            raise SystemExit(f"the paths disagree for {n_rows} row(s): {answers}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per case, path and round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating which path goes first")
+    parser.add_argument("--connections", type=int, default=4, help="concurrent client connections (threads)")
+    parser.add_argument("--batch", type=int, default=100, help="rows per request in the batch case")
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--leaves", type=int, default=31)
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+
+    from caravan.experiments import Arm, Experiment
+    from caravan.experiments.file import FileExperimentStore
+    from caravan.registry.file import FilePointer
+
+    booster, fresh = train(args.features, args.trees, args.leaves)
+    names = booster.feature_name()
+    print(f"model: {len(names)} features, {booster.num_trees()} trees, up to {args.leaves} leaves", flush=True)
+
+    def row(i: int) -> dict[str, float]:
+        return dict(zip(names, map(float, fresh[i % len(fresh)]), strict=True))
+
+    def bodies(n_rows: int, unit: bool) -> list[bytes]:
+        out = []
+        for i in range(64):
+            user = {"user_id": f"user-{i}"} if unit else {}
+            if n_rows == 1:
+                out.append(json.dumps({**user, **row(i)}).encode())
+            else:
+                out.append(json.dumps({**user, "rows": [row(i * n_rows + j) for j in range(n_rows)]}).encode())
+        return out
+
+    cases = {f"{n} row{'s' if n > 1 else ''}": (n, {"serve": bodies(n, False), "gateway+worker": bodies(n, True)})
+             for n in (1, args.batch)}
+    with tempfile.TemporaryDirectory(prefix="caravan-bench-gateway-") as tmp:
+        artifact = publish(f"{tmp}/artifacts", booster, fresh[-16:], args.leaves)
+        FilePointer(f"{tmp}/pointers").change(MODEL, lambda state: {
+            "artifact_uri": artifact.uri, "artifact_id": artifact.id, "metrics": {}, "action": "promote",
+            "promoted_by": "bench"})
+        store = FileExperimentStore(f"{tmp}/pointers")
+        store.write(Experiment(model=MODEL, arms=(Arm(ARM, artifact.id, artifact.uri, 1.0),)), 0)
+
+        env = {"CARAVAN_POINTER": "file", "CARAVAN_POINTER_ROOT": f"{tmp}/pointers",
+               "CARAVAN_ARTIFACT_ROOT": f"{tmp}/artifacts"}
+        serve_port, gateway_port, grpc_port, worker_http = free_port(), free_port(), free_port(), free_port()
+        cli = [sys.executable, "-m", "caravan.cli"]
+        serve_args = [*cli, "serve", "--model", MODEL, "--host", "127.0.0.1", "--port", str(serve_port),
+                      "--pointer", "file"]
+        worker_args = [*cli, "worker", "--model", MODEL, "--arm", ARM, "--host", "127.0.0.1", "--grpc-port",
+                       str(grpc_port), "--http-port", str(worker_http), "--pointer", "file"]
+        gateway_args = [*cli, "gateway", "--model", MODEL, "--host", "127.0.0.1", "--port", str(gateway_port),
+                        "--worker", f"{ARM}=127.0.0.1:{grpc_port}", "--pointer", "file"]
+        with process(serve_args, f"http://127.0.0.1:{serve_port}/metrics", env=env) as serve_proc, \
+                process(worker_args, f"http://127.0.0.1:{worker_http}/metrics", env=env) as worker_proc, \
+                process(gateway_args, f"http://127.0.0.1:{gateway_port}/metrics", env=env) as gateway_proc:
+            wait_until(lambda: healthy(f"http://127.0.0.1:{serve_port}/health", artifact.id), "serve loads the model")
+            wait_until(lambda: healthy(f"http://127.0.0.1:{worker_http}/health", artifact.id),
+                       "the worker loads the model")
+            paths = {"serve": (serve_port, [serve_proc.pid]),
+                     "gateway+worker": (gateway_port, [gateway_proc.pid, worker_proc.pid])}
+            check_same_answers(paths, cases)
+            runs = {(case, path): Run() for case in cases for path in paths}
+            order = list(paths)
+            for n in range(args.rounds):
+                for case, (_, case_bodies) in cases.items():
+                    for path in order if n % 2 == 0 else order[::-1]:
+                        port, pids = paths[path]
+                        print(f"round {n + 1}/{args.rounds}: {case:<9} {path} ...", flush=True)
+                        cpu = measured_cpu(pids, args.warmup, args.duration)
+                        run = runs[case, path]
+                        load(Target("127.0.0.1", port), None, case_bodies[path], args.connections, args.warmup,
+                             args.duration, run)
+                        wait_until(lambda c=cpu: "after" in c, "the CPU sample", 5)
+                        run.server_cpu += cpu["after"] - cpu["before"]
+
+    print(f"\nPOST /predict: {len(names)} features, {booster.num_trees()} trees x {args.leaves} leaves; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {args.connections} keep-alive connections; "
+          f"{args.rounds} rounds x {args.duration:g} s per case and path; {os.cpu_count()} cores; "
+          "CPU 100% = one core\n")
+    print(f"{'case':<10} {'path':<16} {'req/s':>8} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} "
+          f"{'client CPU':>11} {'failed':>7}")
+    for case, (n_rows, _) in cases.items():
+        for path in paths:
+            run = runs[case, path]
+            print(f"{case:<10} {path:<16} {run.rate:>8.0f} {run.rate * n_rows:>9.0f} "
+                  f"{percentile(run.latencies, 50) * 1000:>7.2f} {percentile(run.latencies, 99) * 1000:>7.2f} "
+                  f"{run.server_cpu / run.seconds:>11.0%} {run.client_cpu / run.seconds:>11.0%} {run.failed:>7}")
+    print()
+    problems = []
+    for case in cases:
+        single, split = runs[case, "serve"], runs[case, "gateway+worker"]
+        added_ms = (percentile(split.latencies, 50) - percentile(single.latencies, 50)) * 1000
+        ratio = split.rate / single.rate if single.rate else math.nan
+        per_round = [s / c if c else math.nan for s, c in zip(split.per_round, single.per_round, strict=True)]
+        print(f"{case:<10} gateway adds {added_ms:.2f} ms at p50; gateway+worker at {ratio:.2f} of serve's "
+              f"throughput (per round: {', '.join(f'{r:.2f}' for r in per_round)})")
+        if not added_ms <= MAX_ADDED_P50_MS:  # NaN (nothing measured) misses too
+            problems.append(f"{case}: the gateway adds {added_ms:.2f} ms at p50")
+        if not ratio >= MIN_THROUGHPUT_RATIO:
+            problems.append(f"{case}: gateway+worker at {ratio:.2f} of serve's throughput")
+    failed = sum(run.failed for run in runs.values())
+    if failed:
+        problems.append(f"{failed} failed requests (non-200 or no answer)")
+    return verdict(f"gateway adds <= {MAX_ADDED_P50_MS:g} ms at p50 and gateway+worker >= {MIN_THROUGHPUT_RATIO:g} "
+                   "of serve's throughput in every case, no failed request", problems)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
