@@ -101,15 +101,20 @@ def test_a_dead_worker_loses_no_request_and_an_arm_without_workers_falls_back(se
     answers = [setup.client.post("/predict", json={"user_id": user, "x": 0.0}) for user in users]
     assert all(a.status_code == 200 for a in answers)
     challengers = [a.json() for u, a in zip(users, answers, strict=True) if arm_of(setup, u) == "challenger"]
-    assert challengers and all(b["arm"] == "control" and b["fallback"] and b["model"] == "A" for b in challengers)
+    assert challengers and all(b["arm"] == "control" and b["fallback"] and b["model"] == "A"
+                               and b["assigned_arm"] == "challenger" for b in challengers)
     health = setup.client.get("/health").json()
     assert health["status"] == "degraded" and "'challenger' has no healthy worker" in health["reason"]
     assert health["fallbacks"] == {"challenger": len(challengers)}
     metrics = setup.client.get("/metrics").text
     assert f'caravan_gateway_fallbacks_total{{arm="challenger"}} {float(len(challengers))}' in metrics
+    # The experiment stops with the challenger as winner before its workers are back: the old control answers.
+    setup.publish(document(state="stopped", winner="challenger"))
+    body = setup.client.post("/predict", json={"user_id": "u", "x": 0.0}).json()
+    assert (body["arm"], body["assigned_arm"], body["model"]) == ("control", "challenger", "A")
     setup.workers["control"][0].stop()
     gone = setup.client.post("/predict", json={"user_id": "u", "x": 0.0})
-    assert gone.status_code == 503 and "no worker answered" in gone.json()["error"]
+    assert gone.status_code == 503 and "no worker of model 'ranker' answered" in gone.json()["error"]
     assert setup.client.get("/health").status_code == 503
 
 

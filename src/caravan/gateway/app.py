@@ -150,35 +150,46 @@ class Gateway:
                                      row=i)
         if self.enrich is not None:
             rows = self.enrich(parsed.unit, rows)
-        answered, fallback = arm, False
-        request_id = self.signer.issue(arm, routes.experiment)
-        try:
-            reply = self.pool.call(arm, rows, request_id, self.timeout_s)
-        except NoHealthyWorker as exc:
-            self.metrics.worker_errors.labels(arm).inc(max(exc.tried, 1))
-            reply = None
-            if arm != routes.production:
-                self.fallbacks[arm] += 1
-                self.metrics.fallbacks.labels(arm).inc()
-                answered, fallback = routes.production, True
-                request_id = self.signer.issue(answered, routes.experiment)
-                log.warning("arm %s has no healthy worker (%s); answered by the production arm %s", arm, exc,
-                            answered, extra={"request_id": request_id})
-                with contextlib.suppress(NoHealthyWorker):
-                    reply = self.pool.call(answered, rows, request_id, self.timeout_s)
-            if reply is None:  # a last resort: the workers cooling down after a failure may be back
-                try:
-                    reply = self.pool.call(answered, rows, request_id, self.timeout_s, include_cooling=True)
-                except NoHealthyWorker as last:
-                    return 503, {"error": f"no worker answered for model {self.model!r}: {last}",
-                                 "arm": answered, "request_id": request_id}, answered
+        reply, answered, request_id = self._call(routes, arm, rows)
+        if reply is None:
+            return 503, {"error": f"no worker of model {self.model!r} answered (arm {arm!r}, then the production "
+                         f"arm {routes.production!r}, then any arm)", "arm": arm}, None
+        fallback = answered != arm
+        if fallback:
+            self.fallbacks[arm] += 1
+            self.metrics.fallbacks.labels(arm).inc()
+            log.warning("arm %s has no healthy worker; answered by arm %s", arm, answered,
+                        extra={"request_id": request_id})
         payload: dict[str, Any] = {"model": reply.artifact_id}
         if parsed.single:
             payload["prediction"] = reply.scores[0]
         else:
             payload["predictions"] = reply.scores
         payload.update(arm=answered, request_id=request_id, sticky=sticky, fallback=fallback)
+        if fallback:
+            payload["assigned_arm"] = arm
         return 200, payload, answered
+
+    def _call(self, routes: Routes, arm: str, rows: list[Any]) -> tuple[Any, str, str]:
+        """(reply, arm that answered, its request id) from ``arm``'s workers, else the production arm's, else any
+        arm's (a stopped experiment's winner may have no worker yet while the old control still runs); then the
+        same again with workers still cooling down after a failure. (None, ...) if none answered in time."""
+        deadline = time.monotonic() + self.timeout_s
+        order = list(dict.fromkeys((arm, routes.production, *routes.artifacts)))
+        request_id = ""
+        for include_cooling in (False, True):
+            for candidate in order:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None, arm, request_id
+                request_id = self.signer.issue(candidate, routes.experiment)
+                try:
+                    return (self.pool.call(candidate, rows, request_id, remaining, include_cooling=include_cooling),
+                            candidate, request_id)
+                except NoHealthyWorker as exc:
+                    if exc.tried:
+                        self.metrics.worker_errors.labels(candidate).inc(exc.tried)
+        return None, arm, request_id
 
     # -- /feedback ---------------------------------------------------------------------------------------------
 
