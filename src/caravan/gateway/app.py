@@ -3,10 +3,11 @@
 ``POST /predict``: the body is read within its byte limit (:mod:`caravan.serving.limits`, 413 while it
 arrives), its rows and unit taken apart (:mod:`.bodies`, 422 naming the field), its arm chosen
 (:mod:`.routing`), the optional enricher run, and one of the arm's workers asked over gRPC with a deadline
-(:mod:`.workers`); an arm with no healthy worker left sends the request to the production arm (counted, in
-``/health``). The answer is ``caravan serve``'s (``prediction`` or ``predictions``, ``model``: the artifact
-that answered) plus ``arm``, ``request_id`` (signed, :mod:`.signing`), ``sticky`` (false for a request
-without a unit: a random arm) and ``fallback``. A worker's refusal comes back as serve's 422 (or 413), with
+(:mod:`.workers`); an arm with no healthy worker left sends the request to the production arm, else to any
+arm that answers (counted, in ``/health``, and named in the answer's ``assigned_arm``). The answer is
+``caravan serve``'s (``prediction`` or ``predictions``, ``model``: the artifact that answered) plus ``arm``,
+``request_id`` (signed, :mod:`.signing`), ``sticky`` (false for a request without a unit: a random arm) and
+``fallback``. A worker's refusal comes back as serve's 422 (or 413), with
 its message; no worker at all is a 503; nothing a client sends gives a 500.
 
 ``POST /feedback`` ``{"request_id": ..., "reward": 0|1}``: 202 once counted; 422 for a malformed body or

@@ -10,7 +10,8 @@ choice of an arm for a unit (:func:`choose`).
 
 The production arm is ``--production-arm`` (default ``control``, what ``caravan experiment start --arm
 control=current`` names the current model) when the experiment has an arm of that name, else its first arm.
-It is also where a request goes when its own arm has no healthy worker.
+It is also where a request goes when its own arm has no healthy worker (and when it has none either, any arm
+that has one answers: see :mod:`.app`).
 """
 
 from __future__ import annotations
