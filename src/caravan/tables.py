@@ -57,6 +57,20 @@ def shorten_ids(values: Sequence[str], width: int) -> list[str]:
     return list(values)
 
 
+def shorten_artifact_ids(values: Sequence[str], width: int) -> list[str]:
+    """Artifact ids (``Family/…``) fitted to ``width``: the family stays whole and each family's ids lose their
+    common prefix after it (``TrainRanker/…15,objective=binary--52ece235``), so ids of different families and
+    different ids of one family stay apart."""
+    heads = [v.split("/", 1)[0] + "/" if "/" in v else "" for v in values]
+    forms = list(values)
+    for head in set(heads):
+        members = [i for i, h in enumerate(heads) if h == head]
+        tails = shorten_ids([values[i][len(head):] for i in members], max(width - len(head), 3))
+        for i, tail in zip(members, tails, strict=True):
+            forms[i] = head + tail
+    return forms
+
+
 def cell(value: Any) -> str:
     """A value as table text: strings as they are, the rest as compact JSON."""
     if value is None:
@@ -98,7 +112,7 @@ def _truncate_end(value: str, width: int) -> str:
 def fit(rows: list[list[str]], headers: list[str], *, width: int | None, id_columns: Sequence[int] = (),
         free_columns: Sequence[int] = ()) -> list[list[str]]:
     """Rows fitted to ``width`` (None: unchanged). Free-text columns are cut at their end first, then id
-    columns lose their common prefix (see ``shorten_ids``); other columns are never cut."""
+    columns lose their common prefix (see ``shorten_artifact_ids``); other columns are never cut."""
     if width is None or not rows:
         return rows
     rows = [list(r) for r in rows]
@@ -119,7 +133,7 @@ def fit(rows: list[list[str]], headers: list[str], *, width: int | None, id_colu
         if over <= 0:
             return rows
         current = max(len(r[i]) for r in rows)
-        forms = shorten_ids([r[i] for r in rows], max(MIN_ID_WIDTH, len(headers[i]), current - over))
+        forms = shorten_artifact_ids([r[i] for r in rows], max(MIN_ID_WIDTH, len(headers[i]), current - over))
         for r, form in zip(rows, forms, strict=True):
             r[i] = form
     return rows

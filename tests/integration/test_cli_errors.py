@@ -30,6 +30,29 @@ def run(cwd: Path, *argv: str, tool: str = "caravan", shell: str | None = None,
                           check=False)
 
 
+def on_a_terminal(cwd: Path, *argv: str, columns: int) -> str:
+    """What ``caravan argv…`` prints on a terminal ``columns`` wide (a pseudo-terminal as its stdout)."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARAVAN_", "LUIGI_CONFIG"))}
+    main, child = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "caravan"), *argv], cwd=cwd, stdout=child, stderr=subprocess.PIPE,
+                            env={**env, "COLUMNS": str(columns)})
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    return out.decode().replace("\r\n", "\n")
+
+
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode != 0, done
     err = done.stderr.strip()
@@ -61,6 +84,16 @@ def test_runs_from_a_subfolder_finds_the_project_root_and_prints_ids_in_full(pro
     line = next(x for x in done.stdout.splitlines() if project["eval"].id in x)
     assert "0.7000" in line, "the evaluation's test_auc shows in its own column"
     assert run(project["cwd"], "runs", "--wide", "--family", "TrainRanker").returncode == 0
+
+
+def test_on_a_terminal_ids_keep_their_family_and_what_tells_them_apart(project):
+    shown = on_a_terminal(project["cwd"], "runs", "--family", "TrainRanker", columns=110)
+    lines = shown.strip().splitlines()
+    assert max(len(line) for line in lines) <= 110, shown
+    assert any("TrainRanker/…15" in line for line in lines) and any("TrainRanker/…63" in line for line in lines), \
+        shown
+    wide = on_a_terminal(project["cwd"], "runs", "--family", "TrainRanker", "--wide", columns=110)
+    assert project["a"].id in wide and project["b"].id in wide
 
 
 @pytest.mark.parametrize("family", ["../../..", "TrainRanker/../..", "/etc", ""])
@@ -119,7 +152,7 @@ def test_debug_shows_the_traceback(project):
 def test_a_closed_pipe_ends_quietly(project, command):
     assert run(project["cwd"], "models", "promote", "ranker", project["a"].id, "--tolerance", "1").returncode == 0
     # `| true` closes the pipe before caravan (half a second to start) writes anything: the write always fails.
-    done = run(project["cwd"], shell=f"{command} | true; {command} | head -1")
+    done = run(project["cwd"], shell=f"{command} | true; {command} | head -1")  # noqa: S604 - pipes are the point
     assert "BrokenPipe" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert done.stderr == "" and len(done.stdout.splitlines()) == 1, done
 

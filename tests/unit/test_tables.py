@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caravan.tables import ELLIPSIS, common_prefix, fit, metric_cells, render, shorten_ids
+from caravan.tables import ELLIPSIS, common_prefix, fit, metric_cells, render, shorten_artifact_ids, shorten_ids
 
 # Ids as caravan makes them: a family, a partition, readable parameters and a digest.
 _ALPHABET = st.characters(codec="utf-8", categories=["L", "N"], include_characters="=,_.-/~%")
@@ -49,12 +49,30 @@ def test_the_common_prefix_goes_first_and_the_distinguishing_end_stays(values, w
             assert form.startswith(ELLIPSIS) and form.endswith(rest), (value, form)
 
 
+_FAMILY = st.sampled_from(["TrainRanker", "EvaluateRanker", "PrepareDataset", "GridSearchRanker"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_FAMILY, ids_with_common_prefix().map(lambda ids: ids[0])), min_size=1, max_size=10),
+       st.integers(min_value=1, max_value=120))
+def test_artifact_ids_keep_their_family_and_stay_distinct(pairs, width):
+    values = [f"{family}/{rest}" for family, rest in pairs]
+    forms = shorten_artifact_ids(values, width)
+    for (a, fa) in zip(values, forms, strict=True):
+        assert fa.startswith(a.split("/", 1)[0] + "/"), "the family is never cut"
+        for (b, fb) in zip(values, forms, strict=True):
+            assert (a == b) == (fa == fb), (values, forms)
+
+
 def test_two_models_that_differ_in_one_hyperparameter_look_different():
     a = "TrainRanker/date=2026-11-22/feature_fraction=0.9,learning_rate=0.05,num_leaves=15--0a1b2c3d4e5f6a7b"
     b = "TrainRanker/date=2026-11-22/feature_fraction=0.9,learning_rate=0.05,num_leaves=63--9f8e7d6c5b4a3f2e"
     fa, fb = shorten_ids([a, b], 40)
     assert fa != fb and len(fa) <= 40 and len(fb) <= 40
     assert "15" in fa and "63" in fb and fa.endswith("0a1b2c3d4e5f6a7b")
+    fa, fb = shorten_artifact_ids([a, b], 40)
+    assert fa.startswith("TrainRanker/…") and fb.startswith("TrainRanker/…"), (fa, fb)
+    assert "15--0a1b2c3d4e5f6a7b" in fa and "63--9f8e7d6c5b4a3f2e" in fb, "the prefix goes, the difference stays"
 
 
 def test_nothing_is_cut_when_stdout_is_not_a_terminal():
