@@ -16,11 +16,15 @@ process's last line on stderr names the first one and its reason (an ``atexit`` 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+import re
 import sys
+import tempfile
 import threading
 import types
+import uuid
 from typing import Any
 
 import luigi
@@ -33,6 +37,8 @@ DEBUG_ENV = "CARAVAN_DEBUG"
 _INTERFACE = "luigi-interface"
 _UNCAUGHT = "Uncaught exception in luigi"
 _TRACEBACK = "Traceback (most recent call last):"
+#: A step's own last line on failure (caravan.step.execute_step).
+_STEP_LINE = re.compile(r"caravan step \S+ failed for \S+: (.+)")
 
 
 def one_line(text: str) -> str:
@@ -48,7 +54,11 @@ def reason_of(exc: BaseException) -> str:
     if not isinstance(exc, CaravanError):
         text = f"{type(exc).__name__}: {text}"
     tail = [line.strip() for line in str(getattr(exc, "stderr_tail", "") or "").splitlines() if line.strip()]
-    return f"{text}: {tail[-1]}" if tail and tail[-1] not in text else text
+    if not tail or tail[-1] in text:
+        return text
+    # The step's last line repeats which step and artifact ("caravan step S failed for <id>: <reason>").
+    own = _STEP_LINE.match(tail[-1])
+    return f"{text}: {own.group(1) if own else tail[-1]}"
 
 
 def parameter_error(tb: types.TracebackType | None, exc: BaseException) -> str | None:
@@ -124,11 +134,18 @@ class OneLineErrors(logging.Filter):
 
 
 class _Failures:
-    """The failures of the luigi command line's run in this process, in order."""
+    """The failures of the luigi command line's run, in order.
+
+    With ``--workers N`` luigi runs each task in a forked process (worker.py ``TaskProcess``), where the
+    FAILURE event fires; such a process appends its line to a file the main process named before forking
+    and reads at exit.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.items: dict[str, str] = {}
+        self.main_pid = os.getpid()
+        self.spool = os.path.join(tempfile.gettempdir(), f"caravan-luigi-failures-{os.getpid()}-{uuid.uuid4().hex}")
 
     def add(self, task: luigi.Task, exc: BaseException) -> None:
         self.add_text(task.get_task_family(), task.task_id, reason_of(exc))
@@ -136,14 +153,38 @@ class _Failures:
     def add_text(self, family: str, key: str, reason: str) -> None:
         if luigi.cmdline_parser.CmdlineParser.get_instance() is None:  # luigi.build() from Python: not ours to tell
             return
+        line = f"{family} failed: {reason}"
+        if os.getpid() != self.main_pid:  # a task process: tell the main process through the spool file
+            try:
+                with open(self.spool, "a", encoding="utf-8") as spool:
+                    spool.write(json.dumps([key, line]) + "\n")
+            except OSError:  # the reason is also in luigi's own lines above
+                pass
+            return
         with self._lock:
-            self.items.setdefault(key, f"{family} failed: {reason}")
+            self.items.setdefault(key, line)
 
     def succeeded(self, task: luigi.Task) -> None:
         with self._lock:
             self.items.pop(task.task_id, None)
 
+    def _read_spool(self) -> None:
+        try:
+            with open(self.spool, encoding="utf-8") as spool:
+                lines = spool.read().splitlines()
+            os.unlink(self.spool)
+        except OSError:  # no task process failed
+            return
+        with self._lock:
+            for raw in lines:
+                try:
+                    key, line = json.loads(raw)
+                except ValueError:
+                    continue
+                self.items.setdefault(str(key), str(line))
+
     def last_line(self) -> str | None:
+        self._read_spool()
         with self._lock:
             reasons = list(self.items.values())
         if not reasons:
@@ -157,6 +198,8 @@ _failures = _Failures()
 
 
 def _print_last_line() -> None:
+    if os.getpid() != _failures.main_pid:  # a forked process that exits normally: the main process tells
+        return
     line = _failures.last_line()
     if line:
         try:

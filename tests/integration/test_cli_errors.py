@@ -170,17 +170,20 @@ def test_luigi_ends_with_caravans_one_line_reason(project, args, expected):
     assert "Traceback" not in done.stderr, "a value luigi or caravan refused is one line, not a traceback"
 
 
-def test_a_failed_task_ends_the_luigi_run_with_its_reason(project):
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: the task fails in a forked task process
+def test_a_failed_task_ends_the_luigi_run_with_its_reason(project, workers):
     table = project["top"] / "t.parquet"
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"x": [float(i) for i in range(60)], "target": [i % 2 for i in range(60)]}), table)
     done = run(project["cwd"], "--module", "pipelines.tabular", "PrepareTable", "--dataset", str(table),
-               "--label", "tagret", "--local-scheduler", tool="luigi")
+               "--label", "tagret", "--local-scheduler", "--workers", workers, tool="luigi")
     # (the exit code is the project's [retcode] section's; this luigi.cfg has none, so luigi's default 0)
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("caravan: PrepareTable failed:") and "'tagret'" in last, done.stderr[-3000:]
+    assert last.startswith("caravan: PrepareTable failed:") and "label column 'tagret' is not in the table" in last, \
+        done.stderr[-3000:]
+    assert "failed for PrepareTable/" not in last, "the step's own line without its repeated artifact id"
 
 
 def test_json_output_is_complete(project):
