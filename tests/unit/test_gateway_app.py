@@ -112,6 +112,10 @@ def test_a_dead_worker_loses_no_request_and_an_arm_without_workers_falls_back(se
     setup.publish(document(state="stopped", winner="challenger"))
     body = setup.client.post("/predict", json={"user_id": "u", "x": 0.0}).json()
     assert (body["arm"], body["assigned_arm"], body["model"]) == ("control", "challenger", "A")
+    reason = setup.client.get("/health").json()["reason"]
+    assert "'challenger' has no healthy worker" in reason and "does not have" not in reason
+    last_error = setup.client.get("/health").json()["workers"]["challenger"][0]["last_error"]
+    assert "UNAVAILABLE" in last_error and "\n" not in last_error
     setup.workers["control"][0].stop()
     gone = setup.client.post("/predict", json={"user_id": "u", "x": 0.0})
     assert gone.status_code == 503 and "no worker of model 'ranker' answered" in gone.json()["error"]
@@ -230,3 +234,12 @@ def test_the_enricher_adds_the_units_features_before_the_worker_call(tmp_path: P
             assert body["prediction"] == 11.0 and seen == ["u7"]
     finally:
         made.stop()
+
+
+def test_workers_of_an_arm_the_experiment_lacks_are_named_in_health(setup: Setup) -> None:
+    setup.publish(document())
+    members = {arm: [w.target for w in ws] for arm, ws in setup.workers.items()}
+    setup.gateway.pool.set_members({**members, "chalenger": members["challenger"]})  # a typo in --worker
+    health = setup.client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert "workers of arms the experiment does not have: chalenger" in health["reason"]

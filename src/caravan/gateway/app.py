@@ -252,7 +252,7 @@ class Gateway:
         for arm in arms:
             if not arm["healthy_workers"]:
                 problems.append(f"arm {arm['name']!r} has no healthy worker")
-        unknown = sorted(set(workers) - set(routes.arms) - {routes.production})
+        unknown = sorted(set(workers) - set(routes.artifacts) - {routes.production})
         if unknown and routes.state is not None:
             problems.append(f"workers of arms the experiment does not have: {', '.join(unknown)}")
         any_worker = any(arm["healthy_workers"] for arm in arms)

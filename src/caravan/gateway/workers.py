@@ -96,7 +96,7 @@ def _rpc_code(exc: BaseException) -> str | None:
 class WorkerPool:
     """Pooled clients of every worker, by arm, with failover and cool-downs."""
 
-    def __init__(self, connect: Callable[[str], Any], *, cooldown_s: float = 0.5, max_cooldown_s: float = 30.0,
+    def __init__(self, connect: Callable[[str], Any], *, cooldown_s: float = 0.5, max_cooldown_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._connect, self.cooldown_s, self.max_cooldown_s, self._clock = connect, cooldown_s, max_cooldown_s, clock
         self._lock = threading.Lock()
@@ -168,7 +168,9 @@ class WorkerPool:
                     message, field_name, row = refusal(exc)
                     raise WorkerRefused(message, field_name=field_name, row=row,
                                         too_large=code == "RESOURCE_EXHAUSTED") from exc
-                last_error = f"{worker.target}: {code or type(exc).__name__}: {str(exc)[:300]}"
+                details = getattr(exc, "details", None)
+                lines = str((details() if callable(details) else None) or exc).splitlines() or [""]
+                last_error = f"{worker.target}: {code or type(exc).__name__}: {lines[0][:300]}"
                 self._failed(worker, last_error)
                 continue
             with self._lock:
