@@ -133,9 +133,11 @@ def _print_json(value: Any) -> None:
 def cmd_models_current(args: argparse.Namespace) -> int:
     from .registry import open_pointer
 
-    state = open_pointer().read(args.model)  # a corrupt pointer is one line: PointerCorrupt says how to repair it
+    pointer = open_pointer()
+    state = pointer.read(args.model)  # a corrupt pointer is one line: PointerCorrupt says how to repair it
     if state.document is None:
-        raise CaravanError(f"model {args.model!r} has no current model yet")
+        where = f" (pointers under {pointer_root})" if (pointer_root := getattr(pointer, "root", None)) else ""
+        raise CaravanError(f"model {args.model!r} has no current model yet{where}")
     if args.json:
         _print_json({**state.document, "version": state.version})
         return 0

@@ -125,6 +125,10 @@ def _discover() -> Path | None:
         explicit = os.environ.get("LUIGI_CONFIG_PATH")
         if explicit and os.path.isfile(explicit):
             luigi.configuration.add_config_path(explicit)
+        else:
+            # Processes started from here (the local executor's steps, in their own working directories) read
+            # the same file: luigi reads LUIGI_CONFIG_PATH wherever it starts.
+            os.environ["LUIGI_CONFIG_PATH"] = str(found)
     return found
 
 

@@ -65,7 +65,10 @@ _PROBE = ("import json, luigi, caravan.config as c; from caravan.registry import
           "cfg = luigi.configuration.get_config(); "
           "print(json.dumps({'root': c.artifact_root(), 'origin': c.artifact_root_origin(), "
           "'pointers': str(open_pointer().root), 'executor': cfg.get('caravan', 'executor', ''), "
-          "'luigi_root': cfg.get('caravan', 'artifact_root', '')}))")
+          "'luigi_root': cfg.get('caravan', 'artifact_root', ''), "
+          "'child': __import__('subprocess').run([__import__('sys').executable, '-c', "
+          "'import luigi.configuration as c; print(c.get_config().get(\\'caravan\\', \\'executor\\', \\'\\'))'], "
+          "cwd='/', capture_output=True, text=True).stdout.strip()}))")
 
 
 def probe(cwd: Path, **env: str) -> dict[str, str]:
@@ -87,7 +90,10 @@ def test_from_a_subfolder_caravan_and_luigi_read_the_project_luigi_cfg(tmp_path)
     assert seen["pointers"] == str(project / "ptrs")
     assert seen["executor"] == "nomad", "luigi's own config reader sees the discovered file too"
     assert seen["origin"] == f"[caravan] artifact_root in {project / 'luigi.cfg'}"
-    assert probe(project) == seen, "the project folder and a subfolder agree"
+    assert seen["child"] == "nomad", "a process it starts elsewhere (a local step) reads the same luigi.cfg"
+    at_top = probe(project)
+    # (from the project folder, the steps get LUIGI_CONFIG_PATH from the local executor, as before)
+    assert {**at_top, "child": "nomad"} == seen, "the project folder and a subfolder agree"
 
 
 def test_the_variable_and_luigi_config_path_keep_their_precedence(tmp_path):
