@@ -8,6 +8,7 @@ fails on a full disk is reported with its own error; the log copy failing too is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
@@ -51,11 +52,15 @@ def logs_of(root: str, artifact_id: str, run_id: str) -> dict[str, bytes]:
     return {key[len(prefix):]: store.read(key) for key in store.list_keys(prefix)}
 
 
-def test_a_step_dies_with_its_killed_worker_and_the_next_run_keeps_its_logs(workdirs: Path, local_root: str) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_step_dies_with_its_killed_worker_and_its_logs_are_kept(workdirs: Path, local_root: str,
+                                                                  workers: int) -> None:
+    # One worker runs the task in its own process; two run it in a luigi task process it forked.
     run_id = f"killed-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CARAVAN_RUN_ID": run_id}
     worker = subprocess.Popen([sys.executable, "-m", "luigi", "--module", "tests.steps.tasks", "Sleep",
-                               "--date", DAY.isoformat(), "--seconds", "120", "--local-scheduler", "--no-lock"],
+                               "--date", DAY.isoformat(), "--seconds", "120", "--local-scheduler", "--no-lock",
+                               "--workers", str(workers)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               start_new_session=True)
     records: list[dict[str, Any]] = []
@@ -69,24 +74,30 @@ def test_a_step_dies_with_its_killed_worker_and_the_next_run_keeps_its_logs(work
     try:
         poll_until(step_sleeping, 60, "the worker's step running")
         (record,) = records
-        assert record["worker_pid"] == worker.pid and alive(record["step_pid"], record["step_start"])
+        assert (record["worker_pid"] == worker.pid) == (workers == 1)
+        assert alive(record["step_pid"], record["step_start"])
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
         poll_until(lambda: not alive(record["step_pid"], record["step_start"]), 10, "the step gone after its worker")
+        poll_until(lambda: not alive(record["worker_pid"], record["worker_start"]), 10, "the task process gone")
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.communicate()
-        for record in records:  # a failed run must not leave its step behind (it has a session of its own)
+        # A failed run must leave nothing behind: the step (a session of its own) and the worker's group (its
+        # task process too); before reading the worker's stderr, which they hold open.
+        for record in records:
             if alive(record["step_pid"], record["step_start"]):
                 os.killpg(record["step_pid"], signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate()
     sleep_id = Sleep(date=DAY, seconds=120).output().id
-    assert logs_of(local_root, sleep_id, run_id) == {}, "nothing kept them yet: the worker died"
-    Echo(date=DAY, name="next-run").run()  # any later local step on this root recovers them
+    if workers == 1:
+        assert logs_of(local_root, sleep_id, run_id) == {}, "nothing kept them yet: the worker died"
+        Echo(date=DAY, name="next-run").run()  # any later local step on this root recovers them
     kept = logs_of(local_root, sleep_id, run_id)
     (stderr,) = [data for name, data in kept.items() if name.endswith(".stderr.txt")]
     assert b"sleep step: sleeping 120" in stderr
-    assert f"the worker (pid {worker.pid}) that ran this step died".encode() in stderr
+    if workers == 1:
+        assert f"the worker (pid {worker.pid}) that ran this step died".encode() in stderr
     assert list(step_records(workdirs)) == [], "the orphan's working directory is removed once its logs are kept"
     assert not Artifact(open_store(local_root), sleep_id).exists()
 

@@ -7,7 +7,8 @@ outlive the worker) and are kept beside the artifact when it ends. How many step
 bounded by luigi's scheduler through the ``caravan_local_steps`` resource (``[resources]`` in luigi.cfg).
 
 A step dies with its worker: on Linux it gets SIGTERM when the process that started it dies
-(``PR_SET_PDEATHSIG``), even after ``kill -9``. Each working directory holds a record
+(``PR_SET_PDEATHSIG``), even after ``kill -9``, and a luigi task process (``--workers`` > 1) gets
+SIGTERM when its worker dies, which stops its step and keeps the logs. Each working directory holds a record
 (``caravan-step.json``: artifact, run, worker and step process ids); before running a step the
 executor reads the records it finds. A live step for the same artifact is attached to (waited for)
 rather than started twice; a working directory whose worker and step are both gone has its logs
@@ -101,6 +102,26 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
+
+
+def die_with_luigi_worker() -> None:
+    """In a luigi task process (``--workers`` > 1), have this process SIGTERMed when its luigi worker dies.
+
+    The step dies with the process that started it; in a task process that is not the worker the
+    user sees. Armed here, a ``kill -9`` of the worker stops the task process, which stops its step
+    (caravan's SIGTERM handling) and keeps its logs. Never armed in the worker itself: luigi started
+    from a shell must outlive that shell if the user wants (``nohup``).
+    """
+    import multiprocessing
+
+    from luigi.worker import TaskProcess
+
+    if _PRCTL is None or not isinstance(multiprocessing.current_process(), TaskProcess):
+        return
+    parent = multiprocessing.parent_process()
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent is not None and os.getppid() != parent.pid:  # the worker died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _start_time(pid: int) -> str | None:
@@ -218,6 +239,7 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run(self, request: StepRequest) -> StepResult:
+        die_with_luigi_worker()
         attached = self._recover(request)
         if attached is not None:
             return attached
