@@ -470,7 +470,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     run_worker(args.model, arm=args.arm, artifact=args.artifact, host=args.host, grpc_port=args.grpc_port,
                http_port=args.http_port, isolate=not args.no_isolation, max_rows=args.max_rows,
-               pointer_kind=args.pointer, threads=args.threads)
+               pointer_kind=args.pointer)
     return 0
 
 
@@ -490,7 +490,6 @@ def _add_worker_parser(sub: Any) -> None:
     worker.add_argument("--pointer", choices=["file", "consul"],
                         help="experiment store backend (default: the configured pointer backend)")
     worker.add_argument("--max-rows", type=int, default=10_000, help="rows per request at most (default 10000)")
-    worker.add_argument("--threads", type=int, default=8, help="gRPC calls handled at once (default 8)")
     worker.add_argument("--no-isolation", action="store_true",
                         help="load new models without trying them in a disposable probe process first (trusted "
                         "models only)")

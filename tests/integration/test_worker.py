@@ -7,6 +7,7 @@ following an experiment document in the file store; one test runs the ``caravan 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -145,6 +146,23 @@ def test_invalid_rows_are_invalid_argument_naming_the_field_and_the_worker_keeps
         message, named, row = outcome[1]
         assert named == field and f"'{field}'" in message and row == len(rows) - 1
     assert client.predict([ROW], "after", 5.0).scores, "a bad request never stops the worker"
+
+
+def test_the_asyncio_client_gets_the_same_answers_and_refusals(one_worker):
+    _, client = one_worker
+    bad = [ROW, {**ROW, "position": 1.5}]
+
+    async def both() -> tuple[Any, Any]:
+        answer = await client.predict_async([ROW, ROW], "a-1", 5.0)
+        try:
+            await client.predict_async(bad, "a-2", 5.0)
+        except grpc.RpcError as exc:
+            return answer, (exc.code(), refusal(exc))
+        return answer, None
+
+    answer, refused = asyncio.run(both())
+    assert answer == client.predict([ROW, ROW], "s-1", 5.0)
+    assert refused == (grpc.StatusCode.INVALID_ARGUMENT, worker_outcome(client, bad)[1])
 
 
 def test_too_many_rows_and_no_rows_are_refused_like_serve(one_worker):

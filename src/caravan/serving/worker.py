@@ -15,6 +15,7 @@ nomad/worker.nomad.hcl) and calls them through :class:`~caravan.serving.worker_c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import grpc
 
 from ..registry import PointerState
 from ..v1 import predict_pb2, predict_pb2_grpc
+from .app import OFF_LOOP_BYTES
 from .limits import MAX_ROWS
 from .model import ModelHolder, RequestInvalid, excerpt
 from .observe import Metrics, log_json_lines
@@ -103,20 +105,43 @@ class FixedPointer:
         return []
 
 
-class _Predictor(predict_pb2_grpc.PredictorServicer):
-    """The gRPC servicer: decode, check and score with whatever model the holder has at the call's start."""
+_Outcome = tuple[predict_pb2.PredictReply | None, grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+
+class _Predictor(predict_pb2_grpc.PredictorServicer):
+    """The gRPC servicer: decode, check and score with whatever model the holder has at the call's start.
+
+    It runs on the worker's asyncio loop (one thread, like ``caravan serve``'s event loop: no lock contention
+    between request threads); a request above :data:`OFF_LOOP_BYTES` is scored on a worker thread instead,
+    so that small requests keep flowing meanwhile.
+    """
+
+    def __init__(self, worker: Worker, large: ThreadPoolExecutor) -> None:
+        self.worker, self.large = worker, large
         ok = worker.metrics
         self._ok_count, self._ok_latency = ok.requests.labels("OK"), ok.latency.labels("OK")
 
-    def Predict(self, request: predict_pb2.PredictRequest,  # noqa: N802 — the rpc's name in predict.proto
-                context: grpc.ServicerContext) -> predict_pb2.PredictReply:
+    async def Predict(self, request: predict_pb2.PredictRequest,  # noqa: N802 — the rpc's name in predict.proto
+                      context: grpc.aio.ServicerContext[Any, Any]) -> predict_pb2.PredictReply:
+        if request.ByteSize() > OFF_LOOP_BYTES:
+            reply, code, message, metadata = await asyncio.get_running_loop().run_in_executor(
+                self.large, self.score, request)
+        else:
+            reply, code, message, metadata = self.score(request)
+        if reply is not None:
+            return reply
+        if metadata:
+            context.set_trailing_metadata(metadata)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def score(self, request: predict_pb2.PredictRequest) -> _Outcome:
+        """The reply, or the status, message and trailing metadata of a refusal."""
         started = time.perf_counter()
         worker = self.worker
         served = worker.holder.current  # this request's model, whatever a swap does meanwhile
         code, message = grpc.StatusCode.OK, ""
+        metadata: list[tuple[str, str | bytes]] = []
         try:
             if served is None:
                 reason = worker.status()[1]
@@ -132,15 +157,13 @@ class _Predictor(predict_pb2_grpc.PredictorServicer):
                 reply = predict_pb2.PredictReply(scores=scores, artifact_id=served.artifact_id, model=worker.model)
                 self._ok_count.inc()
                 self._ok_latency.observe(time.perf_counter() - started)
-                return reply
+                return reply, code, message, ()
         except RequestInvalid as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:1000]
-            metadata: list[tuple[str, str | bytes]] = []
             if exc.field_name is not None:  # binary metadata: a field name may be any Unicode
                 metadata.append((FIELD_KEY, excerpt(exc.field_name).encode("utf-8", "backslashreplace")))
             if exc.row is not None:
                 metadata.append((ROW_KEY, str(exc.row)))
-            context.set_trailing_metadata(tuple(metadata))
         except Exception as exc:  # a genuine fault of the worker: report it, keep serving
             code = grpc.StatusCode.INTERNAL
             message = f"internal error ({type(exc).__name__}); request id {excerpt(request.request_id)}"
@@ -151,41 +174,51 @@ class _Predictor(predict_pb2_grpc.PredictorServicer):
         log.info("predict %s", code.name, extra={"request_id": request.request_id, "status": code.name,
                                                  "duration_ms": round(elapsed * 1000, 3),
                                                  "model": served.artifact_id if served else None})
-        context.abort(code, message)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        return None, code, message, tuple(metadata)
 
 
 class Worker:
-    """A worker's parts: the holder and watcher of its model, the gRPC server and the HTTP health server.
+    """A worker's parts: the holder and watcher of its model, the gRPC server (grpc.aio, on an asyncio loop of
+    its own thread) and the HTTP health server.
 
     ``source`` is what the watcher follows (:class:`ArmPointer`, :class:`FixedPointer`, or a model pointer).
-    Ports 0 pick free ports (see :attr:`grpc_port` and :attr:`http_port` after :meth:`start`).
+    Ports 0 pick free ports (see :attr:`grpc_port` and :attr:`http_port`).
     """
 
     def __init__(self, source: Any, model: str, *, arm: str | None = None, host: str = "0.0.0.0",  # noqa: S104
                  grpc_port: int = 9000, http_port: int = 9001, isolate: bool = True, max_rows: int = MAX_ROWS,
-                 wait_s: float = 30.0, probe_timeout_s: float = 60.0, threads: int = 8) -> None:
+                 wait_s: float = 30.0, probe_timeout_s: float = 60.0) -> None:
         self.source, self.model, self.arm, self.host = source, model, arm, host
         self.max_rows = max_rows
         self.holder, self.metrics = ModelHolder(), Metrics()
         self.probe = Probe(timeout_s=probe_timeout_s) if isolate else None
         self.watcher = Watcher(source, model, self.holder, self.metrics, probe=self.probe, wait_s=wait_s)
         self.release = os.environ.get("CARAVAN_RELEASE") or None
-        self._grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict"),
-                                 options=list(CHANNEL_OPTIONS))
-        predict_pb2_grpc.add_PredictorServicer_to_server(_Predictor(self), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{_bracket(host)}:{grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {host}:{grpc_port}")
+        self._large = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-large")  # two bound memory
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="worker-grpc", daemon=True)
+        self._loop_thread.start()
+        self._grpc, self.grpc_port = self._on_loop(self._bind(f"{_bracket(host)}:{grpc_port}"))
         self._http = ThreadingHTTPServer((host, http_port), _health_handler(self))
         self._http.daemon_threads = True
         self.http_port = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="worker-http", daemon=True)
 
+    def _on_loop(self, coroutine: Any, timeout_s: float | None = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    async def _bind(self, address: str) -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=list(CHANNEL_OPTIONS))
+        predict_pb2_grpc.add_PredictorServicer_to_server(_Predictor(self, self._large), server)
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        return server, port
+
     def start(self, *, watch: bool = True) -> Worker:
         if watch:
             self.watcher.start()
-        self._grpc.start()
+        self._on_loop(self._grpc.start())
         self._http_thread.start()
         log.info("worker of %s%s: gRPC on %s, HTTP on %s", self.model, f" arm {self.arm}" if self.arm else "",
                  self.grpc_port, self.http_port)
@@ -193,15 +226,17 @@ class Worker:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking calls, let those in flight finish within ``grace_s``, stop following the model."""
-        self._grpc.stop(grace_s).wait(grace_s + 1)
-        self._http.shutdown()
-        self._http.server_close()
-        self.watcher.stop()
-        if self.probe is not None:
-            self.probe.close()
-
-    def wait(self) -> None:
-        self._grpc.wait_for_termination()
+        try:
+            self._on_loop(self._grpc.stop(grace_s), grace_s + 5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=5)
+            self._http.shutdown()
+            self._http.server_close()
+            self.watcher.stop()
+            self._large.shutdown(wait=False)
+            if self.probe is not None:
+                self.probe.close()
 
     def status(self) -> tuple[str, str | None]:
         """The watcher's status and reason, made precise by the source (an experiment without this arm)."""
@@ -267,7 +302,7 @@ def _health_handler(worker: Worker) -> Callable[..., BaseHTTPRequestHandler]:
 
 def run_worker(model: str, *, arm: str | None = None, artifact: str | None = None, host: str = "0.0.0.0",  # noqa: S104
                grpc_port: int = 9000, http_port: int = 9001, isolate: bool = True, max_rows: int = MAX_ROWS,
-               pointer_kind: str | None = None, threads: int = 8) -> None:
+               pointer_kind: str | None = None) -> None:
     """Run a worker until SIGTERM/SIGINT (calls in flight finish first), logging JSON lines to stdout."""
     import signal
 
@@ -283,7 +318,7 @@ def run_worker(model: str, *, arm: str | None = None, artifact: str | None = Non
 
         source = ArmPointer(experiment_store(pointer_kind), str(arm))
     worker = Worker(source, model, arm=arm, host=host, grpc_port=grpc_port, http_port=http_port,
-                    isolate=isolate, max_rows=max_rows, threads=threads).start()
+                    isolate=isolate, max_rows=max_rows).start()
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:

@@ -10,6 +10,7 @@ message ``caravan serve`` gives. :func:`refusal` reads the field and row a refus
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,12 +74,16 @@ def refusal(error: Any) -> tuple[str, str | None, int | None]:
 
 
 class PredictorClient:
-    """A pooled channel to one worker at ``target`` (``host:port``)."""
+    """A pooled channel to one worker at ``target`` (``host:port``): :meth:`predict` from threads, and
+    :meth:`predict_async` from an asyncio event loop (its own grpc.aio channel, made on first use: no thread
+    hop, which is what a gateway's event loop wants)."""
 
     def __init__(self, target: str, *, options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=list(options))
+        self._options = list(options)
+        self._channel = grpc.insecure_channel(target, options=self._options)
         self._predict = predict_pb2_grpc.PredictorStub(self._channel).Predict
+        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, Any] | None = None
 
     def predict(self, rows: Sequence[Any], request_id: str = "", timeout_s: float = 5.0) -> Prediction:
         """Scores for ``rows`` (JSON objects of feature values) within ``timeout_s``.
@@ -94,9 +99,34 @@ class PredictorClient:
         reply = self._predict(request, timeout=timeout_s)
         return Prediction(list(reply.scores), reply.artifact_id, reply.model)
 
+    async def predict_async(self, rows: Sequence[Any], request_id: str = "", timeout_s: float = 5.0) -> Prediction:
+        """:meth:`predict` for an asyncio event loop; the same errors (``grpc.aio.AioRpcError`` is an RpcError)."""
+        try:
+            request = encode_rows(rows, request_id)
+        except RequestInvalid as exc:
+            raise RowsRefused(str(exc), field_name=exc.field_name, row=exc.row) from None
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:  # a grpc.aio channel belongs to one event loop
+            channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._aio = (loop, channel, predict_pb2_grpc.PredictorStub(channel).Predict)
+        reply = await self._aio[2](request, timeout=timeout_s)
+        return Prediction(list(reply.scores), reply.artifact_id, reply.model)
+
     def close(self) -> None:
-        """Close the channel (calls in flight are cancelled)."""
+        """Close the channels (calls in flight are cancelled)."""
         self._channel.close()
+        if self._aio is not None:
+            loop, channel, _ = self._aio
+            self._aio = None
+            if not loop.is_closed():
+                try:
+                    running = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is loop:
+                    loop.create_task(channel.close())
+                else:
+                    asyncio.run_coroutine_threadsafe(channel.close(), loop)
 
     def __enter__(self) -> PredictorClient:
         return self
