@@ -71,6 +71,17 @@ def test_rows_of_floats_travel_without_kinds_and_json_rows_round_trip():
     assert [type(v).__name__ for v in back[1].values()] == ["int", "NoneType", "bool", "str", "list", "dict"]
 
 
+def test_rows_with_the_same_names_carry_them_once_and_come_back_whole():
+    body = [{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}, {}, {"b": 5.0, "a": 6.0}, {"b": 7.0, "a": True}]
+    request = encode_rows(body)
+    assert [list(row.names) for row in request.rows] == [["a", "b"], [], [], ["b", "a"], []]
+    back = over_the_wire(request)
+    assert back == body and [list(row) for row in back] == [list(row) for row in body]  # same keys, same order
+    orphan = predict_pb2.PredictRequest(rows=[predict_pb2.Row(numbers=[1.0])])  # no row before to take names from
+    with pytest.raises(RequestInvalid, match=r"^row 0 is malformed: 0 names, 1 numbers"):
+        decode_rows(orphan)
+
+
 def test_integers_beyond_a_double_keep_every_digit():
     (row,) = over_the_wire(encode_rows([{"n": 2**53 + 1, "m": -(10**40)}]))
     assert row == {"n": 2**53 + 1, "m": -(10**40)} and type(row["n"]) is int

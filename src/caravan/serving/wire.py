@@ -4,7 +4,8 @@
 :func:`decode_rows` gives back exactly those dicts, so that the worker checks them with the same code, and
 the same messages, as ``caravan serve``. Lists and objects travel by their type name only (every model
 refuses them; the message names only the type). Rows of floats alone, the common case, travel with no
-kinds and are read back with one ``dict(zip(...))``.
+kinds and are read back with one ``dict(zip(...))``; a row with the same names as the row before leaves them
+out.
 """
 
 from __future__ import annotations
@@ -33,19 +34,21 @@ def _text(value: str) -> str:
     return value
 
 
-def _encode_row(row: Mapping[str, Any], out: Any) -> None:
+def _encode_row(row: Mapping[str, Any], out: Any, previous: list[Any] | None) -> list[Any]:
+    """Write one row into ``out``; its names (the next row leaves them out when they are the same)."""
     names = list(row.keys())
     values = list(row.values())
-    if not all(type(name) is str for name in names):  # JSON keys are strings; a caller's other keys as text
-        names = [str(name) for name in names]
-    try:
-        out.names.extend(names)
-    except ValueError:  # a name with a lone surrogate: escaped (it is no feature's name, so it stays unknown)
-        del out.names[:]
-        out.names.extend(_text(name) for name in names)
+    if not names or names != previous:
+        if not all(type(name) is str for name in names):  # JSON keys are strings; a caller's other keys as text
+            names = [str(name) for name in names]
+        try:
+            out.names.extend(names)
+        except ValueError:  # a name with a lone surrogate: escaped (it is no feature's name, so it stays unknown)
+            del out.names[:]
+            out.names.extend(_text(name) for name in names)
     if set(map(type, values)) <= {float}:
         out.numbers.extend(values)
-        return
+        return names
     numbers: list[float] = []
     kinds = bytearray()
     texts: list[str] = []
@@ -83,6 +86,7 @@ def _encode_row(row: Mapping[str, Any], out: Any) -> None:
     out.kinds = bytes(kinds)
     if texts:
         out.texts.extend(texts)
+    return names
 
 
 def encode_rows(rows: Sequence[Any], request_id: str = "") -> predict_pb2.PredictRequest:
@@ -90,20 +94,21 @@ def encode_rows(rows: Sequence[Any], request_id: str = "") -> predict_pb2.Predic
     ``caravan serve`` gives (a :class:`RequestInvalid` naming the row)."""
     request = predict_pb2.PredictRequest(request_id=request_id)
     add = request.rows.add
+    previous: list[Any] | None = None
     for i, row in enumerate(rows):
         if type(row) is not dict and not isinstance(row, Mapping):
             raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}", row=i)
-        _encode_row(row, add())
+        previous = _encode_row(row, add(), previous)
     return request
 
 
-def _decode_row(row: Any, i: int) -> dict[str, Any]:
-    names, numbers, kinds = row.names, row.numbers, row.kinds
+def _decode_row(row: Any, i: int, names: list[str]) -> dict[str, Any]:
+    numbers, kinds = row.numbers, row.kinds
     if len(numbers) != len(names) or (kinds and len(kinds) != len(names)):
         raise RequestInvalid(f"row {i} is malformed: {len(names)} names, {len(numbers)} numbers, "
                              f"{len(kinds)} kinds", row=i)
     if not kinds:
-        return dict(zip(names, numbers, strict=True))
+        return dict(zip(names, numbers, strict=False))  # lengths checked above; strict=True costs a third more
     texts = iter(row.texts)
     values: list[Any] = []
     for number, kind in zip(numbers, kinds, strict=True):
@@ -130,9 +135,15 @@ def _decode_row(row: Any, i: int) -> dict[str, Any]:
             values.append(_PLACEHOLDER[kind]())  # an empty list or dict: only its type is ever named
         else:
             raise RequestInvalid(f"row {i} is malformed: unknown kind {chr(kind)!r}", row=i)
-    return dict(zip(names, values, strict=True))
+    return dict(zip(names, values, strict=False))  # lengths checked above
 
 
 def decode_rows(request: predict_pb2.PredictRequest) -> list[dict[str, Any]]:
     """The rows of a PredictRequest as the dicts JSON decoding gives; RequestInvalid for a malformed row."""
-    return [_decode_row(row, i) for i, row in enumerate(request.rows)]
+    decoded = []
+    names: list[str] = []
+    for i, row in enumerate(request.rows):
+        if row.names or not row.numbers:  # no names but values: the names of the row before
+            names = list(row.names)
+        decoded.append(_decode_row(row, i, names))
+    return decoded

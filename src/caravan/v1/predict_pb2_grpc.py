@@ -46,7 +46,7 @@ class PredictorServicer:
 
     def Predict(self, request, context):
         """Scores rows with the model the worker serves. INVALID_ARGUMENT names the field at fault (metadata
-        `caravan-field` and `caravan-row` carry it apart from the message); UNAVAILABLE while no model is
+        `caravan-field-bin` (UTF-8) and `caravan-row` carry it apart from the message); UNAVAILABLE while no model is
         loaded; RESOURCE_EXHAUSTED for more rows than the worker takes in one request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
