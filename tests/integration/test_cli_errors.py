@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SIGNAL = {"s1": 1.0, "s2": 0.5}
 
 
-def run(cwd: Path, *argv: str, tool: str = "caravan", shell: str | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(cwd: Path, *argv: str, tool: str = "caravan", shell: str | None = None, timeout: float = 120,
+        **extra_env: str) -> subprocess.CompletedProcess[str]:
     """``tool argv…`` (or a shell line) in ``cwd``, with no caravan settings in the environment: what a user types."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARAVAN_", "LUIGI_CONFIG"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARAVAN_", "LUIGI_CONFIG"))} | extra_env
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)  # the project's pipelines/ for `luigi --module pipelines.…`
     command: str | list[str] = shell if shell is not None else [str(BIN / tool), *argv]
@@ -168,6 +168,12 @@ def test_luigi_ends_with_caravans_one_line_reason(project, args, expected):
     last = done.stderr.strip().splitlines()[-1]
     assert "caravan: " in last and expected in last, done.stderr
     assert "Traceback" not in done.stderr, "a value luigi or caravan refused is one line, not a traceback"
+
+
+def test_caravan_debug_keeps_luigis_traceback(project):
+    done = run(project["cwd"], "--module", "pipelines.ranker", "TrainRanker", "--date", "2026-13-45",
+               "--local-scheduler", tool="luigi", CARAVAN_DEBUG="1")
+    assert done.returncode != 0 and "Traceback" in done.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])  # 2: the task fails in a forked task process
