@@ -94,6 +94,7 @@ class Gateway:
         self.rng = random.Random()  # traffic splitting, not security
         self.fallbacks: collections.Counter[str] = collections.Counter()
         self.random_arm = 0
+        self._tally = threading.Lock()  # requests are answered on many threads at once
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen_lock = threading.Lock()
         self.follower = ExperimentFollower(store, model, self.state, wait_s=wait_s,
@@ -138,11 +139,16 @@ class Gateway:
         arm, sticky = choose(routes, unit, self.rng)
         return routes, arm, sticky
 
+    def answer(self, body: bytes) -> tuple[int, dict[str, Any], str | None]:
+        """:meth:`predict` of a raw body (blocking); RequestInvalid for a body that is not rows and a unit."""
+        return self.predict(bodies.predict_body(body, self.unit))
+
     def predict(self, parsed: bodies.PredictBody) -> tuple[int, dict[str, Any], str | None]:
         """Status, JSON payload and answering arm of a parsed request (blocking: run it off the event loop)."""
         routes, arm, sticky = self.route(parsed.unit)
         if not sticky:
-            self.random_arm += 1
+            with self._tally:
+                self.random_arm += 1
             self.metrics.random_arm.inc()
         rows = parsed.rows
         for i, row in enumerate(rows):
@@ -157,7 +163,8 @@ class Gateway:
                          f"arm {routes.production!r}, then any arm)", "arm": arm}, None
         fallback = answered != arm
         if fallback:
-            self.fallbacks[arm] += 1
+            with self._tally:
+                self.fallbacks[arm] += 1
             self.metrics.fallbacks.labels(arm).inc()
             log.warning("arm %s has no healthy worker; answered by arm %s", arm, answered,
                         extra={"request_id": request_id})
@@ -297,8 +304,8 @@ def _predict_endpoint(gateway: Gateway, pool: ThreadPoolExecutor, max_body_bytes
         payload: dict[str, Any] | None = None
         try:
             body = await limits.read_body(receive, max_body_bytes, declared)
-            parsed = bodies.predict_body(body, gateway.unit)
-            status, payload, arm = await asyncio.get_running_loop().run_in_executor(pool, gateway.predict, parsed)
+            # parsed off the event loop too: a body of many megabytes must not stall /health
+            status, payload, arm = await asyncio.get_running_loop().run_in_executor(pool, gateway.answer, body)
             try:
                 data = (_JSON if status == 200 else _JSON_ERROR).encode(payload).encode()
             except ValueError:  # a score JSON cannot carry (NaN): the worker's fault, not the client's
