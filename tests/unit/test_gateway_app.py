@@ -243,3 +243,22 @@ def test_workers_of_an_arm_the_experiment_lacks_are_named_in_health(setup: Setup
     health = setup.client.get("/health").json()
     assert health["status"] == "degraded"
     assert "workers of arms the experiment does not have: chalenger" in health["reason"]
+
+
+def test_the_documents_weights_hold_until_the_first_outcome(tmp_path: Path) -> None:
+    made = Setup(tmp_path, update_s=0.02)
+    try:
+        with made.client:
+            made.publish(document(policy="thompson", weights=(0.9, 0.1)))
+            bandit = made.gateway.bandit
+            assert bandit is not None
+            steps = bandit.steps
+            poll_until(lambda: bandit.steps >= steps + 3, 5, "three bandit periods")
+            assert dict(made.gateway.state.routes.weights) == {"control": 0.9, "challenger": 0.1}
+            body = made.client.post("/predict", json={"user_id": "u1", "x": 1.0}).json()
+            assert made.client.post("/feedback", json={"request_id": body["request_id"], "reward": 1}) \
+                .status_code == 202
+            poll_until(lambda: bandit.updates > 0, 5, "the bandit takes over")
+            assert dict(made.gateway.state.routes.weights) != {"control": 0.9, "challenger": 0.1}
+    finally:
+        made.stop()

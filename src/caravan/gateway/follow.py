@@ -5,7 +5,8 @@
   query in Consul, a poll of the file locally) and applies each new version to the :class:`GatewayState`.
 * :class:`BanditUpdater`, every ``update_s``: writes this gateway's reward counters
   (:meth:`ExperimentStore.put_stats`, its own key) and, under policy ``thompson``, reads every gateway's counters
-  merged and makes each arm's weight its probability of being best (:func:`caravan.experiments.bandit.
+  merged and (once any outcome has been reported: the document's weights are the starting split) makes each
+  arm's weight its probability of being best (:func:`caravan.experiments.bandit.
   thompson_weights`, floored at ``min_weight``). The Monte Carlo draws are seeded by the salt and the merged
   counts, so gateways that read the same counters compute the same weights, and so send a user to the same arm.
 """
@@ -127,8 +128,8 @@ class BanditUpdater(_Loop):
         self.store.put_stats(self.model, self.gateway_id, counts, salt=salt)
         merged = self.store.read_stats(self.model, salt=salt)
         self.merged = dict(merged)
-        if experiment.policy != "thompson":
-            return
+        if experiment.policy != "thompson" or not any(s + f for s, f in merged.values()):
+            return  # until the first reward is reported, the document's starting weights hold
         weights = thompson_for(salt, merged, [arm.name for arm in experiment.arms], self.min_weight)
         if self.state.set_bandit_weights(salt, weights, time.time()):
             self.updates += 1
