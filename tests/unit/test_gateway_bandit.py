@@ -1,0 +1,49 @@
+"""Two gateways' bandit updates through the Consul double: each writes its own counters, reads everyone's merged,
+and both compute the same weights (so a user sees the same arm behind either)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from caravan.experiments import Arm, Experiment
+from caravan.experiments.consul import ConsulExperimentStore
+from caravan.gateway.follow import BanditUpdater, thompson_for
+from caravan.gateway.signing import experiment_tag
+from caravan.gateway.state import GatewayState
+from tests.doubles.consul import ConsulDouble
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConsulExperimentStore]:
+    double = ConsulDouble()
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", double.start())
+    yield ConsulExperimentStore()
+    double.stop()
+
+
+def test_two_gateways_agree_on_the_weights(store: ConsulExperimentStore) -> None:
+    exp = Experiment(model="ranker", policy="thompson", salt="s",
+                     arms=(Arm("control", "A", "/x/A", 0.5), Arm("challenger", "B", "/x/B", 0.5)))
+    store.write(exp, 0)
+    gateways = []
+    for name, (control, challenger) in (("gw-1", (3, 40)), ("gw-2", (1, 25))):
+        state = GatewayState("control")
+        state.apply(exp)
+        for arm, rewarded in (("control", control), ("challenger", challenger)):
+            for i in range(100):
+                assert state.reward(experiment_tag("s"), arm, 1 if i < rewarded else 0)
+        gateways.append((state, BanditUpdater(store, "ranker", state, name, min_weight=0.05)))
+    for _ in range(2):  # the first round writes each gateway's counters; the second reads both
+        for _, updater in gateways:
+            updater.update()
+    one, two = (dict(state.routes.weights) for state, _ in gateways)
+    assert one == two and one["challenger"] > 0.9 and one["control"] >= 0.05
+    assert gateways[0][1].merged == {"control": (4, 196), "challenger": (65, 135)}
+    assert store.read_stats("ranker", salt="s") == gateways[1][1].merged
+    # the same counters give the same weights anywhere; other counters, other draws
+    merged = {"control": (4, 196), "challenger": (65, 135)}
+    assert thompson_for("s", merged, ["control", "challenger"], 0.05) == one
+    assert thompson_for("s", {"control": (5, 5), "challenger": (5, 5)}, ["control", "challenger"], 0.05) != \
+        thompson_for("t", {"control": (5, 5), "challenger": (5, 5)}, ["control", "challenger"], 0.05)
