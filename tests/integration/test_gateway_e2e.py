@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caravan.cli import main as caravan
 from caravan.experiments import experiment_store
@@ -27,6 +29,11 @@ from ..tiny_models import make_dataset, make_model
 SIGNAL = {"s1": 1.0, "s2": 0.6, "s3": 0.3}
 ROW = {"s1": 0.3, "s2": -1.2, "s3": 0.5}
 KEY = "e2e-signing-key-0123456789abcdef"
+VALUES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
+BODIES = st.recursive(VALUES | st.fixed_dictionaries({"user_id": VALUES, "s1": VALUES, "s2": VALUES, "s3": VALUES}),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                          st.sampled_from(["user_id", "rows", "s1", "request_id", "reward"]), inner, max_size=4),
+                      max_leaves=10)
 
 
 @contextlib.contextmanager
@@ -71,7 +78,8 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
                     "--weights", "50,50", "--policy", "thompson"]) == 0
     salt = experiment_store("file").read(model_name)[0].salt  # type: ignore[union-attr]
     port = free_port()
-    with workers(model_name, ["control", "challenger", "challenger"]) as (control, challenger, spare):
+    with workers(model_name, ["control", "challenger", "challenger"]) as running:
+        control, challenger, spare = running
         flags = [f"--worker=control=127.0.0.1:{control.grpc_port}",
                  f"--worker=challenger=127.0.0.1:{challenger.grpc_port}",
                  f"--worker=challenger=127.0.0.1:{spare.grpc_port}"]
@@ -103,6 +111,19 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
             assert gateway.feedback(forged, 1).status_code == 403
             assert "signature" in gateway.feedback(forged, 1).json()["error"]
 
+            # Whatever a client sends, the real workers behind the gateway answer it or refuse it: never a 5xx.
+            outcomes: list[tuple[str, Any, int]] = []
+
+            @settings(max_examples=60, deadline=None, database=None)
+            @given(value=BODIES)
+            def any_body(value: Any) -> None:
+                for path in ("/predict", "/feedback"):
+                    answer = requests.post(f"{url}{path}", data=json.dumps(value), timeout=10)
+                    outcomes.append((path, value, answer.status_code))
+
+            any_body()
+            assert [o for o in outcomes if o[2] >= 500] == []
+
             # Feedback: the challenger's users click, the control's do not; the weights follow.
             for body in answers.values():
                 reward = 1 if body["arm"] == "challenger" else 0
@@ -113,6 +134,7 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
 
             # Killing one of the challenger's workers loses none of its users' requests.
             challenger.stop(0)
+            running.remove(challenger)  # stopped for good: not again at the end
             moved = [u for u in users if gateway.predict(u)["arm"] == "challenger"]
             assert moved
             for user in moved:
