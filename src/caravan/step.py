@@ -34,6 +34,7 @@ from .artifacts import Artifact, ArtifactWriter
 from .errors import CaravanError
 from .executors.jobspec import CONTRACT_META
 from .storage import open_store
+from .storage.base import encode_path
 
 log = logging.getLogger("caravan.step")
 
@@ -62,8 +63,9 @@ def _json(meta: Mapping[str, str], key: str) -> Any:
 
 def artifact_at(uri: str, artifact_id: str, identity: Mapping[str, Any] | None = None) -> Artifact:
     """The artifact at ``uri`` with id ``artifact_id``; with ``identity``, checked to hash to that id."""
-    suffix = "/" + artifact_id
-    if not uri.endswith(suffix):
+    # An id made before ids were URI-safe (with '%' in it) ends its URI percent-encoded.
+    suffix = next((s for s in ("/" + artifact_id, "/" + encode_path(artifact_id)) if uri.endswith(s)), None)
+    if suffix is None:
         raise ContractError(f"artifact URI {uri!r} does not end with its id {artifact_id!r}")
     store = open_store(uri[: -len(suffix)])
     segments = artifact_id.split("/")

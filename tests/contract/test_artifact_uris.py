@@ -7,6 +7,7 @@ by the store, so the URI caravan prints, decoded by pyarrow, is the path the sto
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -121,3 +122,17 @@ def test_a_uri_outside_the_store_is_refused(local_root):
     store = open_store(local_root)
     with pytest.raises(ValueError, match="not inside the store"):
         store.key_of("file:///elsewhere/x")
+
+
+def test_an_artifact_published_before_ids_were_uri_safe_is_still_opened_from_its_uri(local_root):
+    from caravan.step import artifact_at
+
+    store = open_store(local_root)
+    legacy_id = "Thing/date=2026-11-22/name=a%20b%25c--0123456789abcdef"  # the old %XX escaping
+    store.write(f"{legacy_id}/_MANIFEST.json", json.dumps({"artifact_id": legacy_id, "files": {}}).encode())
+    legacy = Artifact(store, legacy_id)
+    assert legacy.uri.endswith("/name=a%2520b%2525c--0123456789abcdef"), "a valid URI of the folder on disk"
+    filesystem, path = pafs.FileSystem.from_uri(legacy.uri)
+    assert Path(path) == store.path(legacy_id) and filesystem.get_file_info(path).type == pafs.FileType.Directory
+    assert artifact_at(legacy.uri, legacy_id).exists()
+    assert artifact_at(f"{store.root_uri}/{legacy_id}", legacy_id).exists(), "as pointers recorded it"
