@@ -1,12 +1,14 @@
 """Real gRPC servers that speak caravan.v1.Predictor with a canned model, for the gateway's unit tests.
 
-A row's score is the sum of its numbers plus the server's ``offset``; a row with a field named ``bad`` is
-refused with INVALID_ARGUMENT naming it (as a worker refuses an unknown field), and ``too_many`` rows or more
-with RESOURCE_EXHAUSTED. Each server counts the calls it answered.
+A row's score is the sum of its numbers plus the server's ``offset`` (the offset alone if the sum overflows);
+a row with a field named ``bad`` is refused with INVALID_ARGUMENT naming it (as a worker refuses an unknown
+field), so is a non-finite number, and ``too_many`` rows or more with RESOURCE_EXHAUSTED. Each server counts
+the calls it answered.
 """
 
 from __future__ import annotations
 
+import math
 from concurrent import futures
 from typing import Any
 
@@ -26,11 +28,16 @@ class _Servicer(predict_pb2_grpc.PredictorServicer):
         if len(rows) >= self.too_many:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.too_many - 1} rows per request")
         for i, row in enumerate(rows):
+            for name, value in row.items():  # as a real worker: a non-finite number is refused
+                if isinstance(value, float) and not math.isfinite(value):
+                    context.set_trailing_metadata(((FIELD_KEY, name.encode()), (ROW_KEY, str(i))))
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"row {i}: field {name!r} must be finite")
             if "bad" in row:
                 context.set_trailing_metadata(((FIELD_KEY, b"bad"), (ROW_KEY, str(i))))
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"row {i}: unknown fields ['bad']")
         self.calls += 1
         scores = [self.offset + sum(v for v in row.values() if isinstance(v, (int, float))) for row in rows]
+        scores = [score if math.isfinite(score) else self.offset for score in scores]
         return predict_pb2.PredictReply(scores=scores, artifact_id=self.artifact_id, model="ranker")
 
 

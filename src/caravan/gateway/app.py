@@ -14,7 +14,8 @@ its message; no worker at all is a 503; nothing a client sends gives a 500.
 id, 403 for an id this gateway's key did not sign, 409 for an id of an experiment that is not running any
 more, a stale one (older than ``feedback_window_s``) or one already counted here.
 
-Blocking work (the enricher, the gRPC call) runs on a thread pool so that the event loop keeps answering.
+The worker calls are awaited on the event loop (gRPC's asyncio channel: no thread per request); blocking work
+(the enricher, parsing a body of megabytes) runs on a thread pool so that the event loop keeps answering.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,7 @@ _JSON_ERROR = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # may 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 FEEDBACK_MAX_BYTES = 4096
 SEEN_FEEDBACK = 200_000  # request ids whose feedback this gateway remembers, to refuse a second one
+OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed on a thread (as caravan serve does)
 
 Enricher = Callable[[str | None, list[Any]], list[Any]]
 
@@ -139,26 +141,58 @@ class Gateway:
         arm, sticky = choose(routes, unit, self.rng)
         return routes, arm, sticky
 
-    def answer(self, body: bytes) -> tuple[int, dict[str, Any], str | None]:
-        """:meth:`predict` of a raw body (blocking); RequestInvalid for a body that is not rows and a unit."""
-        return self.predict(bodies.predict_body(body, self.unit))
-
-    def predict(self, parsed: bodies.PredictBody) -> tuple[int, dict[str, Any], str | None]:
-        """Status, JSON payload and answering arm of a parsed request (blocking: run it off the event loop)."""
+    def _prepare(self, parsed: bodies.PredictBody) -> tuple[Routes, str, bool]:
+        """The routes, the request's arm and whether it is sticky; RequestInvalid for a row that is no object."""
+        for i, row in enumerate(parsed.rows):
+            if not isinstance(row, dict):
+                raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
+                                     row=i)
         routes, arm, sticky = self.route(parsed.unit)
         if not sticky:
             with self._tally:
                 self.random_arm += 1
             self.metrics.random_arm.inc()
-        rows = parsed.rows
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise RequestInvalid(f"row {i} must be a JSON object of feature values, got {type(row).__name__}",
-                                     row=i)
-        if self.enrich is not None:
-            rows = self.enrich(parsed.unit, rows)
-        reply, answered, request_id = self._call(routes, arm, rows)
-        if reply is None:
+        return routes, arm, sticky
+
+    async def predict_async(self, parsed: bodies.PredictBody,
+                            blocking: Callable[..., Awaitable[Any]]) -> tuple[int, dict[str, Any], str | None]:
+        """Status, JSON payload and answering arm of a parsed request. The worker calls are awaited on the event
+        loop, not run on a thread; the enricher (I/O) runs through ``blocking``."""
+        routes, arm, sticky = self._prepare(parsed)
+        rows = await blocking(self.enrich, parsed.unit, parsed.rows) if self.enrich is not None else parsed.rows
+        deadline = time.monotonic() + self.timeout_s
+        reply = answered = request_id = None
+        for candidate, include_cooling in self._order(routes, arm):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            request_id = self.signer.issue(candidate, routes.experiment)
+            try:
+                reply = await self.pool.call_async(candidate, rows, request_id, remaining,
+                                                   include_cooling=include_cooling)
+            except NoHealthyWorker as exc:
+                self._no_worker(candidate, exc)
+                continue
+            answered = candidate
+            break
+        return self._finish(parsed, routes, arm, sticky, reply, answered, request_id)
+
+    @staticmethod
+    def _order(routes: Routes, arm: str) -> list[tuple[str, bool]]:
+        """Who to ask, in order: ``arm``'s workers, else the production arm's, else any arm's (a stopped
+        experiment's winner may have no worker yet while the old control still runs); then the same again with
+        workers still cooling down after a failure."""
+        arms = list(dict.fromkeys((arm, routes.production, *routes.artifacts)))
+        return [(name, cooling) for cooling in (False, True) for name in arms]
+
+    def _no_worker(self, arm: str, exc: NoHealthyWorker) -> None:
+        if exc.tried:
+            self.metrics.worker_errors.labels(arm).inc(exc.tried)
+
+    def _finish(self, parsed: bodies.PredictBody, routes: Routes, arm: str, sticky: bool, reply: Any,
+                answered: str | None, request_id: str | None) -> tuple[int, dict[str, Any], str | None]:
+        """The answer: the scores and who gave them, or 503 when no worker answered in time."""
+        if reply is None or answered is None:
             return 503, {"error": f"no worker of model {self.model!r} answered (arm {arm!r}, then the production "
                          f"arm {routes.production!r}, then any arm)", "arm": arm}, None
         fallback = answered != arm
@@ -177,27 +211,6 @@ class Gateway:
         if fallback:
             payload["assigned_arm"] = arm
         return 200, payload, answered
-
-    def _call(self, routes: Routes, arm: str, rows: list[Any]) -> tuple[Any, str, str]:
-        """(reply, arm that answered, its request id) from ``arm``'s workers, else the production arm's, else any
-        arm's (a stopped experiment's winner may have no worker yet while the old control still runs); then the
-        same again with workers still cooling down after a failure. (None, ...) if none answered in time."""
-        deadline = time.monotonic() + self.timeout_s
-        order = list(dict.fromkeys((arm, routes.production, *routes.artifacts)))
-        request_id = ""
-        for include_cooling in (False, True):
-            for candidate in order:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None, arm, request_id
-                request_id = self.signer.issue(candidate, routes.experiment)
-                try:
-                    return (self.pool.call(candidate, rows, request_id, remaining, include_cooling=include_cooling),
-                            candidate, request_id)
-                except NoHealthyWorker as exc:
-                    if exc.tried:
-                        self.metrics.worker_errors.labels(candidate).inc(exc.tried)
-        return None, arm, request_id
 
     # -- /feedback ---------------------------------------------------------------------------------------------
 
@@ -294,6 +307,9 @@ def _error(status: int, exc: RequestInvalid | WorkerRefused) -> tuple[int, bytes
 
 
 def _predict_endpoint(gateway: Gateway, pool: ThreadPoolExecutor, max_body_bytes: int) -> Callable[..., Any]:
+    async def blocking(function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
     async def predict(scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         declared = None
@@ -304,8 +320,12 @@ def _predict_endpoint(gateway: Gateway, pool: ThreadPoolExecutor, max_body_bytes
         payload: dict[str, Any] | None = None
         try:
             body = await limits.read_body(receive, max_body_bytes, declared)
-            # parsed off the event loop too: a body of many megabytes must not stall /health
-            status, payload, arm = await asyncio.get_running_loop().run_in_executor(pool, gateway.answer, body)
+            loop = asyncio.get_running_loop()
+            if len(body) > OFF_LOOP_BYTES:  # a body of megabytes is parsed on a thread: /health keeps answering
+                parsed = await loop.run_in_executor(pool, bodies.predict_body, body, gateway.unit)
+            else:
+                parsed = bodies.predict_body(body, gateway.unit)
+            status, payload, arm = await gateway.predict_async(parsed, blocking)
             try:
                 data = (_JSON if status == 200 else _JSON_ERROR).encode(payload).encode()
             except ValueError:  # a score JSON cannot carry (NaN): the worker's fault, not the client's

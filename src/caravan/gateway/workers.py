@@ -137,12 +137,8 @@ class WorkerPool:
             entry = self._arms.get(arm)
             return sum(1 for w in entry.workers if w.healthy(now)) if entry else 0
 
-    def call(self, arm: str, rows: list[Any], request_id: str, timeout_s: float, *,
-             include_cooling: bool = False) -> Any:
-        """The reply of one of ``arm``'s healthy workers, trying the next one when one fails, all within
-        ``timeout_s``. Raises :class:`WorkerRefused` (the rows are invalid) or :class:`NoHealthyWorker`.
-        ``include_cooling``: also try workers in their cool-down (a last resort)."""
-        deadline = self._clock() + timeout_s
+    def _candidates(self, arm: str, include_cooling: bool) -> list[_Worker]:
+        """The arm's workers to try, in turn from a rotating start (round robin)."""
         now = self._clock()
         with self._lock:
             entry = self._arms.get(arm)
@@ -150,9 +146,38 @@ class WorkerPool:
                 raise NoHealthyWorker(arm, 0, None)
             start = next(entry.turn) % len(entry.workers)
             order = entry.workers[start:] + entry.workers[:start]
-            candidates = [w for w in order if include_cooling or w.healthy(now)]
+            return [w for w in order if include_cooling or w.healthy(now)]
+
+    def _failure(self, worker: _Worker, exc: Exception) -> str:
+        """Raise :class:`WorkerRefused` for a refusal (the client's fault); else mark the worker failed and
+        return the error in one line."""
+        code = _rpc_code(exc)
+        if code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+            from ..serving.worker_client import refusal
+
+            message, field_name, row = refusal(exc)
+            raise WorkerRefused(message, field_name=field_name, row=row,
+                                too_large=code == "RESOURCE_EXHAUSTED") from exc
+        details = getattr(exc, "details", None)
+        lines = str((details() if callable(details) else None) or exc).splitlines() or [""]
+        error = f"{worker.target}: {code or type(exc).__name__}: {lines[0][:300]}"
+        self._failed(worker, error)
+        return error
+
+    def _answered(self, worker: _Worker, reply: Any) -> Any:
+        with self._lock:
+            worker.failures, worker.retry_at = 0, 0.0
+            worker.serves = getattr(reply, "artifact_id", None)
+        return reply
+
+    def call(self, arm: str, rows: list[Any], request_id: str, timeout_s: float, *,
+             include_cooling: bool = False) -> Any:
+        """The reply of one of ``arm``'s healthy workers, trying the next one when one fails, all within
+        ``timeout_s``. Raises :class:`WorkerRefused` (the rows are invalid) or :class:`NoHealthyWorker`.
+        ``include_cooling``: also try workers in their cool-down (a last resort)."""
+        deadline = self._clock() + timeout_s
         tried, last_error = 0, None
-        for worker in candidates:
+        for worker in self._candidates(arm, include_cooling):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -161,22 +186,28 @@ class WorkerPool:
             try:
                 reply = worker.client.predict(rows, request_id, remaining)
             except Exception as exc:
-                code = _rpc_code(exc)
-                if code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
-                    from ..serving.worker_client import refusal
-
-                    message, field_name, row = refusal(exc)
-                    raise WorkerRefused(message, field_name=field_name, row=row,
-                                        too_large=code == "RESOURCE_EXHAUSTED") from exc
-                details = getattr(exc, "details", None)
-                lines = str((details() if callable(details) else None) or exc).splitlines() or [""]
-                last_error = f"{worker.target}: {code or type(exc).__name__}: {lines[0][:300]}"
-                self._failed(worker, last_error)
+                last_error = self._failure(worker, exc)
                 continue
-            with self._lock:
-                worker.failures, worker.retry_at = 0, 0.0
-                worker.serves = getattr(reply, "artifact_id", None)
-            return reply
+            return self._answered(worker, reply)
+        raise NoHealthyWorker(arm, tried, last_error)
+
+    async def call_async(self, arm: str, rows: list[Any], request_id: str, timeout_s: float, *,
+                         include_cooling: bool = False) -> Any:
+        """:meth:`call` on an asyncio event loop (the clients' ``predict_async``: no thread per call)."""
+        deadline = self._clock() + timeout_s
+        tried, last_error = 0, None
+        for worker in self._candidates(arm, include_cooling):
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            tried += 1
+            worker.calls += 1
+            try:
+                reply = await worker.client.predict_async(rows, request_id, remaining)
+            except Exception as exc:
+                last_error = self._failure(worker, exc)
+                continue
+            return self._answered(worker, reply)
         raise NoHealthyWorker(arm, tried, last_error)
 
     def _failed(self, worker: _Worker, error: str) -> None:
