@@ -100,7 +100,8 @@ def test_labels_and_counts_match_a_plain_loop(requests, events, window):
     assert dict(zip(ids, table.column("clicked").to_pylist(), strict=True)) == expected_ids
     assert got.positives == sum(expected_label.values())
     times = table.column("event_time").cast(pa.int64()).to_pylist()
-    expected_times = {(f"{rid}#{row}" if rid in several else rid): round(ts * 1e6) for (rid, row), ts in first_ts.items()}
+    expected_times = {(f"{rid}#{row}" if rid in several else rid): round(ts * 1e6)
+                      for (rid, row), ts in first_ts.items()}
     assert dict(zip(ids, times, strict=True)) == expected_times
 
 
