@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
     from .verify import add_parser as add_verify_parser  # caravan verify [--family F] [--quarantine]
 
-    add_verify_parser(sub)
+    add_verify_parser(sub, resolve_root=resolve_root, check_family=check_family)
 
     models = sub.add_parser("models", help="the model pointers: current, history, promote, rollback")
     models_sub = models.add_subparsers(dest="models_command", required=True)

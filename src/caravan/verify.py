@@ -15,11 +15,12 @@ complete until it exits. The damaged attempt's files stay until the rebuild publ
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +149,8 @@ def verify(root: str, family: str | None = None, *, quarantine_damaged: bool = F
         yield finding
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``caravan verify`` on the CLI's subcommands."""
+def add_parser(sub: Any, *, resolve_root: Callable[[str | None], str], check_family: Callable[[str], str]) -> None:
+    """Register ``caravan verify`` on the CLI's subcommands, with the CLI's own root and family rules."""
     parser = sub.add_parser("verify", help="re-hash published artifacts against their manifests; report (and "
                                            "quarantine) the damaged ones")
     parser.add_argument("--root", help="artifact root (default: the one in effect, as for caravan runs)")
@@ -157,13 +158,12 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--quarantine", action="store_true",
                         help="move a damaged artifact's manifest aside (kept in _QUARANTINE.json with the reason) so "
                              "the next run rebuilds it")
-    parser.set_defaults(func=cmd_verify)
+    parser.set_defaults(func=functools.partial(cmd_verify, resolve_root=resolve_root, check_family=check_family))
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: argparse.Namespace, *, resolve_root: Callable[[str | None], str],
+               check_family: Callable[[str], str]) -> int:
     """One line per damaged artifact; a summary line; exit 1 when any artifact is damaged."""
-    from .cli import check_family, resolve_root  # the CLI's own root and family rules
-
     root = resolve_root(args.root)
     family = check_family(args.family) if args.family else None
     checked = damaged = 0
