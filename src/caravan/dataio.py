@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import luigi
 
@@ -57,7 +58,9 @@ def _split(uri: str) -> tuple[Store, str]:
     parent, _, leaf = trimmed.rpartition("/")
     if not parent or parent.endswith(":/") or parent.endswith(":"):
         raise ValueError(f"data URI {uri!r} names no file or folder inside a store")
-    return open_store(parent), leaf
+    # A URI's path is percent-encoded (RFC 3986/8089), as the parent's is decoded by the store; a plain path is
+    # taken literally.
+    return open_store(parent), (unquote(leaf) if "://" in trimmed else leaf)
 
 
 def _is_data(relative: str) -> bool:

@@ -134,3 +134,14 @@ def test_fingerprints_are_found_wherever_upstream_holds_them():
     upstream = {"events_1": [a], "nested": {"x": [b]}, "dataset": "PrepareTable/abc--0123"}
     assert fingerprints_in(upstream) == {"s3://b/a/": a, "/data/b.parquet": b}
     assert fingerprints_in(None) == {} and fingerprints_in("Family/id") == {}
+
+
+def test_an_input_uri_names_its_file_percent_encoded_as_the_store_prints_it(store):
+    store.write("my events %.parquet", parquet_bytes([1, 2, 3]))
+    uri = store.uri("my events %.parquet")
+    assert "%20" in uri and "%25" in uri
+    fingerprint = input_fingerprint(uri)
+    assert fingerprint["files"] == 1
+    assert fingerprint["bytes"] == len(parquet_bytes([1, 2, 3]))
+    table, _ = read_input(uri)
+    assert table.num_rows == 3
