@@ -15,7 +15,8 @@ The double answers the HTTP API the way a Consul 1.22 agent (CE, one server, ``d
 * Blocking queries (``?index=&wait=``) on every read, woken by a condition variable.
 * Sessions: create, destroy, renew, info, list, node; TTL expiry after TTL x 2; ``release``/``delete``
   behaviours; lock-delay after invalidation.
-* Services: ``/v1/health/service/:service`` over instances a test registers (``consul_catalog``).
+* Services: ``/v1/health/service/:service`` and ``/v1/catalog/service/:service`` over instances a test
+  registers (``consul_catalog``).
 * ACLs: with ``acl_token`` or ``acl_policies`` set the default policy is deny; ``acl_token`` is a management
   token and each ``acl_policies`` token has its policies' rules, enforced as ``consul_acl`` describes (keys,
   sessions; reads filtered per key and per session node).
@@ -429,6 +430,17 @@ class ConsulDouble(CatalogMixin):
                 return _Read(index, 200, body, headers=extra)
 
             return self._blocking_read(q, health)
+        if path.startswith("/v1/catalog/service/"):
+            self._allow(q, "GET")
+            self._parse_read_options(q)
+            self._check_dc(q)
+            service = path[len("/v1/catalog/service/"):]
+
+            def catalog() -> _Read:
+                index, body, extra = self._catalog_service(q, service)
+                return _Read(index, 200, body, headers=extra)
+
+            return self._blocking_read(q, catalog)
         if path == "/v1/status/leader":
             self._allow(q, "GET")
             return _Response(200, go_json(SERVER_ADDRESS), {"Content-Type": "application/json"})

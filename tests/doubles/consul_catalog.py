@@ -8,6 +8,10 @@ shown only when the token reads both its node and its service; anything dropped 
 ``X-Consul-Results-Filtered-By-ACLs``). A token without those rules gets ``200 []``, never a 403: to a
 template that is "no healthy instance", which is how a missing task role shows up in production.
 
+``GET /v1/catalog/service/:service`` (``agent/catalog_endpoint.go``, ``CatalogServiceNodes``) lists the same
+instances flat, one ``ServiceNode`` each (``Node``, ``Address`` and the ``Service*`` fields), without health:
+no ``passing``; ``tag`` filters alike, ACLs filter alike (``filterServiceNodes``), blocking on the same index.
+
 Registration is a test control (:meth:`CatalogMixin.register_service`), not the agent API: Nomad does it with
 each service's own identity, which the double does not model.
 """
@@ -80,18 +84,36 @@ class CatalogMixin:
                 self._services_index = self._next_index()
                 self._cond.notify_all()
 
-    def _health_service(self, q: Any, name: str) -> tuple[int, bytes, dict[str, str]]:
-        """One evaluation of the health query: (index, JSON body, extra headers)."""
-        from .consul import DATACENTER
-
+    def _shown(self, q: Any, name: str, *, passing_only: bool) -> tuple[list[Instance], dict[str, str]]:
+        """The instances of ``name`` a query asks for and its token may read, and the ACL-filtered header."""
         authz = self._authz(q)
         found = [s for s in sorted(self._services.values(), key=lambda s: s.index) if s.name == name]
-        if q.has("passing"):
+        if passing_only:
             found = [s for s in found if s.passing]
         for tag in q.params.get("tag", []):
             found = [s for s in found if tag in s.tags]
         shown = [s for s in found if authz.allowed("node", s.node, "read") and authz.allowed("service", s.name, "read")]
-        headers = {"X-Consul-Results-Filtered-By-ACLs": "true"} if len(shown) < len(found) else {}
+        return shown, {"X-Consul-Results-Filtered-By-ACLs": "true"} if len(shown) < len(found) else {}
+
+    def _catalog_service(self, q: Any, name: str) -> tuple[int, bytes, dict[str, str]]:
+        """One evaluation of ``/v1/catalog/service/:service``: (index, JSON body, extra headers)."""
+        from .consul import DATACENTER
+
+        shown, headers = self._shown(q, name, passing_only=False)
+        body = [{
+            "ID": str(uuid.uuid5(uuid.NAMESPACE_DNS, s.node)), "Node": s.node, "Address": "127.0.0.1",
+            "Datacenter": DATACENTER, "TaggedAddresses": None, "NodeMeta": None, "ServiceKind": "",
+            "ServiceID": s.id, "ServiceName": s.name, "ServiceTags": list(s.tags), "ServiceAddress": s.address,
+            "ServiceWeights": {"Passing": 1, "Warning": 1}, "ServiceMeta": None, "ServicePort": s.port,
+            "ServiceEnableTagOverride": False, "CreateIndex": s.index, "ModifyIndex": s.index,
+        } for s in shown]
+        return max(self._services_index, 1), go_json(body, q.has("pretty")), headers
+
+    def _health_service(self, q: Any, name: str) -> tuple[int, bytes, dict[str, str]]:
+        """One evaluation of the health query: (index, JSON body, extra headers)."""
+        from .consul import DATACENTER
+
+        shown, headers = self._shown(q, name, passing_only=q.has("passing"))
         body = [{
             "Node": {"ID": str(uuid.uuid5(uuid.NAMESPACE_DNS, s.node)), "Node": s.node, "Address": "127.0.0.1",
                      "Datacenter": DATACENTER, "TaggedAddresses": None, "Meta": None,

@@ -63,3 +63,21 @@ def test_the_pool_follows_the_passing_workers_of_the_model(consul: ConsulDouble)
         consul.set_down(False)
         for worker in (a, b, c):
             worker.stop()
+
+
+def test_the_catalog_lists_instances_without_health(consul: ConsulDouble) -> None:
+    import consul as py_consul
+
+    client = py_consul.Consul(host="127.0.0.1", port=consul.port)
+    up = consul.register_service("caravan-staging-worker", "10.0.0.1", 9001, tags=["model=ranker", "arm=control"])
+    consul.register_service("caravan-staging-worker", "10.0.0.2", 9002, tags=["model=ranker", "arm=b"],
+                            passing=False)
+    index, nodes = client.catalog.service("caravan-staging-worker", tag="model=ranker")
+    assert [(n["ServiceAddress"], n["ServicePort"], n["ServiceTags"]) for n in nodes] == [
+        ("10.0.0.1", 9001, ["model=ranker", "arm=control"]), ("10.0.0.2", 9002, ["model=ranker", "arm=b"])]
+    assert {n["ServiceID"] for n in nodes} >= {up} and all(n["Node"] and n["Datacenter"] for n in nodes)
+    _, only = client.catalog.service("caravan-staging-worker", tag="arm=b")
+    assert [n["ServicePort"] for n in only] == [9002]
+    consul.deregister_service(up)  # a blocking query on the index just read returns with the change
+    later, nodes = client.catalog.service("caravan-staging-worker", index=index, wait="5s")
+    assert int(later) > int(index) and [n["ServicePort"] for n in nodes] == [9002]
