@@ -34,8 +34,8 @@ variable "unit" {
 }
 
 variable "update_s" {
-  type        = number
-  default     = 60
+  type        = string # a task argument: Nomad passes args as strings
+  default     = "60"
   description = "Seconds between Thompson-sampling weight updates (caravan gateway --update-s)."
 }
 
@@ -141,7 +141,7 @@ job "gateway" {
       config {
         image   = var.image
         command = "caravan"
-        args    = ["gateway", "--model", var.model, "--port", "8080", "--unit", var.unit, "--update-s", "${var.update_s}"]
+        args    = ["gateway", "--model", var.model, "--port", "8080", "--unit", var.unit, "--update-s", var.update_s]
         ports   = ["http"]
       }
 

@@ -284,3 +284,53 @@ def test_every_spec_renders_with_its_defaults(name):
             for key in ("NOMAD_ADDR", "CONSUL_HTTP_ADDR"):
                 if key in env:
                     assert "${attr.unique.network.ip-address}" in env[key]
+
+
+# -- issue 12: workers and gateways --------------------------------------------------------------------------------
+
+
+def rendered(name: str, variables: dict[str, Any]) -> dict[str, Any]:
+    return canonicalize(hcl_to_job((SPECS / f"{name}.nomad.hcl").read_text(),
+                                   {"namespace": "caravan-staging", "environment": "staging", **variables}))
+
+
+def test_each_worker_group_serves_one_arm_and_registers_with_the_tags_gateways_look_for():
+    job = rendered("worker", {"model": "ranker", "arm_a": "control", "arm_b": "b2", "arm_b_count": 0})
+    assert job["Type"] == "service"
+    groups = {group["Name"]: group for group in job["TaskGroups"]}
+    assert {name: group["Count"] for name, group in groups.items()} == {"arm-a": 2, "arm-b": 0}
+    for name, arm in (("arm-a", "control"), ("arm-b", "b2")):
+        group = groups[name]
+        (service,) = group["Services"]
+        # caravan.gateway.workers.worker_service() and members_of() read exactly these.
+        assert (service["Name"], service["PortLabel"]) == ("caravan-staging-worker", "grpc")
+        assert {"model=ranker", f"arm={arm}"} <= set(service["Tags"])
+        checks = {check["Name"]: check for check in service["Checks"]}
+        assert (checks["ready"]["Path"], checks["ready"]["PortLabel"], checks["ready"]["OnUpdate"]) == \
+            ("/health", "http", "ignore")
+        assert (checks["alive"]["Path"], checks["alive"]["OnUpdate"]) == ("/metrics", "require_healthy")
+        (task,) = group["Tasks"]
+        args = task["Config"]["args"]
+        assert args[:5] == ["worker", "--model", "ranker", "--arm", arm], args
+        ports = {port["Label"]: port["To"] for network in group["Networks"] for port in network["DynamicPorts"]}
+        assert ports == {"grpc": int(args[args.index("--grpc-port") + 1]),
+                         "http": int(args[args.index("--http-port") + 1])}
+        assert task["Env"]["CARAVAN_POINTER"] == "consul"
+
+
+def test_the_gateway_deploys_canaries_and_finds_its_workers_in_consul():
+    job = rendered("gateway", {"model": "ranker", "gateway_count": 3, "update_s": "30"})
+    (group,) = job["TaskGroups"]
+    assert group["Count"] == 3 and group["Update"]["Canary"] == 1 and group["Update"]["AutoRevert"] is True
+    (service,) = group["Services"]
+    assert service["Name"] == "caravan-staging-gateway" and "model=ranker" in service["Tags"]
+    assert "canary" in service["CanaryTags"] and "canary" not in service["Tags"]
+    (task,) = group["Tasks"]
+    args = task["Config"]["args"]
+    assert args == ["gateway", "--model", "ranker", "--port", "8080", "--unit", "user_id", "--update-s", "30"]
+    assert "--worker" not in args, "workers come from Consul's health API"
+    assert all(isinstance(arg, str) for arg in args)
+    (spec_task,) = tasks("gateway")
+    signing = next(t["data"] for t in spec_task["template"] if "SIGNING_KEY" in t["data"])
+    # caravan.gateway.signing reads the secret gateway/signing_key from this environment variable.
+    assert "CARAVAN_SECRET_GATEWAY_SIGNING_KEY={{ .Data.data.gateway_signing_key }}" in signing
