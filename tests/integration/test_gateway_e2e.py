@@ -159,3 +159,39 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
             assert {gateway.predict(u)["arm"] for u in users[:20]} == {"challenger"}
             late = gateway.feedback(answers["user-2"]["request_id"], 1)
             assert late.status_code == 409 and "not running" in late.json()["error"]
+
+
+def test_the_gateway_finds_its_workers_in_consul(local_root: str, model_name: str) -> None:
+    """`caravan gateway` without --worker: the workers of the model come from Consul's health API."""
+    from caravan.serving.worker import FixedPointer
+
+    from ..doubles.consul import ConsulDouble
+
+    data = make_dataset(local_root, "d", SIGNAL)
+    model = make_model(local_root, data, list(SIGNAL), name="a")
+    consul = ConsulDouble()
+    address = consul.start()
+    worker = Worker(FixedPointer(model.uri), model_name, arm="control", host="127.0.0.1", grpc_port=0, http_port=0,
+                    isolate=False).start()
+    try:
+        poll_until(lambda: worker.holder.current is not None, 30, "the worker loads its model")
+        consul.register_service("caravan-dev-worker", "127.0.0.1", worker.grpc_port,
+                                tags=[f"model={model_name}", "arm=control"])
+        consul.register_service("caravan-dev-worker", "127.0.0.1", 1, tags=["model=another", "arm=control"])
+        port = free_port()
+        args = [sys.executable, "-m", "caravan.cli", "gateway", "--model", model_name, "--host", "127.0.0.1",
+                "--port", str(port)]
+        env = {**os.environ, "CONSUL_HTTP_ADDR": address, "CARAVAN_ENVIRONMENT": "dev"}
+        with process(args, f"http://127.0.0.1:{port}/health", env=env):
+            gateway = Gateway(f"http://127.0.0.1:{port}")
+            poll_until(lambda: gateway.health()["status"] == "ok", 20, "the gateway finds the worker")
+            body = gateway.predict("u-1")
+            assert (body["arm"], body["model"]) == ("control", model.id)
+            health = gateway.health()
+            assert health["discovery"]["service"] == "caravan-dev-worker"
+            assert health["workers"] == {"control": [{"target": f"127.0.0.1:{worker.grpc_port}", "healthy": True,
+                                                      "calls": 1, "errors": 0, "last_error": None,
+                                                      "serves": model.id}]}
+    finally:
+        worker.stop(0.2)
+        consul.stop()
