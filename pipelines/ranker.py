@@ -7,7 +7,9 @@ Every heavy step is a Nomad job (``nomad/<job>.nomad.hcl``) run by the configure
     luigi --module pipelines.ranker RetrainRanker --date 2026-11-22 --local-scheduler
 
 ``--events simulated`` (the default) uses a SIMULATED click log; point ``--events`` at real data
-with a Parquet URI template such as ``s3://bucket/clicks/date={date}/``.
+with a Parquet URI template such as ``s3://bucket/clicks/date={date}/``; ``--events logged`` trains on what
+was served: each closed day of ``--events-model``'s event log, predictions joined with their feedback
+(``--attribution-window``, :mod:`caravan.events.join`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import luigi
 from caravan.artifacts import ArtifactTask
 from caravan.dataio import ParquetSource
 from caravan.errors import ConfigurationError
+from caravan.events.tasks import JoinLoggedEvents
 from caravan.promotion import PromoteModel
 from caravan.tasks import NomadJobTask, plain
 
@@ -53,8 +56,15 @@ class DatasetParams:
     date = luigi.DateParameter(description="Last day of the training window.")
     window_days = luigi.IntParameter(default=3, description="Days of events in the dataset, ending at --date.")
     events = luigi.Parameter(default="simulated",
-                             description="'simulated', or a Parquet URI template with {date}: a file, folder or "
+                             description="'simulated'; 'logged' (the closed days of --events-model's event log, "
+                             "joined with feedback); or a Parquet URI template with {date}: a file, folder or "
                              "prefix, local, s3:// or hdfs://.")
+    # Insignificant here: with --events logged they reach every address through the joined days' artifact ids.
+    events_model = luigi.Parameter(default="ranker", significant=False,
+                                   description="Model whose event log --events logged reads.")
+    attribution_window = luigi.TimeDeltaParameter(default=dt.timedelta(minutes=30), significant=False,
+                                                  description="--events logged: how long after a prediction a "
+                                                  "positive reward labels it clicked (e.g. '30 minutes').")
     rows_per_day = luigi.IntParameter(default=20_000, description="Events per simulated day (simulated only).")
     split = luigi.ChoiceParameter(default="time", choices=["time", "hash"],
                                   description="Split by event time, or by a seeded hash of user_id.")
@@ -84,6 +94,10 @@ class PrepareDataset(DatasetParams, NomadJobTask):
     def requires(self) -> dict[str, luigi.Task]:
         if self.events == "simulated":
             return {f"events_{d}": SimulatedEvents(date=d, rows=self.rows_per_day, seed=self.seed) for d in self.days()}
+        if self.events == "logged":
+            window_s = self.attribution_window.total_seconds()
+            return {f"events_{d}": JoinLoggedEvents(model=self.events_model, date=d, attribution_window_s=window_s)
+                    for d in self.days()}
         return {f"events_{d}": ParquetSource(uri=str(self.events).format(date=d)) for d in self.days()}
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -91,7 +105,7 @@ class PrepareDataset(DatasetParams, NomadJobTask):
                   "key": "user_id", "seed": self.seed, "valid_fraction": self.valid_fraction,
                   "test_fraction": self.test_fraction, "label": LABEL, "time_column": "event_time",
                   "known_columns": KNOWN_COLUMNS, "min_rows": self.min_rows}
-        if self.events != "simulated":
+        if self.events not in ("simulated", "logged"):
             params["sources"] = [str(self.events).format(date=d) for d in self.days()]
         return params
 

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -357,3 +358,54 @@ def test_serve_refuses_malformed_feedback(body, tmp_path):
         assert answer.status_code == 422, answer.text
         assert client.post("/feedback", json={"request_id": "a", "reward": 0.5, "row": 2}).status_code == 202
     assert log.health()["shipped_rows"]["feedback"] == 1
+
+
+# -- a closed day as training data ------------------------------------------------------------------------------
+
+
+def log_served_day(store, spool: Path, writer: str, rows: int, seed: int) -> None:
+    """A day D of served predictions with the ranker's features as scored, and clicks on some of them."""
+    clock = [at(D, 9)]
+    names = ["user_id", "item_id", "item_price", "item_popularity", "user_activity", "position"]
+    log = EventLog(store, "ranker", spool / writer, writer_id=writer, clock=lambda: clock[0])
+    rng = np.random.default_rng(seed)
+    for i in range(rows):
+        clock[0] = at(D, 9) + i * 60
+        position = float(rng.integers(1, 21))
+        features = np.array([[1_000_000 + i % 37, 100_000 + i % 101, 10 + i % 50, 0.5, 1.0, position]])
+        log.prediction(f"{writer}-{i}", unit_id=str(1_000_000 + i % 37), arm=None, artifact_id="A", names=names,
+                       features=features, scores=[0.1])
+        if rng.random() < 0.6 / position + 0.05:
+            log.feedback(f"{writer}-{i}", 1.0, ts=clock[0] + 30)
+    log.close()  # closes the day: nothing of it is left to ship
+
+
+def test_a_closed_day_of_the_log_is_a_training_input(local_root, test_specs, tmp_path):
+    from luigi.task_register import Register
+
+    from caravan.events.tasks import JoinLoggedEvents
+    from pipelines.ranker import PrepareDataset
+
+    from ..servers import build
+
+    store = open_store(local_root)
+    task = PrepareDataset(date=D, window_days=1, events="logged", min_rows=5)
+    (join,) = task.requires().values()
+    assert isinstance(join, JoinLoggedEvents) and join.attribution_window_s == 1800.0
+    assert not join.requires().complete(), "no log yet: the day is not closed"
+
+    log_served_day(store, tmp_path, "w1", 400, seed=1)
+    Register.clear_instance_cache()
+    task = PrepareDataset(date=D, window_days=1, events="logged", min_rows=5)
+    assert build([task])
+    (join,) = task.requires().values()
+    counts = join.output().metrics
+    assert counts["rows"] == 400 and 0 < counts["positives"] < 400 and counts["orphan_feedback"] == 0
+    joined = join.output().read_parquet("events.parquet")
+    assert joined.num_rows == 400 and sorted(set(joined.column("user_id").to_pylist()))[0] == 1_000_000
+
+    log_served_day(store, tmp_path, "w2", 50, seed=2)  # more traffic of that day lands: new data, new address
+    Register.clear_instance_cache()
+    again = PrepareDataset(date=D, window_days=1, events="logged", min_rows=5)
+    assert again.output().id != task.output().id
+    assert not again.complete()
