@@ -47,3 +47,15 @@ def test_two_gateways_agree_on_the_weights(store: ConsulExperimentStore) -> None
     assert thompson_for("s", merged, ["control", "challenger"], 0.05) == one
     assert thompson_for("s", {"control": (5, 5), "challenger": (5, 5)}, ["control", "challenger"], 0.05) != \
         thompson_for("t", {"control": (5, 5), "challenger": (5, 5)}, ["control", "challenger"], 0.05)
+
+
+def test_a_restarted_gateway_never_overwrites_its_previous_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from caravan.experiments.document import check_name
+    from caravan.gateway.app import Gateway
+    from caravan.gateway.signing import RequestSigner
+    from caravan.gateway.workers import WorkerPool
+
+    monkeypatch.setenv("NOMAD_ALLOC_ID", "0123abcd-5678-90ab-cdef-0123456789ab")
+    first, second = (Gateway("m", WorkerPool(lambda target: None), RequestSigner(b"k" * 32)).gateway_id
+                     for _ in range(2))
+    assert first != second and first.startswith("gw-0123abcd-") and check_name("gateway id", first) == first

@@ -90,7 +90,10 @@ class Gateway:
         self.model, self.pool, self.signer, self.store, self.discovery = model, pool, signer, store, discovery
         self.unit_flag, self.timeout_s, self.enrich = unit, timeout_s, enrich
         self.feedback_window_s, self.signing_key_configured = feedback_window_s, signing_key_configured
-        self.gateway_id = gateway_id or os.environ.get("NOMAD_ALLOC_ID") or f"gw-{uuid.uuid4().hex[:12]}"
+        # One id per process, never reused: a gateway restarted in the same allocation starts its counters from
+        # zero, so it must not overwrite the counters its previous life wrote (they still count in the merge).
+        alloc = os.environ.get("NOMAD_ALLOC_ID", "")[:8]
+        self.gateway_id = gateway_id or f"gw-{alloc + '-' if alloc else ''}{uuid.uuid4().hex[:12]}"
         self.state = GatewayState(production_arm)
         self.metrics = GatewayMetrics()
         self.rng = random.Random()  # traffic splitting, not security
