@@ -444,12 +444,15 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = 8080, workers: Seque
 
     log_json_lines()
     static = parse_worker_flags(workers) if workers else None
+    enricher = load_enricher(enrich) if enrich else None
+    if enricher is not None:
+        enricher(None, [])  # once at start: it loads its data now, and a missing table fails here, not per request
     signer, configured = signer_from_secrets()
     pool = WorkerPool(PredictorClient)
     gateway = Gateway(model, pool, signer, store=experiment_store(store_kind),
                       discovery=None if static is not None else ConsulDiscovery(pool, model), unit=unit,
                       production_arm=production_arm, timeout_s=timeout_s, update_s=update_s, min_weight=min_weight,
-                      enrich=load_enricher(enrich) if enrich else None, signing_key_configured=configured,
+                      enrich=enricher, signing_key_configured=configured,
                       static_workers=static)
     uvicorn.run(create_app(gateway, max_body_bytes=max_body_bytes), host=host, port=port, log_config=None,
                 access_log=False)

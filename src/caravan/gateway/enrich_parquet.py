@@ -5,8 +5,8 @@
 The table has one row per unit, keyed by the column ``CARAVAN_ENRICH_KEY`` (default ``user_id``); every other
 column is a feature. Each request row gets the unit's features added; a value the request gives itself wins
 (a client may override a stale feature). An unknown unit, or a request without a unit, gets nulls, which the
-model scores as missing values. The table is read once, on the first request, and kept as columns plus an
-index (a few bytes per user beyond the values themselves).
+model scores as missing values. The table is read once (``caravan gateway`` calls every enricher once with
+``(None, [])`` at start, so a missing table stops it there) and kept as columns plus an index.
 
 Any function ``(unit, rows) -> rows`` can be a hook; this one shows the shape: I/O at start, a dictionary
 lookup per request.
