@@ -65,15 +65,15 @@ def healthy(url: str, artifact_id: str) -> bool:
     return answer.status_code == 200 and artifact_id in answer.text
 
 
-def measured_cpu(pids: list[int], warmup: float, duration: float) -> dict[str, float]:
-    """Sample the CPU time of ``pids`` at the edges of load()'s measured window (it starts 0.2 s + warmup after
-    the call); the result holds the CPU seconds spent in the window once load() returns."""
-    found: dict[str, float] = {}
+def measured_cpu(pids: list[int], warmup: float, duration: float) -> dict[str, list[float]]:
+    """Sample the CPU time of each of ``pids`` at the edges of load()'s measured window (it starts 0.2 s + warmup
+    after the call); once load() returns, "after" minus "before" is each process's CPU seconds in the window."""
+    found: dict[str, list[float]] = {}
     start = time.perf_counter()
 
     def sample(key: str, at: float) -> None:
         time.sleep(max(0.0, start + at - time.perf_counter()))
-        found[key] = sum(cpu_seconds(pid) for pid in pids)
+        found[key] = [cpu_seconds(pid) for pid in pids]
 
     for key, at in (("before", 0.2 + warmup), ("after", 0.2 + warmup + duration)):
         threading.Thread(target=sample, args=(key, at), daemon=True).start()
@@ -164,6 +164,7 @@ def main() -> int:
                      "gateway+worker": (gateway_port, [gateway_proc.pid, worker_proc.pid])}
             check_same_answers(paths, cases)
             runs = {(case, path): Run() for case in cases for path in paths}
+            cpu_by_process: dict[tuple[str, str], float] = {}
             order = list(paths)
             for n in range(args.rounds):
                 for case, (_, case_bodies) in cases.items():
@@ -175,7 +176,10 @@ def main() -> int:
                         load(Target("127.0.0.1", port), None, case_bodies[path], args.connections, args.warmup,
                              args.duration, run)
                         wait_until(lambda c=cpu: "after" in c, "the CPU sample", 5)
-                        run.server_cpu += cpu["after"] - cpu["before"]
+                        spent = [after - before for before, after in zip(cpu["before"], cpu["after"], strict=True)]
+                        run.server_cpu += sum(spent)
+                        for name, seconds in zip(path.split("+"), spent, strict=True):
+                            cpu_by_process[case, name] = cpu_by_process.get((case, name), 0.0) + seconds
 
     print(f"\nPOST /predict: {len(names)} features, {booster.num_trees()} trees x {args.leaves} leaves; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {args.connections} keep-alive connections; "
@@ -189,6 +193,11 @@ def main() -> int:
             print(f"{case:<10} {path:<16} {run.rate:>8.0f} {run.rate * n_rows:>9.0f} "
                   f"{percentile(run.latencies, 50) * 1000:>7.2f} {percentile(run.latencies, 99) * 1000:>7.2f} "
                   f"{run.server_cpu / run.seconds:>11.0%} {run.client_cpu / run.seconds:>11.0%} {run.failed:>7}")
+    print("\nCPU per answered request, by process:")
+    for case in cases:
+        per_request = {name: seconds / max(1, runs[case, "serve" if name == "serve" else "gateway+worker"].requests)
+                       for (c, name), seconds in cpu_by_process.items() if c == case}
+        print(f"{case:<10} " + ", ".join(f"{name} {ms * 1000:.2f} ms" for name, ms in per_request.items()))
     print()
     problems = []
     for case in cases:
