@@ -59,3 +59,31 @@ def test_a_restarted_gateway_never_overwrites_its_previous_counters(monkeypatch:
     first, second = (Gateway("m", WorkerPool(lambda target: None), RequestSigner(b"k" * 32)).gateway_id
                      for _ in range(2))
     assert first != second and first.startswith("gw-0123abcd-") and check_name("gateway id", first) == first
+
+
+def test_a_background_loop_outlives_its_errors() -> None:
+    from caravan.gateway.loop import RetryLoop
+    from tests.servers import poll_until
+
+    kinds: list[str] = []
+
+    class Flaky(RetryLoop):
+        calls = 0
+
+        def step(self) -> float:
+            self.calls += 1
+            if self.calls <= 2:
+                raise RuntimeError(f"failure {self.calls}")
+            if self.calls == 3:
+                self.seen = (self.errors, self.last_error)
+            return 0.01
+
+    loop = Flaky("flaky-thing", min_backoff_s=0.01, max_backoff_s=0.02, on_error=kinds.append)
+    loop.start()
+    try:
+        poll_until(lambda: loop.steps >= 2, 5, "steps after the errors")
+    finally:
+        loop.stop()
+    loop.join(5)
+    assert loop.seen == (2, "RuntimeError: failure 2") and loop.last_error is None and loop.errors == 2
+    assert kinds == ["flaky", "flaky"] and not loop.is_alive()

@@ -13,60 +13,19 @@
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+from .loop import RetryLoop
 from .state import GatewayState
 
 log = logging.getLogger("caravan.gateway")
 
 
-class _Loop(threading.Thread, abc.ABC):
-    """A thread that runs :meth:`step` until stopped, backing off after errors, and remembers them."""
-
-    def __init__(self, name: str, *, min_backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 on_error: Callable[[str], None] | None = None) -> None:
-        super().__init__(name=name, daemon=True)
-        self.min_backoff_s, self.max_backoff_s, self.on_error = min_backoff_s, max_backoff_s, on_error
-        self.stopped = threading.Event()
-        self.errors = 0
-        self.last_error: str | None = None  # None once a step succeeds again
-        self.steps = 0
-
-    @abc.abstractmethod
-    def step(self) -> float:
-        """One unit of work; returns how long to wait before the next (0: at once)."""
-
-    def run(self) -> None:
-        backoff = self.min_backoff_s
-        while not self.stopped.is_set():
-            try:
-                pause = self.step()
-            except Exception as exc:  # whatever happened, the thread lives on: report, back off, retry
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc)[:500]}"
-                log.warning("%s failed, retrying in %.1f s: %s", self.name, backoff, self.last_error)
-                if self.on_error is not None:
-                    self.on_error(self.name.split("-")[0])
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            else:
-                self.steps += 1
-                self.last_error = None
-                backoff = self.min_backoff_s
-                if pause > 0:
-                    self.stopped.wait(pause)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
-class ExperimentFollower(_Loop):
+class ExperimentFollower(RetryLoop):
     """Follows one model's experiment document and applies each version to the gateway's state."""
 
     def __init__(self, store: Any, model: str, state: GatewayState, *, wait_s: float = 30.0, **options: Any) -> None:
@@ -104,7 +63,7 @@ def thompson_for(salt: str, merged: dict[str, tuple[int, int]], arms: list[str],
     return dict(thompson_weights(counts, draws=draws, min_weight=min_weight, rng=_seed(salt, counts)))
 
 
-class BanditUpdater(_Loop):
+class BanditUpdater(RetryLoop):
     """Shares this gateway's counters and, under policy ``thompson``, recomputes the weights from everyone's."""
 
     def __init__(self, store: Any, model: str, state: GatewayState, gateway_id: str, *, update_s: float = 60.0,

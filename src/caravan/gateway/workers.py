@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
+from .loop import RetryLoop
 
 log = logging.getLogger("caravan.gateway")
 
@@ -246,58 +247,41 @@ def members_of(entries: Sequence[Mapping[str, Any]], model: str) -> dict[str, li
     return {arm: sorted(targets) for arm, targets in members.items()}
 
 
-class ConsulDiscovery(threading.Thread):
+class ConsulDiscovery(RetryLoop):
     """Follows the passing instances of the worker service for one model and hands them to the pool."""
 
     def __init__(self, pool: WorkerPool, model: str, *, service: str | None = None, address: str | None = None,
                  wait_s: float = 30.0, min_backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
-        super().__init__(name=f"discover-{model}", daemon=True)
+        super().__init__(f"discovery-{model}", min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
         from ..registry.consul import ConsulPointer
 
         # The pointer's Consul client: one construction, one token source, one set of timeouts.
         consul = ConsulPointer(address)
         self.pool, self.model, self.address, self.client = pool, model, consul.address, consul.client
         self.service = service or f"caravan-{consul.environment}-worker"
-        self.wait_s, self.min_backoff_s, self.max_backoff_s = wait_s, min_backoff_s, max_backoff_s
-        self.stopped = threading.Event()
+        self.wait_s = wait_s
         self.index: str | None = None
         self.members: dict[str, list[str]] = {}
-        self.errors = 0
-        self.last_error: str | None = None
         self.synced = threading.Event()  # set once the first membership has been read
-        self.on_error: Callable[[str], None] | None = None
 
-    def step(self) -> None:
+    def step(self) -> float:
         """One (blocking) read of the service's passing instances, applied to the pool."""
-        index, entries = self.client.health.service(self.service, index=self.index, wait=f"{int(self.wait_s)}s",
-                                                    passing=True, tag=f"model={self.model}")
+        try:
+            index, entries = self.client.health.service(self.service, index=self.index,
+                                                        wait=f"{int(self.wait_s)}s", passing=True,
+                                                        tag=f"model={self.model}")
+        except Exception:
+            self.index = None  # read afresh after an error
+            raise
         members = members_of(entries or [], self.model)
         if members != self.members or not self.synced.is_set():
             self.pool.set_members(members)
             if members != self.members:
                 log.info("workers of %s: %s", self.model, {arm: len(t) for arm, t in members.items()})
             self.members = members
-        self.index = index
+        # An index that goes backwards (a restored snapshot, another server) restarts the blocking query from
+        # the beginning rather than waiting for the old index to come round again (Consul's blocking query notes).
+        self.index = index if self.index is None or int(index or 0) >= int(self.index) else None
         self.synced.set()
+        return 0.0
 
-    def run(self) -> None:
-        backoff = self.min_backoff_s
-        while not self.stopped.is_set():
-            try:
-                self.step()
-            except Exception as exc:  # the thread lives on: report, back off, retry (the last members stay)
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self.index = None
-                log.warning("reading the workers of %s from Consul failed, retrying in %.1f s: %s", self.model,
-                            backoff, self.last_error)
-                if self.on_error is not None:
-                    self.on_error("discovery")
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            else:
-                self.last_error = None
-                backoff = self.min_backoff_s
-
-    def stop(self) -> None:
-        self.stopped.set()
