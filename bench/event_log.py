@@ -1,0 +1,358 @@
+"""The event log's cost and its losses: ``caravan serve`` with logging on against off, SIGTERM, a store outage.
+
+Run: ``.venv/bin/python bench/event_log.py [--duration 5] [--rounds 3] [--outage-s 30]``
+
+1. **Throughput.** The model of ``bench/serving.py`` (20 numeric features, 100 trees of 31 leaves) served by two
+   ``caravan serve`` processes side by side, one logging to a local artifact root (default flush settings),
+   one with ``--no-event-log``; the load generator of ``bench/serving.py`` (keep-alive connections, pre-encoded
+   requests), 1-row and ``--batch``-row bodies, ``--rounds`` rounds with the order alternating.
+   Goal: logging on >= 90% of off's throughput in both cases.
+2. **SIGTERM.** A logging server (``--log-flush-s 60``: everything still buffered) under load from client
+   threads that give every request its own ``x-request-id``; SIGTERM after 2 s. Events lost = request ids
+   answered 200 that are not in the log afterwards. Goal 0.
+3. **Store outage.** The log on S3 (moto's server) behind a TCP proxy; load for 5 s, the proxy off for
+   ``--outage-s`` seconds (connections refused, open ones cut), back on for 5 s; then wait until the server
+   says everything is shipped, SIGTERM, and read the log from S3. Goals: 0 lost; p50 latency during the
+   outage at most 1.5x (+1 ms) the p50 before (requests never wait on the store).
+
+Monitoring time on a logged day is not measured here (the monitor is not built yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from common import percentile, verdict  # first: puts the repository root on sys.path
+from servers import free_port, process
+from serving import Run, Target, load, publish, train  # its import also sets OMP_NUM_THREADS=1
+
+MODEL = "bench-events"
+GOAL_RATIO = 0.90
+
+
+class Proxy:
+    """A TCP forwarder that can be switched off: refused connections, open ones cut (a store that is away)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream, self.port = upstream, free_port()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                if listener.fileno() == -1:
+                    return
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+class IdLoad:
+    """Client threads sending 1-row requests, each with its own x-request-id; what was answered, and how fast."""
+
+    def __init__(self, port: int, body: bytes, threads: int = 3) -> None:
+        self.port, self.body, self.threads = port, body, threads
+        self.answered: list[str] = []
+        self.failed = 0
+        self.latencies: list[tuple[float, float]] = []  # (sent at, seconds)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> IdLoad:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+    def _run(self, index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        n, errors = 0, 0
+        while not self._stop.is_set() and errors < 3:
+            request_id = f"t{index}-{n}"
+            n += 1
+            sent = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", self.body, {"content-type": "application/json",
+                                                             "x-request-id": request_id})
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                continue
+            errors = 0
+            with self._lock:
+                if response.status == 200:
+                    self.answered.append(request_id)
+                    self.latencies.append((sent, time.perf_counter() - sent))
+                else:
+                    self.failed += 1
+        conn.close()
+
+    def between(self, start: float, end: float) -> list[float]:
+        with self._lock:
+            return [s for at, s in self.latencies if start <= at < end]
+
+
+def health(port: int) -> dict[str, Any]:
+    import requests
+
+    return dict(requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json())
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not within {timeout_s:g} s")
+        time.sleep(0.1)
+
+
+def serve_args(port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "caravan.cli", "serve", "--model", MODEL, "--host", "127.0.0.1", "--port",
+            str(port), "--pointer", "file", "--no-isolation", *extra]
+
+
+@contextlib.contextmanager
+def server(port: int, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    with process(serve_args(port, *extra), f"http://127.0.0.1:{port}/metrics", env=env) as proc:
+        wait_for(lambda: health(port).get("model") is not None, 60, "the server never loaded the model")
+        yield proc
+
+
+def logged_ids(root: str, env: dict[str, str]) -> set[str]:
+    """Every prediction request id in the log under ``root`` (all days), read in a fresh process's settings."""
+    os.environ.update(env)
+    from caravan.events.log import events_prefix
+    from caravan.storage import clear_store_cache, open_store
+
+    clear_store_cache()
+    store = open_store(root)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for key in store.list_keys(events_prefix(MODEL, "predictions")):
+        if key.endswith(".parquet"):
+            ids.update(pq.read_table(pa.BufferReader(store.read(key)), columns=["request_id"])
+                       .column("request_id").to_pylist())
+    return ids
+
+
+def sigterm_run(port: int, env: dict[str, str], root: str, body: bytes, spool: str) -> tuple[int, int]:
+    """(answered, lost) when SIGTERM arrives under load with everything still buffered."""
+    with server(port, env, "--log-flush-s", "60", "--log-flush-rows", "1000000", "--log-spool-dir", spool) as proc, \
+            IdLoad(port, body) as ids:
+        time.sleep(2.0)  # load for a while, then the signal, with the load still running
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    answered = set(ids.answered)
+    return len(answered), len(answered - logged_ids(root, env))
+
+
+def outage_run(port: int, env: dict[str, str], body: bytes, outage_s: float, spool: str) -> dict[str, Any]:
+    """Load through an S3 outage of ``outage_s`` seconds; answered, lost, latencies, spool peak."""
+    import boto3
+
+    moto_port = free_port()
+    moto_url = f"http://127.0.0.1:{moto_port}"
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+                 f"{moto_url}/moto-api/"):
+        boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in keys.items()
+                                                    if k != "AWS_DEFAULT_REGION"},
+                     region_name="us-east-1").create_bucket(Bucket="bench-events")
+        proxy = Proxy(("127.0.0.1", moto_port))
+        proxy.up()
+        root = "s3://bench-events/log"
+        server_env = {**env, **keys, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}"}
+        peak = {"spool_bytes": 0, "spool_files": 0, "dropped": 0}
+        try:
+            with server(port, server_env, "--log-root", root, "--log-flush-s", "1", "--log-spool-dir", spool) as proc:
+                with IdLoad(port, body) as ids:
+                    start = time.perf_counter()
+                    time.sleep(5.0)
+                    proxy.down()
+                    down_at = time.perf_counter()
+                    while time.perf_counter() - down_at < outage_s:
+                        state = health(port)["event_log"]
+                        for key in ("spool_bytes", "spool_files"):
+                            peak[key] = max(peak[key], state[key])
+                        time.sleep(0.5)
+                    proxy.up()
+                    up_at = time.perf_counter()
+                    time.sleep(5.0)
+                    end = time.perf_counter()
+                wait_for(lambda: (lambda s: s["shipped_rows"]["predictions"] + s["dropped_rows"]["predictions"]
+                                  == s["logged_rows"]["predictions"])(health(port)["event_log"]), 180,
+                         "the spool never emptied after the outage")
+                state = health(port)["event_log"]
+                peak["dropped"] = state["dropped_rows"]["predictions"]
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+        finally:
+            proxy.down()
+        answered = set(ids.answered)
+        lost = len(answered - logged_ids(root, {**keys, "AWS_ENDPOINT_URL_S3": moto_url}))
+    return {"answered": len(answered), "lost": lost, "failed": ids.failed, **peak,
+            "before": ids.between(start, down_at), "outage": ids.between(down_at, up_at),
+            "after": ids.between(up_at, end)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per case, server and round")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--outage-s", type=float, default=30.0)
+    args = parser.parse_args()
+
+    from caravan.registry.file import FilePointer
+
+    booster, fresh = train(20, 100, 31)
+    names = booster.feature_name()
+
+    def row(i: int) -> dict[str, float]:
+        return dict(zip(names, map(float, fresh[i % len(fresh)]), strict=True))
+
+    cases = {"1 row": (1, [json.dumps(row(i)).encode() for i in range(64)]),
+             f"{args.batch} rows": (args.batch, [json.dumps({"rows": [row(i * args.batch + j) for j in range(
+                 args.batch)]}).encode() for i in range(64)])}
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="caravan-bench-events-") as tmp:
+        root = f"{tmp}/artifacts"
+        artifact = publish(root, booster, fresh[-16:], 31)
+        FilePointer(f"{tmp}/pointers").change(MODEL, lambda state: {
+            "artifact_uri": artifact.uri, "artifact_id": artifact.id, "metrics": {}, "action": "promote",
+            "promoted_by": "bench"})
+        env = {"CARAVAN_POINTER": "file", "CARAVAN_POINTER_ROOT": f"{tmp}/pointers", "CARAVAN_ARTIFACT_ROOT": root}
+
+        # 1. throughput, logging on and off side by side
+        port_on, port_off = free_port(), free_port()
+        runs = {(case, name): Run() for case in cases for name in ("on", "off")}
+        with server(port_on, env, "--log-spool-dir", f"{tmp}/spool-on") as on, \
+                server(port_off, env, "--no-event-log") as off:
+            servers = {"on": (port_on, on.pid), "off": (port_off, off.pid)}
+            for n in range(args.rounds):
+                for case, (_, bodies) in cases.items():
+                    for name in ("on", "off") if n % 2 == 0 else ("off", "on"):
+                        port, pid = servers[name]
+                        print(f"round {n + 1}/{args.rounds}: {case:<9} logging {name} ...", flush=True)
+                        load(Target("127.0.0.1", port), pid, bodies, args.connections, args.warmup, args.duration,
+                             runs[case, name])
+            logged = health(port_on)["event_log"]
+        print(f"\nPOST /predict, {len(names)} features, 100 trees; {args.connections} connections; {args.rounds} "
+              f"rounds x {args.duration:g} s per case and server; logging on: default flush (10,000 rows / 10 s)\n")
+        print(f"{'case':<10} {'logging':<8} {'req/s':>8} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'server CPU':>11} {'failed':>7}")
+        for case, (n_rows, _) in cases.items():
+            for name in ("on", "off"):
+                run = runs[case, name]
+                print(f"{case:<10} {name:<8} {run.rate:>8.0f} {run.rate * n_rows:>9.0f} "
+                      f"{percentile(run.latencies, 50) * 1000:>7.2f} {percentile(run.latencies, 99) * 1000:>7.2f} "
+                      f"{run.server_cpu / run.seconds:>11.0%} {run.failed:>7}")
+        print(f"(the logging server logged {logged['logged_rows']['predictions']:,} prediction rows, dropped "
+              f"{logged['dropped_rows']['predictions']})\n")
+        for case in cases:
+            on_run, off_run = runs[case, "on"], runs[case, "off"]
+            ratio = on_run.rate / off_run.rate if off_run.rate else math.nan
+            per_round = [a / b if b else math.nan for a, b in zip(on_run.per_round, off_run.per_round, strict=True)]
+            print(f"on/off throughput, {case:<9} {ratio:>6.2f}   (per round: "
+                  f"{', '.join(f'{r:.2f}' for r in per_round)})")
+            if not ratio >= GOAL_RATIO:
+                problems.append(f"{case}: logging on at {ratio:.2f} of off")
+        failed = sum(run.failed for run in runs.values())
+        if failed:
+            problems.append(f"{failed} failed requests in the throughput runs")
+
+        # 2. SIGTERM under load
+        body = cases["1 row"][1][0]
+        answered, lost = sigterm_run(free_port(), env, root, body, f"{tmp}/spool-term")
+        print(f"\nSIGTERM under load: {answered:,} requests answered, {lost} of them missing from the log")
+        if lost or not answered:
+            problems.append(f"SIGTERM: {lost} of {answered} answered requests not logged")
+
+        # 3. store outage
+        print(f"\nS3 outage of {args.outage_s:g} s under load ...", flush=True)
+        outage = outage_run(free_port(), env, body, args.outage_s, f"{tmp}/spool-outage")
+        print(f"S3 outage of {args.outage_s:g} s: {outage['answered']:,} requests answered, {outage['lost']} missing "
+              f"from the log, {outage['dropped']} rows dropped, {outage['failed']} failed requests; spool peak "
+              f"{outage['spool_files']} files, {outage['spool_bytes'] / 1e6:.2f} MB")
+        print(f"{'phase':<8} {'requests':>9} {'p50 ms':>7} {'p99 ms':>7}")
+        for phase in ("before", "outage", "after"):
+            values = outage[phase]
+            print(f"{phase:<8} {len(values):>9} {percentile(values, 50) * 1000:>7.2f} "
+                  f"{percentile(values, 99) * 1000:>7.2f}")
+        if outage["lost"] or not outage["answered"]:
+            problems.append(f"outage: {outage['lost']} of {outage['answered']} answered requests not logged")
+        if outage["failed"]:
+            problems.append(f"outage: {outage['failed']} failed requests")
+        p50_before, p50_outage = percentile(outage["before"], 50), percentile(outage["outage"], 50)
+        if not p50_outage <= 1.5 * p50_before + 0.001:
+            problems.append(f"outage: p50 {p50_outage * 1000:.2f} ms against {p50_before * 1000:.2f} ms before")
+    print(f"\n(run at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    return verdict(f"logging on >= {GOAL_RATIO:.0%} of off's throughput in every case; 0 events lost under SIGTERM "
+                   "and a store outage; requests not slowed by the outage", problems)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
