@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,7 +113,7 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
             assert "signature" in gateway.feedback(forged, 1).json()["error"]
 
             # Whatever a client sends, the real workers behind the gateway answer it or refuse it: never a 5xx.
-            outcomes: list[tuple[str, Any, int]] = []
+            outcomes: list[tuple[Any, Any, int]] = []
 
             @settings(max_examples=60, deadline=None, database=None)
             @given(value=BODIES)
@@ -132,14 +133,36 @@ def test_an_experiment_through_the_gateway(local_root: str, model_name: str,
                        "the challenger's weight rises")
             assert gateway.health()["experiment"]["weights"]["control"] >= 0.05  # the floor
 
-            # Killing one of the challenger's workers loses none of its users' requests.
-            challenger.stop(0)
-            running.remove(challenger)  # stopped for good: not again at the end
+            # Killing one of the challenger's workers under load loses none of its users' requests.
             moved = [u for u in users if gateway.predict(u)["arm"] == "challenger"]
             assert moved
-            for user in moved:
-                body = gateway.predict(user)
-                assert (body["arm"], body["model"], body["fallback"]) == ("challenger", b.id, False)
+            outcomes.clear()
+            done = threading.Event()
+
+            def load() -> None:
+                with requests.Session() as session:
+                    while not done.is_set():
+                        for user in moved:
+                            try:  # recorded, never raised: the main thread asserts on what every thread saw
+                                answer = session.post(f"{url}/predict", json={"user_id": user, **ROW}, timeout=10)
+                                body = answer.json()
+                                outcome = (answer.status_code, body.get("arm"), body.get("model"), body.get("fallback"))
+                            except Exception as exc:
+                                outcome = ("error", repr(exc), None, None)
+                            outcomes.append((user, outcome, 0))
+
+            threads = [threading.Thread(target=load) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            poll_until(lambda: len(outcomes) >= 30, 20, "requests under way")
+            challenger.stop(0)  # calls in flight are cut
+            running.remove(challenger)  # stopped for good: not again at the end
+            seen = len(outcomes)
+            poll_until(lambda: len(outcomes) >= seen + 60, 20, "requests after the kill")
+            done.set()
+            for thread in threads:
+                thread.join(20)
+            assert {outcome for _, outcome, _ in outcomes} == {(200, "challenger", b.id, False)}
             arms = {arm["name"]: arm for arm in gateway.health()["arms"]}
             assert arms["challenger"]["healthy_workers"] == 1 and arms["challenger"]["fallbacks"] == 0
 
