@@ -501,8 +501,6 @@ def _add_worker_parser(sub: Any) -> None:
 
 # --- end of worker ------------------------------------------------------------------------------------------------
 
-# --- gateway (issue 12): `caravan gateway`, the HTTP front that routes each request to an arm's workers ------------
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="caravan", description=__doc__.splitlines()[0])
