@@ -135,3 +135,20 @@ def test_no_feedback_at_all_gives_negative_labels(rows):
     table, counts = join_events(predictions_table(logged), feedback_table([]))
     assert table.num_rows == rows and counts.positives == 0
     assert np.array_equal(table.column("clicked").to_numpy(), np.zeros(rows, dtype=np.int8))
+
+
+def test_rows_given_as_mappings_are_logged_by_name(tmp_path):
+    """The gateway's form: rows as JSON objects (no matrix), names taken from their keys."""
+    from caravan.events.log import EventLog, read_events
+    from caravan.storage.local import LocalStore
+
+    store = LocalStore(str(tmp_path / "root"))
+    log = EventLog(store, "m", tmp_path / "spool", clock=lambda: T0)
+    log.prediction("g1", unit_id="u", arm="b", artifact_id="B", names=None,
+                   features=[{"price": 2, "position": None}, {"price": "x", "extra": 1.5}], scores=[0.1, 0.2])
+    log.close()
+    table = read_events(store, "m", "predictions", [dt.date(2026, 11, 22)])
+    rows = table.to_pylist()
+    assert [r["row"] for r in rows] == [0, 1] and {r["arm"] for r in rows} == {"b"}
+    assert rows[0]["f_price"] == 2.0 and np.isnan(rows[0]["f_position"]) and np.isnan(rows[0]["f_extra"])
+    assert np.isnan(rows[1]["f_price"]) and rows[1]["f_extra"] == 1.5

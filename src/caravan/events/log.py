@@ -155,8 +155,13 @@ class EventLog:
     # -- what servers call (cheap, never touches the store) -----------------------------------------------------
 
     def prediction(self, request_id: str, *, unit_id: str | None, arm: str | None, artifact_id: str,
-                   names: Sequence[str], features: Any, scores: Sequence[float], ts: float | None = None) -> None:
-        """Log one answered request: ``features`` is an n x len(names) float array as scored (or n mappings)."""
+                   names: Sequence[str] | None, features: Any, scores: Sequence[float],
+                   ts: float | None = None) -> None:
+        """Log one answered request: ``features`` is an n x len(names) float array as scored, or n mappings of
+        feature values (``names`` None: every key of the rows, in order of appearance; values that are not
+        numbers are logged as NaN)."""
+        if names is None:
+            names = list(dict.fromkeys(key for row in features for key in row))
         entry = _Prediction(self.clock() if ts is None else ts, request_id, unit_id, arm, artifact_id,
                             tuple(names), features, scores)
         with self._lock:
