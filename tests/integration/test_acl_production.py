@@ -376,3 +376,38 @@ def test_each_vault_policy_reads_its_holders_secrets_through_caravan(policies, v
                             for kind, names in VAULT_HOLDERS.items() for name in names}
     else:
         assert all(value is None for value in outcomes.values()), "before: no environment in the paths"
+
+
+# -- experiments: the CLI, the workers and the gateways ------------------------------------------------------------
+
+
+def test_experiments_with_the_pipeline_and_serving_tokens():
+    """`caravan experiment start|stop` writes the document with the pipeline token; the workers and gateways of the
+    model, with the serving token, follow it and share their counters, and can neither move the document nor read
+    another model's experiment."""
+    from caravan.errors import BackendRejected
+    from caravan.experiments.consul import ConsulExperimentStore
+    from caravan.experiments.document import Arm, Experiment
+
+    secrets = tokens("consul", POLICIES, "pipeline", "serving")
+    acl = policies_of("consul", POLICIES, secrets)
+    with ConsulDouble(acl_token=f"management-{uuid.uuid4()}", acl_policies=acl) as server:
+        def store(token: str) -> ConsulExperimentStore:
+            return ConsulExperimentStore(server.address, token, environment=ENVIRONMENT)
+
+        cli, gateway = store(secrets["pipeline"]), store(secrets["serving"])
+        uri = "file:///a/TrainRanker/date=2026-11-22/x--0123456789abcdef"
+        arms = (Arm("control", "TrainRanker/date=2026-11-22/x--0123456789abcdef", uri, 0.5),
+                Arm("challenger", "TrainRanker/date=2026-11-22/y--fedcba9876543210",
+                    uri.replace("x--0123456789abcdef", "y--fedcba9876543210"), 0.5))
+        version = cli.write(Experiment(model=MODEL, arms=arms, policy="thompson"), 0)
+        found, seen = gateway.read(MODEL)
+        assert found is not None and seen == version
+        gateway.put_stats(MODEL, "gw-1", {"control": (3, 7), "challenger": (5, 5)}, salt=found.salt)
+        assert gateway.read_stats(MODEL, salt=found.salt) == {"control": (3, 7), "challenger": (5, 5)}
+        with pytest.raises(BackendRejected, match="403"):
+            gateway.write(Experiment(model=MODEL, arms=arms[:1]), seen)
+        with pytest.raises(BackendRejected, match="403"):
+            gateway.read("another-model")
+        cli.clear_stats(MODEL)
+        assert gateway.read_stats(MODEL) == {}
