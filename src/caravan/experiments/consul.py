@@ -1,10 +1,10 @@
 """The Consul experiment store: ``caravan/<env>/experiments/M`` by check-and-set on its ModifyIndex.
 
-The client, its timeouts and the error classification are the model pointer's
-(:class:`caravan.registry.consul.ConsulPointer`): 429, 5xx and no answer are ``BackendUnavailable``,
-other 4xx ``BackendRejected``. Watching is a blocking query on the key: for a single key Consul
-answers with the key's own ModifyIndex as ``X-Consul-Index`` (``agent/consul/kvs_endpoint.go``, Get),
-so blocking on the version we hold returns as soon as someone writes.
+The client, its timeouts and the error classification are :class:`caravan.consul_api.ConsulAPI`'s, as the
+model pointer's are: 429, 5xx and no answer are ``BackendUnavailable``, other 4xx ``BackendRejected``.
+Watching is a blocking query on the key: for a single key Consul answers with the key's own ModifyIndex as
+``X-Consul-Index`` (``agent/consul/kvs_endpoint.go``, Get), so blocking on the version we hold returns as
+soon as someone writes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..registry.consul import ConsulPointer
+from ..consul_api import ConsulAPI
 from .document import (
     Counts,
     Experiment,
@@ -32,22 +32,10 @@ from .document import (
 log = logging.getLogger(__name__)
 
 
-class ConsulExperimentStore(ExperimentStore):
+class ConsulExperimentStore(ConsulAPI, ExperimentStore):
     """Experiment documents and per-gateway counters in Consul KV."""
 
     name = "consul"
-
-    def __init__(self, address: str | None = None, token: str | None = None, timeout_s: float | None = None,
-                 environment: str | None = None) -> None:
-        # The pointer's client: one construction, one set of timeouts, one error translation.
-        self._consul = ConsulPointer(address, token, timeout_s, environment)
-        self.environment = self._consul.environment
-        self.address = self._consul.address
-        self.client = self._consul.client
-        self.wait_s = self._consul.wait_s
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._consul._call(what, fn, *args, **kwargs)
 
     def _parse(self, model: str, data: Any) -> tuple[Experiment | None, int]:
         if data is None:
@@ -60,16 +48,16 @@ class ConsulExperimentStore(ExperimentStore):
 
     def read(self, model: str) -> tuple[Experiment | None, int]:
         key = experiment_key(model, self.environment)
-        _, data = self._call(f"GET {key}", self.client.kv.get, key)
+        _, data = self.call(f"GET {key}", self.client.kv.get, key)
         return self._parse(model, data)
 
     def write(self, exp: Experiment, version: int) -> int:
         key = experiment_key(exp.model, self.environment)
-        if not self._call(f"PUT {key}?cas={version}", self.client.kv.put, key, exp.to_json().encode(), cas=version):
+        if not self.call(f"PUT {key}?cas={version}", self.client.kv.put, key, exp.to_json().encode(), cas=version):
             raise ExperimentConflict(f"model {exp.model!r}: the experiment document {key} changed since version "
                                      f"{version}; read it again")
         # The PUT answers only true: read the new ModifyIndex (a later writer's is newer anyway).
-        _, data = self._call(f"GET {key}", self.client.kv.get, key)
+        _, data = self.call(f"GET {key}", self.client.kv.get, key)
         return max(int(data["ModifyIndex"]) if data else 0, version + 1)
 
     def watch(self, model: str, version: int, wait_s: float) -> tuple[Experiment | None, int]:
@@ -81,7 +69,7 @@ class ConsulExperimentStore(ExperimentStore):
             if remaining <= 0:
                 return self.read(model)
             wait = max(1, int(min(self.wait_s, remaining)))
-            new_index, data = self._call(f"GET {key}?index={index}", self.client.kv.get, key, index=index,
+            new_index, data = self.call(f"GET {key}?index={index}", self.client.kv.get, key, index=index,
                                          wait=f"{wait}s")
             seen = int(data["ModifyIndex"]) if data else 0
             if seen != version:
@@ -92,11 +80,11 @@ class ConsulExperimentStore(ExperimentStore):
     def put_stats(self, model: str, gateway_id: str, counts: Mapping[str, tuple[int, int]], *,
                   salt: str = "") -> None:
         key = stats_prefix(model, self.environment) + check_name("gateway id", gateway_id)
-        self._call(f"PUT {key}", self.client.kv.put, key, encode_stats(counts, salt, key))
+        self.call(f"PUT {key}", self.client.kv.put, key, encode_stats(counts, salt, key))
 
     def read_stats(self, model: str, *, salt: str | None = None) -> Counts:
         prefix = stats_prefix(model, self.environment)
-        _, entries = self._call(f"GET {prefix}?recurse", self.client.kv.get, prefix, recurse=True)
+        _, entries = self.call(f"GET {prefix}?recurse", self.client.kv.get, prefix, recurse=True)
         parts = []
         for item in sorted(entries or [], key=lambda e: e["Key"]):
             try:
@@ -110,4 +98,4 @@ class ConsulExperimentStore(ExperimentStore):
 
     def clear_stats(self, model: str) -> None:
         prefix = stats_prefix(model, self.environment)
-        self._call(f"DELETE {prefix}?recurse", self.client.kv.delete, prefix, recurse=True)
+        self.call(f"DELETE {prefix}?recurse", self.client.kv.delete, prefix, recurse=True)

@@ -253,10 +253,11 @@ class ConsulDiscovery(RetryLoop):
     def __init__(self, pool: WorkerPool, model: str, *, service: str | None = None, address: str | None = None,
                  wait_s: float = 30.0, min_backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
         super().__init__(f"discovery-{model}", min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
-        from ..registry.consul import ConsulPointer
+        from ..consul_api import ConsulAPI
 
-        # The pointer's Consul client: one construction, one token source, one set of timeouts.
-        consul = ConsulPointer(address)
+        # caravan's Consul client: one construction, one token source, one set of timeouts and errors.
+        consul = ConsulAPI(address)
+        self.consul = consul
         self.pool, self.model, self.address, self.client = pool, model, consul.address, consul.client
         self.service = service or f"caravan-{consul.environment}-worker"
         self.wait_s = wait_s
@@ -267,9 +268,9 @@ class ConsulDiscovery(RetryLoop):
     def step(self) -> float:
         """One (blocking) read of the service's passing instances, applied to the pool."""
         try:
-            index, entries = self.client.health.service(self.service, index=self.index,
-                                                        wait=f"{int(self.wait_s)}s", passing=True,
-                                                        tag=f"model={self.model}")
+            index, entries = self.consul.call(f"GET /v1/health/service/{self.service}", self.client.health.service,
+                                              self.service, index=self.index, wait=f"{int(self.wait_s)}s",
+                                              passing=True, tag=f"model={self.model}")
         except Exception:
             self.index = None  # read afresh after an error
             raise
