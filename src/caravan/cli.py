@@ -280,12 +280,36 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.app import serve
 
-    event_log = None if args.no_event_log else {
-        "root": args.log_root, "spool_dir": args.log_spool_dir, "flush_rows": args.log_flush_rows,
-        "flush_s": args.log_flush_s, "spool_max_bytes": args.log_spool_max_bytes, "drain_s": args.log_drain_s}
     serve(args.model, host=args.host, port=args.port, pointer_kind=args.pointer, isolate=not args.no_isolation,
-          max_rows=args.max_rows, max_body_bytes=args.max_body_bytes, event_log=event_log)
+          max_rows=args.max_rows, max_body_bytes=args.max_body_bytes, event_log=_event_log_options(args))
     return 0
+
+
+def _event_log_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The event log flags as :meth:`caravan.events.log.EventLog.for_server` options (None: --no-event-log)."""
+    if args.no_event_log:
+        return None
+    return {"root": args.log_root, "spool_dir": args.log_spool_dir, "flush_rows": args.log_flush_rows,
+            "flush_s": args.log_flush_s, "spool_max_bytes": args.log_spool_max_bytes, "drain_s": args.log_drain_s}
+
+
+def _add_event_log_flags(parser: argparse.ArgumentParser) -> None:
+    events = parser.add_argument_group("event log", "every answered prediction and every POST /feedback is "
+                                       "appended to {root}/_events/MODEL/ as Parquet (see caravan.events.log)")
+    events.add_argument("--no-event-log", action="store_true", help="log no predictions or feedback")
+    events.add_argument("--log-root", metavar="URI", help="store of the log (default: the artifact root)")
+    events.add_argument("--log-flush-rows", type=int, default=10_000, metavar="N",
+                        help="write a file once N rows are buffered (default 10000)")
+    events.add_argument("--log-flush-s", type=float, default=10.0, metavar="S",
+                        help="write buffered rows at least every S seconds (default 10)")
+    events.add_argument("--log-spool-dir", metavar="DIR", help="local folder for files on their way to the "
+                        "store (default: $NOMAD_ALLOC_DIR/data or the temp folder, named for model and port)")
+    events.add_argument("--log-spool-max-bytes", type=int, default=1 << 30, metavar="N",
+                        help="spool bound while the store is away; rows beyond it are dropped and counted in "
+                        "/metrics and /health (default 1 GiB)")
+    events.add_argument("--log-drain-s", type=float, default=20.0, metavar="S",
+                        help="on shutdown (SIGTERM), how long to keep shipping spooled files (default 20; "
+                        "what is left stays spooled for the next start)")
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -423,7 +447,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     serve_gateway(args.model, host=args.host, port=args.port, workers=args.worker or (), unit=args.unit,
                   production_arm=args.production_arm, enrich=args.enrich, update_s=args.update_s,
                   min_weight=args.min_weight, timeout_s=args.timeout_s, store_kind=args.pointer,
-                  max_body_bytes=args.max_body_bytes)
+                  max_body_bytes=args.max_body_bytes, event_log=_event_log_options(args))
     return 0
 
 
@@ -458,6 +482,7 @@ def _add_gateway_parser(sub: Any) -> None:
                          help="experiment store backend (default: the configured pointer backend)")
     gateway.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
                          help="request body size limit, enforced while reading (default 64 MiB)")
+    _add_event_log_flags(gateway)
     gateway.set_defaults(func=cmd_gateway)
 
 
@@ -574,22 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-isolation", action="store_true",
                        help="load new models in the server process without trying them in a disposable probe "
                        "process first (only for models you trust: a damaged model file can abort the server)")
-    events = serve.add_argument_group("event log", "every answered prediction and every POST /feedback is "
-                                      "appended to {root}/_events/MODEL/ as Parquet (see caravan.events.log)")
-    events.add_argument("--no-event-log", action="store_true", help="log no predictions or feedback")
-    events.add_argument("--log-root", metavar="URI", help="store of the log (default: the artifact root)")
-    events.add_argument("--log-flush-rows", type=int, default=10_000, metavar="N",
-                        help="write a file once N rows are buffered (default 10000)")
-    events.add_argument("--log-flush-s", type=float, default=10.0, metavar="S",
-                        help="write buffered rows at least every S seconds (default 10)")
-    events.add_argument("--log-spool-dir", metavar="DIR", help="local folder for files on their way to the "
-                        "store (default: $NOMAD_ALLOC_DIR/data or the temp folder, named for model and port)")
-    events.add_argument("--log-spool-max-bytes", type=int, default=1 << 30, metavar="N",
-                        help="spool bound while the store is away; rows beyond it are dropped and counted in "
-                        "/metrics and /health (default 1 GiB)")
-    events.add_argument("--log-drain-s", type=float, default=20.0, metavar="S",
-                        help="on shutdown (SIGTERM), how long to keep shipping spooled files (default 20; "
-                        "what is left stays spooled for the next start)")
+    _add_event_log_flags(serve)
     serve.set_defaults(func=cmd_serve)
     _add_worker_parser(sub)
     _add_gateway_parser(sub)

@@ -409,3 +409,39 @@ def test_a_closed_day_of_the_log_is_a_training_input(local_root, test_specs, tmp
     again = PrepareDataset(date=D, window_days=1, events="logged", min_rows=5)
     assert again.output().id != task.output().id
     assert not again.complete()
+
+
+# -- the gateway ------------------------------------------------------------------------------------------------
+
+
+def test_the_gateway_logs_answered_predictions_and_counted_feedback(tmp_path):
+    from caravan.events.join import join_events
+
+    from ..unit.test_gateway_app import Setup, document
+
+    store = LocalStore(str(tmp_path / "root"))
+    setup = Setup(tmp_path, event_log=EventLog(store, "ranker", tmp_path / "spool"))
+    try:
+        with setup.client:  # leaving it stops the gateway, which drains the log
+            setup.publish(document())
+            answers = [setup.client.post("/predict", json={"user_id": f"u{i}", "x": float(i)}).json()
+                       for i in range(20)]
+            for answer in answers[:5]:
+                assert setup.client.post("/feedback", json={"request_id": answer["request_id"], "reward": 1}) \
+                    .status_code == 202
+            forged = setup.client.post("/feedback", json={"request_id": "x" + answers[5]["request_id"], "reward": 1})
+            assert forged.status_code in (403, 422)
+            assert setup.client.get("/health").json()["event_log"]["logged_rows"] == {"predictions": 20,
+                                                                                       "feedback": 5}
+    finally:
+        setup.stop()
+    (day,) = closed_days(store, "ranker")
+    predictions = read_events(store, "ranker", "predictions", [day])
+    logged = {r["request_id"]: r for r in predictions.to_pylist()}
+    assert {a["request_id"]: (a["arm"], a["model"]) for a in answers} == \
+        {rid: (r["arm"], r["artifact_id"]) for rid, r in logged.items()}
+    assert {r["unit_id"]: r["f_x"] for r in logged.values()} == {f"u{i}": float(i) for i in range(20)}
+    table, counts = join_events(predictions, read_events(store, "ranker", "feedback", [day]))
+    assert counts.positives == 5 and counts.orphan_feedback == 0
+    clicked = dict(zip(table.column("event_id").to_pylist(), table.column("clicked").to_pylist(), strict=True))
+    assert {rid for rid, c in clicked.items() if c} == {a["request_id"] for a in answers[:5]}

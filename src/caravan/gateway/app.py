@@ -16,6 +16,10 @@ more, a stale one (older than ``feedback_window_s``) or one already counted here
 
 The worker calls are awaited on the event loop (gRPC's asyncio channel: no thread per request); blocking work
 (the enricher, parsing a body of megabytes) runs on a thread pool so that the event loop keeps answering.
+
+With an event log (:mod:`caravan.events.log`), every answered prediction (the rows as sent to the worker, the
+arm and artifact that answered, the signed request id) and every counted feedback is logged; the log never
+makes a request wait on the store, and drains when the gateway stops.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import ConfigurationError
+from ..events.log import EventLog, register_metrics
 from ..serving import limits
 from ..serving.limits import BodyTooLarge, ClientGone
 from ..serving.model import RequestInvalid, excerpt
@@ -86,8 +91,9 @@ class Gateway:
                  timeout_s: float = 2.0, update_s: float = 60.0, min_weight: float = 0.05,
                  enrich: Enricher | None = None, gateway_id: str | None = None, wait_s: float = 30.0,
                  feedback_window_s: float = 7 * 86400.0, signing_key_configured: bool = True,
-                 static_workers: Mapping[str, Sequence[str]] | None = None) -> None:
+                 static_workers: Mapping[str, Sequence[str]] | None = None, event_log: EventLog | None = None) -> None:
         self.model, self.pool, self.signer, self.store, self.discovery = model, pool, signer, store, discovery
+        self.event_log = event_log
         self.unit_flag, self.timeout_s, self.enrich = unit, timeout_s, enrich
         self.feedback_window_s, self.signing_key_configured = feedback_window_s, signing_key_configured
         # One id per process, never reused: a gateway restarted in the same allocation starts its counters from
@@ -111,6 +117,8 @@ class Gateway:
             discovery.on_error = self._background_error
         if static_workers is not None:
             pool.set_members(static_workers)
+        if event_log is not None:
+            register_metrics(event_log, self.metrics.registry)
 
     # -- threads ---------------------------------------------------------------------------------------------
 
@@ -121,12 +129,16 @@ class Gateway:
         for thread in (self.discovery, self.follower, self.bandit):
             if thread is not None:
                 thread.start()
+        if self.event_log is not None:
+            self.event_log.start()
 
     def stop(self) -> None:
         for thread in (self.discovery, self.follower, self.bandit):
             if thread is not None:
                 thread.stop()
         self.pool.set_members({})
+        if self.event_log is not None:  # after the last request was answered: everything logged is drained
+            self.event_log.close()
 
     @property
     def unit(self) -> str:
@@ -178,6 +190,10 @@ class Gateway:
                 continue
             answered = candidate
             break
+        if self.event_log is not None and reply is not None and answered is not None and request_id:
+            self.event_log.prediction(request_id, unit_id=None if parsed.unit is None else str(parsed.unit),
+                                      arm=answered, artifact_id=reply.artifact_id, names=None, features=rows,
+                                      scores=reply.scores)
         return self._finish(parsed, routes, arm, sticky, reply, answered, request_id)
 
     @staticmethod
@@ -252,6 +268,8 @@ class Gateway:
                          "field": "request_id"}
         self.metrics.feedback.labels("counted").inc()
         self.metrics.rewards.labels(issued.arm, str(parsed.reward)).inc()
+        if self.event_log is not None:
+            self.event_log.feedback(parsed.request_id, float(parsed.reward))
         return 202, {"counted": True, "arm": issued.arm, "reward": parsed.reward}
 
     # -- /health -----------------------------------------------------------------------------------------------
@@ -290,6 +308,8 @@ class Gateway:
             "signing_key_configured": self.signing_key_configured,
             "release": os.environ.get("CARAVAN_RELEASE") or None,
         }
+        if self.event_log is not None:
+            body["event_log"] = self.event_log.health()
         if self.follower is not None:
             body["experiment_follower"] = {"errors": self.follower.errors, "last_error": self.follower.last_error,
                                            "version": self.follower.version}
@@ -431,9 +451,10 @@ def create_app(gateway: Gateway, *, start: bool = True, max_body_bytes: int = DE
 def serve(model: str, *, host: str = "0.0.0.0", port: int = 8080, workers: Sequence[str] = (),  # noqa: S104
           unit: str | None = None, production_arm: str = "control", enrich: str | None = None,
           update_s: float = 60.0, min_weight: float = 0.05, timeout_s: float = 2.0, store_kind: str | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, event_log: dict[str, Any] | None = None) -> None:
     """Run a gateway under uvicorn, logging JSON lines to stdout. Workers from ``workers`` (``ARM=host:port``
-    flags), else from Consul's health API."""
+    flags), else from Consul's health API. ``event_log``: keyword arguments of
+    :meth:`caravan.events.log.EventLog.for_server` (None: no event log)."""
     import uvicorn
 
     from ..experiments import experiment_store
@@ -453,6 +474,7 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = 8080, workers: Seque
                       discovery=None if static is not None else ConsulDiscovery(pool, model), unit=unit,
                       production_arm=production_arm, timeout_s=timeout_s, update_s=update_s, min_weight=min_weight,
                       enrich=enricher, signing_key_configured=configured,
-                      static_workers=static)
+                      static_workers=static,
+                      event_log=EventLog.for_server(model, port=port, **event_log) if event_log is not None else None)
     uvicorn.run(create_app(gateway, max_body_bytes=max_body_bytes), host=host, port=port, log_config=None,
                 access_log=False)
