@@ -273,9 +273,16 @@ class EventLog:
         # Sortable by time of spooling; the name carries where the file goes on the store.
         name = f"{time.time_ns():020d}__{kind}__{day.isoformat()}__{hour:02d}__{self.writer}-{seq:010d}.parquet"
         temp = self.spool / f".{name}.tmp"
-        with open(temp, "wb") as out:
-            out.write(data)
-        os.replace(temp, self.spool / name)
+        try:
+            with open(temp, "wb") as out:
+                out.write(data)
+            os.replace(temp, self.spool / name)
+        except OSError as exc:  # a full or broken local disk: the batch is lost, and counted as dropped
+            temp.unlink(missing_ok=True)
+            with self._lock:
+                self._spool_bytes -= len(data)
+                self.stats.dropped_rows[kind] += table.num_rows
+            log.error("event log: could not spool %d %s rows to %s: %s", table.num_rows, kind, self.spool, exc)
 
     # -- shipper: spool files -> store ------------------------------------------------------------------------
 
