@@ -138,10 +138,15 @@ job "gateway" {
       # Deregistered from Consul first, stopped 5 s later: clients stop picking this gateway before it goes.
       shutdown_delay = "5s"
 
+      # SIGTERM drains the event log (--log-drain-s 20) before exit; what is not shipped by then stays spooled on
+      # the allocation's disk. Within the client's default max_kill_timeout (30 s).
+      kill_timeout = "25s"
+
       config {
         image   = var.image
         command = "caravan"
-        args    = ["gateway", "--model", var.model, "--port", "8080", "--unit", var.unit, "--update-s", var.update_s]
+        args    = ["gateway", "--model", var.model, "--port", "8080", "--unit", var.unit, "--update-s", var.update_s,
+                 "--log-drain-s", "20"]
         ports   = ["http"]
       }
 

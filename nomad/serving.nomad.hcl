@@ -135,10 +135,14 @@ job "serving" {
       # Deregistered from Consul first, stopped 5 s later: clients stop picking this server before it goes.
       shutdown_delay = "5s"
 
+      # SIGTERM drains the event log (--log-drain-s 20) before exit; what is not shipped by then stays spooled on
+      # the allocation's disk. Within the client's default max_kill_timeout (30 s).
+      kill_timeout = "25s"
+
       config {
         image   = var.image
         command = "caravan"
-        args    = ["serve", "--model", var.model, "--port", "8080"]
+        args    = ["serve", "--model", var.model, "--port", "8080", "--log-drain-s", "20"]
         ports   = ["http"]
       }
 

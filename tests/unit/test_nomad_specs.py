@@ -205,6 +205,17 @@ def test_serving_deploys_on_liveness_and_routes_on_readiness():
     assert pointer["change_mode"] == "noop"
 
 
+@pytest.mark.parametrize("name", ["serving", "gateway"])
+def test_servers_drain_their_event_log_within_the_kill_timeout(name):
+    """SIGTERM drains the event log for --log-drain-s; Nomad kills after kill_timeout, which the client caps at its
+    max_kill_timeout (30 s by default): drain < kill_timeout <= 30 s."""
+    (task,) = tasks(name)
+    args = task["config"][0]["args"]
+    drain_s = float(args[args.index("--log-drain-s") + 1])
+    kill_ns = parse_duration_ns(task["kill_timeout"])
+    assert drain_s * 10**9 < kill_ns <= 30 * 10**9
+
+
 @pytest.mark.parametrize("name", ["serving", "retrain-ranker", "retrain-ranker-backfill"])
 def test_tasks_that_talk_to_consul_get_its_ca_from_a_template(name):
     (task,) = tasks(name)
@@ -327,7 +338,8 @@ def test_the_gateway_deploys_canaries_and_finds_its_workers_in_consul():
     assert "canary" in service["CanaryTags"] and "canary" not in service["Tags"]
     (task,) = group["Tasks"]
     args = task["Config"]["args"]
-    assert args == ["gateway", "--model", "ranker", "--port", "8080", "--unit", "user_id", "--update-s", "30"]
+    assert args == ["gateway", "--model", "ranker", "--port", "8080", "--unit", "user_id", "--update-s", "30",
+                    "--log-drain-s", "20"]
     assert "--worker" not in args, "workers come from Consul's health API"
     assert all(isinstance(arg, str) for arg in args)
     (spec_task,) = tasks("gateway")
