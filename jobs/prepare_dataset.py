@@ -50,6 +50,7 @@ DEFAULT_MIN_ROWS = 20
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_ROW_GROUP_ROWS = 131_072
 _DISTINCT_KEPT = 1000
+_NO_PREBUFFER = ds.ParquetFragmentScanOptions(pre_buffer=False)
 _ID_NAME = re.compile(r"(?i)^(id|.*_id)$")
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
 
@@ -283,10 +284,11 @@ class _Part:
     def batches(self, schema: pa.Schema, batch_rows: int,
                 columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         if self.path is not None:
-            # Small read-ahead: the scanner's default keeps dozens of batches in flight.
+            # Small read-ahead (the scanner's default keeps dozens of batches in flight) and no pre-buffering
+            # (it fetches the column chunks of many row groups at once): memory for a row group or two.
             dataset = ds.dataset(self.path, schema=schema, format="parquet")
-            yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=2,
-                                          fragment_readahead=1)
+            yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1,
+                                          fragment_readahead=1, fragment_scan_options=_NO_PREBUFFER)
             return
         assert self.fetch is not None
         if columns is not None:
