@@ -350,6 +350,8 @@ class _Window:
                     path = _local_path(store, stat.key)
                     fetch = None if path is not None else (lambda s=store, k=stat.key: s.read(k))
                     self.parts.append(_Part(f"{uri}:{stat.key}", path=path, fetch=fetch))
+        if not self.parts:
+            raise DataCheckFailed("prepare-dataset has no input: neither upstream events nor --sources")
         schemas = [part.schema() for part in self.parts]
         self.schema = pa.unify_schemas(schemas, promote_options="default") if len(schemas) > 1 else schemas[0]
 
@@ -502,6 +504,9 @@ def prepare(ctx: StepContext) -> None:
     if p["split"] == "time":
         if time_column not in schema.names:
             raise DataCheckFailed(f"split 'time' needs the time column {time_column!r}; use split 'hash' and a key")
+        kind = schema.field(time_column).type
+        if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind) or any(c(kind) for c in _NUMERIC)):
+            raise DataCheckFailed(f"split 'time' needs a timestamp, date or number in {time_column!r}, not {kind}")
     elif p["split"] == "hash":
         if key and key not in schema.names:
             raise DataCheckFailed(f"split 'hash' key {key!r} is not one of the columns {schema.names}")

@@ -289,3 +289,11 @@ def test_a_window_larger_than_the_memory_limit_streams_and_fails_whole(tmp_path)
     assert f"rows {n}" in streamed.stdout
     whole = limited("prepare_in_memory", uri, tmp_path / "b", headroom_mb=350)
     assert whole.returncode == 3, whole.stdout + whole.stderr
+
+
+def test_a_time_split_on_a_text_column_is_refused_naming_it(tmp_path):
+    table = events(100, 2)
+    table = table.set_column(5, "event_time", table["event_time"].cast(pa.string()))
+    uri = write_sources(tmp_path / "in", table, 1, 40)
+    with pytest.raises(DataCheckFailed, match="needs a timestamp, date or number in 'event_time', not string"):
+        run(prepare, tmp_path / "out", uri, split="time", time_column="event_time", date=None)
