@@ -485,6 +485,24 @@ def _time_cuts(sketch: TimeSketch, rows: int, fractions: Sequence[float],
     return [float(c) for c in cuts if c is not None]
 
 
+def _integer_key_with_nulls(window: _Window, key: str, time_column: str,
+                            keep: Callable[[pa.RecordBatch], pa.RecordBatch] | None, batch_rows: int) -> bool:
+    """Whether an integer key has nulls in the window (a pass over the key alone, only for integer keys).
+
+    The whole-table path hashes the text of each key as NumPy gives it: an integer column with a null
+    anywhere comes out as floats ("5.0", "nan"), without one as integers ("5"). A batch alone cannot
+    tell, so the streamed path asks first, and converts every batch the same way.
+    """
+    if not key or not pa.types.is_integer(window.schema.field(key).type):
+        return False
+    columns = [key, time_column] if time_column and time_column != key else [key]
+    for batch in window.batches(batch_rows, columns=columns):
+        batch = keep(batch) if keep is not None else batch
+        if batch.column(key).null_count:
+            return True
+    return False
+
+
 def prepare(ctx: StepContext) -> None:
     """Streamed: one pass (hash split) or two (time split: cut points from a KLL sketch, then routing)."""
     from caravan.ml.sketches import TableSketch, TimeSketch
@@ -536,6 +554,8 @@ def prepare(ctx: StepContext) -> None:
         summary = LabelSummary(schema.field(label).type) if label else None
         times = TimeSketch() if p["split"] == "time" else None
         seen = 0
+        as_float = times is None and _integer_key_with_nulls(window, key, time_column if keep else "", keep,
+                                                              batch_rows)
         for batch in window_batches():
             sketch.update(batch)
             if summary is not None:
@@ -545,8 +565,11 @@ def prepare(ctx: StepContext) -> None:
                 times.update(ticks[np.isfinite(ticks)])
             else:
                 # Without a key, each row is its own key: its position in the window, as in memory.
-                values = (batch.column(key).to_numpy(zero_copy_only=False) if key
-                          else np.arange(seen, seen + batch.num_rows))
+                if key:
+                    column = batch.column(key).cast(pa.float64(), safe=False) if as_float else batch.column(key)
+                    values = column.to_numpy(zero_copy_only=False)
+                else:
+                    values = np.arange(seen, seen + batch.num_rows)
                 route(batch, hash_fractions(values, seed))
             seen += batch.num_rows
         if times is not None:
