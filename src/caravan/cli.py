@@ -438,6 +438,43 @@ def _add_experiment_parsers(sub: Any, models_sub: Any) -> None:
 
 # --- end of experiments ------------------------------------------------------------------------------------------
 
+
+# --- worker (issue 12): `caravan worker`, one model behind gRPC for the gateway ------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .serving.worker import run_worker
+
+    run_worker(args.model, arm=args.arm, artifact=args.artifact, host=args.host, grpc_port=args.grpc_port,
+               http_port=args.http_port, isolate=not args.no_isolation, max_rows=args.max_rows,
+               pointer_kind=args.pointer)
+    return 0
+
+
+def _add_worker_parser(sub: Any) -> None:
+    worker = sub.add_parser(
+        "worker", help="serve one model version over gRPC (caravan.v1.Predictor) for gateways",
+        description="Serves the artifact of an experiment's arm (--arm, followed live: a new artifact for the arm "
+        "is tried in a disposable process, then swapped in) or one artifact (--artifact). gRPC Predict on "
+        "--grpc-port; GET /health and /metrics on --http-port. Requests are checked as `caravan serve` checks them.")
+    worker.add_argument("--model", required=True)
+    which = worker.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arm", metavar="NAME", help="serve this arm of the model's experiment")
+    which.add_argument("--artifact", metavar="URI", help="serve this artifact")
+    worker.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
+    worker.add_argument("--grpc-port", type=int, default=int(os.environ.get("NOMAD_PORT_grpc", "9000")))
+    worker.add_argument("--http-port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "9001")))
+    worker.add_argument("--pointer", choices=["file", "consul"],
+                        help="experiment store backend (default: the configured pointer backend)")
+    worker.add_argument("--max-rows", type=int, default=10_000, help="rows per request at most (default 10000)")
+    worker.add_argument("--no-isolation", action="store_true",
+                        help="load new models without trying them in a disposable probe process first (trusted "
+                        "models only)")
+    worker.set_defaults(func=cmd_worker)
+
+
+# --- end of worker ------------------------------------------------------------------------------------------------
+
 # --- gateway (issue 12): `caravan gateway`, the HTTP front that routes each request to an arm's workers ------------
 
 
@@ -488,43 +525,6 @@ def _add_gateway_parser(sub: Any) -> None:
 
 # --- end of gateway -----------------------------------------------------------------------------------------------
 
-
-
-# --- worker (issue 12): `caravan worker`, one model behind gRPC for the gateway ------------------------------------
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from .serving.worker import run_worker
-
-    run_worker(args.model, arm=args.arm, artifact=args.artifact, host=args.host, grpc_port=args.grpc_port,
-               http_port=args.http_port, isolate=not args.no_isolation, max_rows=args.max_rows,
-               pointer_kind=args.pointer)
-    return 0
-
-
-def _add_worker_parser(sub: Any) -> None:
-    worker = sub.add_parser(
-        "worker", help="serve one model version over gRPC (caravan.v1.Predictor) for gateways",
-        description="Serves the artifact of an experiment's arm (--arm, followed live: a new artifact for the arm "
-        "is tried in a disposable process, then swapped in) or one artifact (--artifact). gRPC Predict on "
-        "--grpc-port; GET /health and /metrics on --http-port. Requests are checked as `caravan serve` checks them.")
-    worker.add_argument("--model", required=True)
-    which = worker.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arm", metavar="NAME", help="serve this arm of the model's experiment")
-    which.add_argument("--artifact", metavar="URI", help="serve this artifact")
-    worker.add_argument("--host", default=os.environ.get("CARAVAN_SERVE_HOST", "0.0.0.0"))  # noqa: S104
-    worker.add_argument("--grpc-port", type=int, default=int(os.environ.get("NOMAD_PORT_grpc", "9000")))
-    worker.add_argument("--http-port", type=int, default=int(os.environ.get("NOMAD_PORT_http", "9001")))
-    worker.add_argument("--pointer", choices=["file", "consul"],
-                        help="experiment store backend (default: the configured pointer backend)")
-    worker.add_argument("--max-rows", type=int, default=10_000, help="rows per request at most (default 10000)")
-    worker.add_argument("--no-isolation", action="store_true",
-                        help="load new models without trying them in a disposable probe process first (trusted "
-                        "models only)")
-    worker.set_defaults(func=cmd_worker)
-
-
-# --- end of worker ------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
