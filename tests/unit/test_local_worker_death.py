@@ -88,13 +88,16 @@ def test_a_step_dies_with_its_killed_worker_and_its_logs_are_kept(workdirs: Path
                 os.killpg(record["step_pid"], signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
-        worker.communicate()
+        worker_stderr = worker.communicate()[1].decode(errors="replace")
     sleep_id = Sleep(date=DAY, seconds=120).output().id
     if workers == 1:
         assert logs_of(local_root, sleep_id, run_id) == {}, "nothing kept them yet: the worker died"
         Echo(date=DAY, name="next-run").run()  # any later local step on this root recovers them
     kept = logs_of(local_root, sleep_id, run_id)
-    (stderr,) = [data for name, data in kept.items() if name.endswith(".stderr.txt")]
+    stderrs = [data for name, data in kept.items() if name.endswith(".stderr.txt")]
+    assert len(stderrs) == 1, (f"kept {sorted(kept)}; step folders left {[str(f) for f, _ in step_records(workdirs)]}; "
+                               f"the worker said: {worker_stderr[-3000:]}")
+    (stderr,) = stderrs
     assert b"sleep step: sleeping 120" in stderr
     if workers == 1:
         assert f"the worker (pid {worker.pid}) that ran this step died".encode() in stderr
