@@ -13,14 +13,14 @@ from typing import Any
 
 import luigi
 
-from caravan.dataio import ParquetSource
+from caravan.dataio import DataURIParameter, ParquetSource
 from caravan.tasks import NomadJobTask
 
 
 class TableParams:
     """What decides the dataset."""
 
-    dataset = luigi.Parameter(description="Parquet file, folder or prefix (a path, s3://..., hdfs://...).")
+    dataset = DataURIParameter(description="Parquet file, folder or prefix (a path, s3://..., hdfs://...).")
     label = luigi.Parameter(description="The 0/1 label column.")
     key = luigi.Parameter(default="", description="Rows with the same key land in the same split ('' = by row).")
     text_columns = luigi.ListParameter(default=[], description="Text columns to hash-vectorize into features.")

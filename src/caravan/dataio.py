@@ -55,6 +55,8 @@ class ObjectStat:
 def _split(uri: str) -> tuple[Store, str]:
     """The store holding ``uri`` and the key of ``uri`` in it (the store is rooted at the parent)."""
     trimmed = uri.rstrip("/")
+    if "://" not in trimmed:  # a plain path, as a user types it: relative to the working directory
+        trimmed = os.path.abspath(trimmed)
     parent, _, leaf = trimmed.rpartition("/")
     if not parent or parent.endswith(":/") or parent.endswith(":"):
         raise ValueError(f"data URI {uri!r} names no file or folder inside a store")
@@ -277,10 +279,22 @@ class ParquetTarget(luigi.Target):
         return fingerprint_of(self.uri, stats)
 
 
+class DataURIParameter(luigi.Parameter):
+    """A data URI (``s3://…``, ``hdfs://…``, ``file://…``) or a plain path; a plain path is made absolute when the task
+    is created (a trailing ``/`` kept), so the address, the step's meta and the step itself, which runs in a folder of
+    its own, all name the same data."""
+
+    def normalize(self, x: Any) -> Any:
+        if not isinstance(x, str) or not x or "://" in x:
+            return x
+        absolute = os.path.abspath(os.path.expanduser(x))
+        return absolute + "/" if x.endswith("/") and not absolute.endswith("/") else absolute
+
+
 class ParquetSource(luigi.ExternalTask):
     """External Parquet data that some other system produces (a file, folder or prefix)."""
 
-    uri = luigi.Parameter(description="Parquet file, folder or prefix: a path, s3://..., hdfs://...")
+    uri = DataURIParameter(description="Parquet file, folder or prefix: a path, s3://..., hdfs://...")
 
     def output(self) -> Any:
         return ParquetTarget(self.uri)

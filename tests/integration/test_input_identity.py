@@ -89,3 +89,16 @@ def test_a_table_that_cannot_train_publishes_nothing_and_says_why(local_root, te
     assert reason in str(info.value)
     assert "KeyError" not in str(info.value)
     assert not task.output().exists()
+
+
+def test_a_relative_dataset_path_names_the_same_table_in_the_address_and_in_the_step(local_root, test_specs, tmp_path,
+                                                                                     monkeypatch):
+    """`--dataset table.parquet` from the folder holding it, as a data scientist types it: the step runs in a folder
+    of its own, so the path is made absolute when the task is created."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "table.parquet").write_bytes(table_bytes(seed=1))
+    monkeypatch.chdir(tmp_path)
+    task = PrepareTable(dataset="data/table.parquet", label="y")
+    assert task.dataset == str(tmp_path / "data" / "table.parquet")
+    assert build([task], workers=1)
+    assert str(tmp_path / "data" / "table.parquet") in task.output().manifest()["input_fingerprints"]
