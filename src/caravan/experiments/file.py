@@ -12,7 +12,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ..config import check_environment
 from ..config import environment as config_environment
+from ..files import replace_file
 from .document import (
     Counts,
     Experiment,
@@ -50,15 +50,6 @@ class FileExperimentStore(ExperimentStore):
     def _path(self, key: str, suffix: str = ".json") -> Path:
         path = self.root.joinpath(*key.split("/"))
         return path.with_name(path.name + suffix)
-
-    def _replace(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
 
     @contextmanager
     def _locked(self, model: str) -> Iterator[None]:
@@ -104,7 +95,7 @@ class FileExperimentStore(ExperimentStore):
                 raise ExperimentConflict(f"model {exp.model!r}: the experiment document is at version {seen}, "
                                          f"not {version}: someone changed it; read it again")
             new = version + 1 if version >= 0 else time.time_ns() // 1000
-            self._replace(self._path(experiment_key(exp.model, self.environment)),
+            replace_file(self._path(experiment_key(exp.model, self.environment)),
                           json.dumps({"version": new, "document": exp.to_dict()}, sort_keys=True).encode())
             return new
 
@@ -120,7 +111,7 @@ class FileExperimentStore(ExperimentStore):
     def put_stats(self, model: str, gateway_id: str, counts: Mapping[str, tuple[int, int]], *,
                   salt: str = "") -> None:
         path = self._stats_folder(model) / f"{check_name('gateway id', gateway_id)}.json"
-        self._replace(path, encode_stats(counts, salt, str(path)))
+        replace_file(path, encode_stats(counts, salt, str(path)))
 
     def read_stats(self, model: str, *, salt: str | None = None) -> Counts:
         folder = self._stats_folder(model)

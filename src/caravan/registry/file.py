@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from typing import Any
 from ..config import check_environment
 from ..config import environment as config_environment
 from ..errors import PromotionLocked
+from ..files import replace_file
 from .base import (
     UNKNOWN_VERSION,
     ModelPointer,
@@ -90,15 +90,6 @@ class FilePointer(ModelPointer):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _replace(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-
     def read(self, model: str) -> PointerState:
         path = self._path(current_key(model, self.environment))
         try:
@@ -130,14 +121,14 @@ class FilePointer(ModelPointer):
                 return None
             # A repair of an unreadable version: a clock-based version, larger than any counter before it.
             version = time.time_ns() // 1000 if expected_version == UNKNOWN_VERSION else expected_version + 1
-            self._replace(self._path(current_key(model, self.environment)),
+            replace_file(self._path(current_key(model, self.environment)),
                           json.dumps({"version": version, "document": document}, sort_keys=True).encode())
             return version
 
     def record(self, model: str, document: dict[str, Any]) -> None:
         path = self._path(history_key(model, str(document["change_id"]), self.environment))
         if not path.exists():
-            self._replace(path, json.dumps(document, sort_keys=True).encode())
+            replace_file(path, json.dumps(document, sort_keys=True).encode())
 
     def history(self, model: str) -> list[dict[str, Any]]:
         folder = self._path(history_prefix(model, self.environment).rstrip("/"))

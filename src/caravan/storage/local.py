@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import ArtifactNotFoundError, ConfigurationError
+from ..files import replace_file, temp_beside
 from .base import Store
 
 
@@ -36,19 +36,6 @@ class LocalStore(Store):
         """The file that holds ``key``."""
         return self.root.joinpath(*key.split("/")) if key else self.root
 
-    def _temp_beside(self, target: Path, data: bytes) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(name)
-            raise
-        return Path(name)
-
     def read(self, key: str) -> bytes:
         self._count("read")
         try:
@@ -59,12 +46,12 @@ class LocalStore(Store):
     def write(self, key: str, data: bytes) -> None:
         self._count("write")
         target = self.path(key)
-        os.replace(self._temp_beside(target, data), target)
+        replace_file(target, data)
 
     def create(self, key: str, data: bytes) -> bool:
         self._count("create")
         target = self.path(key)
-        temp = self._temp_beside(target, data)
+        temp = temp_beside(target, data)
         try:
             # link() fails if the name exists, so the complete file appears at once, or not at all.
             os.link(temp, target)
