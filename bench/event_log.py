@@ -28,7 +28,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,64 +37,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from common import percentile, verdict  # first: puts the repository root on sys.path
+from proxy import Proxy
 from servers import free_port, process
 from serving import Run, Target, load, publish, train  # its import also sets OMP_NUM_THREADS=1
 
 MODEL = "bench-events"
 GOAL_RATIO = 0.90
-
-
-class Proxy:
-    """A TCP forwarder that can be switched off: refused connections, open ones cut (a store that is away)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream, self.port = upstream, free_port()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        with self._lock:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                if listener.fileno() == -1:
-                    return
-                continue
-            with self._lock:
-                self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
 
 
 class IdLoad:
@@ -219,7 +166,7 @@ def outage_run(port: int, env: dict[str, str], body: bytes, outage_s: float, spo
         boto3.client("s3", endpoint_url=moto_url, **{k.lower(): v for k, v in keys.items()
                                                     if k != "AWS_DEFAULT_REGION"},
                      region_name="us-east-1").create_bucket(Bucket="bench-events")
-        proxy = Proxy(("127.0.0.1", moto_port))
+        proxy = Proxy(("127.0.0.1", moto_port), free_port())
         proxy.up()
         root = "s3://bench-events/log"
         server_env = {**env, **keys, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.port}"}

@@ -7,11 +7,9 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from bench.proxy import Proxy
 from caravan.errors import BackendUnavailable
 from caravan.events.log import EventLog, closed_days, read_events
 from caravan.storage import open_store
@@ -195,65 +194,6 @@ def test_a_full_spool_drops_batches_and_counts_their_rows(tmp_path):
 # -- caravan serve: SIGTERM, and an S3 outage -------------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP forwarder in front of the S3 server that can be switched off (refused connections, open ones cut)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream, self.port = upstream, free_port()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        with self._lock:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-
 @contextlib.contextmanager
 def serving(model_name: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
@@ -305,7 +245,7 @@ def test_sigterm_to_caravan_serve_loses_nothing_that_was_answered(model_name, lo
 def test_an_s3_outage_loses_nothing_and_does_not_slow_requests(model_name, local_root, s3_endpoint, tmp_path):
     point(model_name, publish_model(local_root, 1))
     host, port = s3_endpoint.rsplit("//", 1)[1].split(":")
-    proxy = Proxy((host, int(port)))
+    proxy = Proxy((host, int(port)), free_port())
     proxy.up()
     log_root = f"s3://caravan-test/events-{model_name}"
     latencies: dict[str, list[float]] = {"before": [], "outage": [], "after": []}
