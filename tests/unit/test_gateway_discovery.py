@@ -4,6 +4,7 @@ survived, counted and shown."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,11 @@ from caravan.serving.worker_client import PredictorClient
 from tests.doubles.consul import ConsulDouble
 from tests.grpc_workers import FakeWorker
 from tests.servers import poll_until
+
+
+def call(pool, *args, **kwargs):
+    """A request through the pool, on an event loop as the gateway sends it."""
+    return asyncio.run(pool.call_async(*args, **kwargs))
 
 
 @pytest.fixture
@@ -44,17 +50,17 @@ def test_the_pool_follows_the_passing_workers_of_the_model(consul: ConsulDouble)
     try:
         poll_until(discovery.synced.is_set, 10, "the first membership")
         assert members(pool) == {"control": [a.target], "challenger": [b.target]}
-        assert pool.call("challenger", [{"x": 1.0}], "r", 5.0).scores == [101.0]
+        assert call(pool, "challenger", [{"x": 1.0}], "r", 5.0).scores == [101.0]
 
         consul.set_service_passing(c_id, True)  # a blocking query returns at once
         poll_until(lambda: members(pool).get("challenger") == sorted([b.target, c.target]), 5, "c joins")
         consul.deregister_service(b_id)
         poll_until(lambda: members(pool).get("challenger") == [c.target], 5, "b leaves")
-        assert pool.call("challenger", [{"x": 1.0}], "r", 5.0).scores == [101.0]
+        assert call(pool, "challenger", [{"x": 1.0}], "r", 5.0).scores == [101.0]
 
         consul.set_down(True)  # Consul away: counted, shown, retried; the last members stay in use
         poll_until(lambda: discovery.errors > 0, 10, "an error")
-        assert discovery.last_error and pool.call("control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
+        assert discovery.last_error and call(pool, "control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
         consul.set_down(False)
         poll_until(lambda: discovery.last_error is None, 10, "recovery")
         assert members(pool) == {"control": [a.target], "challenger": [c.target]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
@@ -15,6 +16,11 @@ from caravan.gateway.routing import choose, routes_of
 from caravan.gateway.workers import NoHealthyWorker, WorkerPool, WorkerRefused, members_of, parse_worker_flags
 from caravan.serving.worker_client import PredictorClient
 from tests.grpc_workers import FakeWorker
+
+
+def call(pool, *args, **kwargs):
+    """A request through the pool, on an event loop as the gateway sends it."""
+    return asyncio.run(pool.call_async(*args, **kwargs))
 
 UNITS = st.text(min_size=1, max_size=20)
 
@@ -94,32 +100,32 @@ def _pool(workers: dict[str, list[FakeWorker]]) -> WorkerPool:
 def test_calls_rotate_over_an_arms_workers_and_skip_a_dead_one(workers: dict[str, list[FakeWorker]]) -> None:
     pool = _pool(workers)
     for _ in range(6):
-        assert pool.call("control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
+        assert call(pool, "control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
     assert [w.calls for w in workers["control"]] == [3, 3]  # round robin over one channel each
     workers["control"][0].stop()
     for _ in range(6):  # every request answered: the dead worker is tried at most once, then cooled down
-        assert pool.call("control", [{"x": 2.0}], "r", 5.0).artifact_id == "A"
+        assert call(pool, "control", [{"x": 2.0}], "r", 5.0).artifact_id == "A"
     assert pool.healthy_count("control") == 1
     described = {w["target"]: w for w in pool.describe()["control"]}
     dead = described[workers["control"][0].target]
     assert not dead["healthy"] and dead["errors"] == 1 and "UNAVAILABLE" in dead["last_error"]
     workers["control"][1].stop()
     with pytest.raises(NoHealthyWorker, match="'control' has no healthy worker"):
-        pool.call("control", [{"x": 1.0}], "r", 5.0)
+        call(pool, "control", [{"x": 1.0}], "r", 5.0)
     with pytest.raises(NoHealthyWorker, match="'nothing' has no healthy worker"):
-        pool.call("nothing", [{"x": 1.0}], "r", 5.0)
+        call(pool, "nothing", [{"x": 1.0}], "r", 5.0)
 
 
 def test_a_refusal_is_the_clients_and_no_other_worker_is_tried(workers: dict[str, list[FakeWorker]]) -> None:
     pool = _pool(workers)
     with pytest.raises(WorkerRefused, match=r"unknown fields \['bad'\]") as refused:
-        pool.call("control", [{"x": 1.0}, {"bad": 1.0}], "r", 5.0)
+        call(pool, "control", [{"x": 1.0}, {"bad": 1.0}], "r", 5.0)
     assert (refused.value.field_name, refused.value.row, refused.value.too_large) == ("bad", 1, False)
     with pytest.raises(WorkerRefused, match="at most 999 rows") as large:
-        pool.call("control", [{"x": 1.0}] * 1000, "r", 5.0)
+        call(pool, "control", [{"x": 1.0}] * 1000, "r", 5.0)
     assert large.value.too_large
     with pytest.raises(WorkerRefused, match="row 0 must be a JSON object"):  # refused before it is sent
-        pool.call("control", [3], "r", 5.0)
+        call(pool, "control", [3], "r", 5.0)
     assert pool.healthy_count("control") == 2 and sum(w["errors"] for w in pool.describe()["control"]) == 0
 
 
@@ -137,7 +143,7 @@ def test_membership_changes_keep_the_channels_of_workers_that_stay(workers: dict
     pool.set_members({"control": [b]})
     assert made == [a, b]
     assert [w["target"] for w in pool.describe()["control"]] == [b]
-    assert pool.call("control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
+    assert call(pool, "control", [{"x": 1.0}], "r", 5.0).scores == [1.0]
 
 
 @settings(max_examples=25, deadline=None)

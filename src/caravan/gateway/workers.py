@@ -171,30 +171,12 @@ class WorkerPool:
             worker.serves = getattr(reply, "artifact_id", None)
         return reply
 
-    def call(self, arm: str, rows: list[Any], request_id: str, timeout_s: float, *,
-             include_cooling: bool = False) -> Any:
-        """The reply of one of ``arm``'s healthy workers, trying the next one when one fails, all within
-        ``timeout_s``. Raises :class:`WorkerRefused` (the rows are invalid) or :class:`NoHealthyWorker`.
-        ``include_cooling``: also try workers in their cool-down (a last resort)."""
-        deadline = self._clock() + timeout_s
-        tried, last_error = 0, None
-        for worker in self._candidates(arm, include_cooling):
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                break
-            tried += 1
-            worker.calls += 1
-            try:
-                reply = worker.client.predict(rows, request_id, remaining)
-            except Exception as exc:
-                last_error = self._failure(worker, exc)
-                continue
-            return self._answered(worker, reply)
-        raise NoHealthyWorker(arm, tried, last_error)
-
     async def call_async(self, arm: str, rows: list[Any], request_id: str, timeout_s: float, *,
                          include_cooling: bool = False) -> Any:
-        """:meth:`call` on an asyncio event loop (the clients' ``predict_async``: no thread per call)."""
+        """The reply of one of ``arm``'s healthy workers, trying the next one when one fails, all within
+        ``timeout_s``, on the gateway's event loop (the clients' ``predict_async``: no thread per call). Raises
+        :class:`WorkerRefused` (the rows are invalid) or :class:`NoHealthyWorker`. ``include_cooling``: also try
+        workers in their cool-down (a last resort)."""
         deadline = self._clock() + timeout_s
         tried, last_error = 0, None
         for worker in self._candidates(arm, include_cooling):
