@@ -603,7 +603,7 @@ def prepare(ctx: StepContext) -> None:
         for split, writer in zip(SPLITS, writers, strict=True):
             check_split_counts(split, writer.rows, writer.labels, label, min_rows)
         for split, writer in zip(SPLITS, writers, strict=True):
-            ctx.writer.write_bytes(f"{split}.parquet", writer.path.read_bytes())
+            ctx.writer.write_file(f"{split}.parquet", writer.path)  # streamed: never the whole file in memory
             writer.path.unlink()
     ctx.writer.write_json("schema.json", table_schema(schema.empty_table()))
     ctx.writer.write_json("stats.json", sketch.stats())

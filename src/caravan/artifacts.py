@@ -10,15 +10,18 @@ before publishing leaves only an attempt folder, which counts for nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import luigi
@@ -169,6 +172,47 @@ class Artifact(luigi.Target):
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
 
+    @contextlib.contextmanager
+    def local_file(self, name: str) -> Iterator[Path]:
+        """A published file as a local path, checked against its manifest, without holding it in memory.
+
+        On the local store that is the file itself; elsewhere a temporary copy, streamed chunk by chunk
+        and removed on exit. Either way its size and sha256 are checked first (read once, in chunks), so
+        ``pyarrow.dataset`` can then scan it in record batches.
+        """
+        entry = self.manifest()["files"].get(name)
+        if entry is None:
+            raise ArtifactNotFoundError(f"no file {name!r}; it has {self.files()}", artifact=self.id,
+                                        store=self.store.root_uri)
+        key = self._file_key(name)
+        local = getattr(self.store, "path", None)
+        with contextlib.ExitStack() as stack:
+            if callable(local):
+                path = Path(local(key))
+                chunks: Iterable[bytes | memoryview] = _file_chunks(path)
+                sink = None
+            else:
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="caravan-artifact-"))
+                path = Path(folder, name.replace("/", "_"))
+                chunks = self.store.read_chunks(key)
+                sink = stack.enter_context(open(path, "wb"))
+            digest, size = hashlib.sha256(), 0
+            try:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if sink is not None:
+                        sink.write(chunk)
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                raise ArtifactNotFoundError(f"file {name!r} is listed in the manifest but missing",
+                                            artifact=self.id, store=self.store.root_uri) from exc
+            if sink is not None:
+                sink.close()
+            if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+                raise ArtifactCorruptError(f"file {name!r} does not match its manifest (size or sha256)",
+                                           artifact=self.id, store=self.store.root_uri)
+            yield path
+
     def read_json(self, name: str) -> Any:
         return json.loads(self.read_bytes(name))
 
@@ -191,6 +235,15 @@ class Artifact(luigi.Target):
         key = f"{self.key}/{LOGS_DIR}/{run_id}/{check_file_name(name)}"
         self.store.write(key, data)
         return self.store.uri(key)
+
+
+def _file_chunks(path: Path, size: int = 8 * 2**20) -> Iterator[memoryview]:
+    """The file's bytes in chunks that reuse one buffer (each chunk is valid until the next is read)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while n := handle.readinto(buffer):
+            yield view[:n]
 
 
 class ArtifactWriter:
@@ -232,6 +285,24 @@ class ArtifactWriter:
         check_file_name(name)
         self.artifact.store.write(self._prefix + name, data)
         self._files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def write_file(self, name: str, path: Path | str) -> None:
+        """Stage the local file ``path`` as ``name``, streamed: hashed and sent in chunks, never whole in memory.
+
+        For large outputs written batch by batch to a local temporary file (a Parquet split); the
+        publication contract is unchanged: nothing counts until the manifest is created.
+        """
+        self._check_open()
+        check_file_name(name)
+        digest, size = hashlib.sha256(), 0
+        for chunk in _file_chunks(Path(path)):
+            digest.update(chunk)
+            size += len(chunk)
+        self.artifact.store.write_file(self._prefix + name, Path(path))
+        if Path(path).stat().st_size != size:
+            raise ArtifactError(f"{path} changed while it was staged as {name!r}", artifact=self.artifact.id,
+                                store=self.artifact.store.root_uri)
+        self._files[name] = {"size": size, "sha256": digest.hexdigest()}
 
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))

@@ -18,6 +18,7 @@ import abc
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import ConfigurationError
@@ -25,6 +26,8 @@ from ..errors import ConfigurationError
 #: What a URI path may hold unencoded besides unreserved characters (RFC 3986 ``pchar``), minus ``;``
 #: which some tools still read as a path-parameter separator.
 PATH_SAFE = "/=,:@!$&'()*+"
+#: Bytes held at once when a file streams to or from a store (a read chunk, an S3 multipart part).
+CHUNK_BYTES = 8 * 2**20
 
 
 def encode_path(path: str) -> str:
@@ -82,6 +85,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Create or replace the object atomically."""
+
+    def write_file(self, key: str, path: Path) -> None:
+        """Create or replace the object with the local file ``path``, atomically as :meth:`write`.
+
+        Backends override this to stream the file (a chunk in memory at a time); this fallback reads it whole.
+        """
+        self.write(key, Path(path).read_bytes())
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks of at most about :data:`CHUNK_BYTES` (the whole object in this fallback).
+
+        :class:`~caravan.errors.ArtifactNotFoundError` if there is none, raised before the first chunk.
+        """
+        yield self.read(key)
 
     @abc.abstractmethod
     def create(self, key: str, data: bytes) -> bool:

@@ -12,11 +12,12 @@ import logging
 import posixpath
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, CaravanError, ConfigurationError
-from .base import Store, encode_path, root_uri_of
+from .base import CHUNK_BYTES, Store, encode_path, root_uri_of
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,30 @@ class HdfsStore(Store):
 
         return bytes(self._call("OPEN", key, fetch))
 
-    def _write_temp(self, key: str, data: bytes) -> str:
+    def _write_temp(self, key: str, data: Any) -> str:
         temp = f"{self._path(key)}.{uuid.uuid4().hex}.tmp"
         self._call("CREATE", key, self.client.write, temp, data=data, overwrite=False)
         return temp
 
     def write(self, key: str, data: bytes) -> None:
+        self._replace_with(key, data)
+
+    def write_file(self, key: str, path: Path) -> None:
+        # requests streams an open file as the CREATE body (Content-Length from its size): never whole in memory.
+        with open(path, "rb") as handle:
+            self._replace_with(key, handle)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        import requests
+        from hdfs.util import HdfsError
+
+        try:
+            with self.client.read(self._path(key), chunk_size=CHUNK_BYTES) as chunks:
+                yield from chunks
+        except (HdfsError, requests.RequestException) as exc:
+            raise self._error(exc, "OPEN", key) from exc
+
+    def _replace_with(self, key: str, data: Any) -> None:
         # HDFS cannot rename over a file: delete then rename. Readers see the old object,
         # none, or the new one; never a partly written file.
         temp = self._write_temp(key, data)

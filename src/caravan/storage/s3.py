@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import caravan, section, setting
 from ..errors import ArtifactNotFoundError, BackendRejected, BackendUnavailable, ConfigurationError
-from .base import Store, encode_path, root_uri_of
+from .base import CHUNK_BYTES, Store, encode_path, root_uri_of
 
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "ThrottlingException"}
 
@@ -89,6 +90,53 @@ class S3Store(Store):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "PUT", key) from exc
+
+    def write_file(self, key: str, path: Path) -> None:
+        """One PUT of the open file up to :data:`CHUNK_BYTES`, a multipart upload above it.
+
+        A multipart object appears only when the upload is completed, whole, so readers never see part of
+        it (as with a PUT); a failed upload is aborted, leaving nothing behind. One part in memory at a time.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        size = Path(path).stat().st_size
+        name = self._key(key)
+        try:
+            with open(path, "rb") as handle:
+                if size <= CHUNK_BYTES:
+                    self.client.put_object(Bucket=self.bucket, Key=name, Body=handle.read())
+                    return
+                upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
+                try:
+                    parts: list[Any] = []
+                    for number, chunk in enumerate(iter(lambda: handle.read(CHUNK_BYTES), b""), start=1):
+                        answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload,
+                                                         PartNumber=number, Body=chunk)
+                        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload,
+                                                          MultipartUpload={"Parts": parts})
+                except BaseException:
+                    try:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
+                    except (ClientError, BotoCoreError):
+                        pass  # the upload's own error is the one to report; S3 lifecycle rules expire the parts
+                    raise
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "PUT (multipart)", key) from exc
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            with body:
+                yield from body.iter_chunks(CHUNK_BYTES)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri) from exc
+            raise self._error(exc, "GET", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "GET", key) from exc
 
     def create(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
