@@ -62,10 +62,10 @@ def test_a_streamed_copy_that_does_not_match_the_manifest_is_refused(store_root,
     published = Artifact(open_store(store_root), artifact.id)
     store = published.store
     store.write(store.key_of(published.file_uri("test.parquet")), b"the bytes somebody put there later")
-    with pytest.raises(ArtifactCorruptError, match="'test.parquet' does not match its manifest"), \
+    with pytest.raises(ArtifactCorruptError, match=r"'test\.parquet' does not match its manifest"), \
             published.local_file("test.parquet"):
         pass
-    with pytest.raises(ArtifactNotFoundError, match="no file 'valid.parquet'"), published.local_file("valid.parquet"):
+    with pytest.raises(ArtifactNotFoundError, match=r"no file 'valid\.parquet'"), published.local_file("valid.parquet"):
         pass
 
 
