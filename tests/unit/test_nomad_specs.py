@@ -25,6 +25,8 @@ SECRETS = {
     **{step: ("step", {"storage"}) for step in STEPS},
     "retrain-ranker": ("retrain", {"storage", "consul", "nomad"}),
     "retrain-ranker-backfill": ("retrain", {"storage", "consul", "nomad"}),
+    # Issue 13: the monitor reads the event log, records triggers in Consul and dispatches the retrain jobs.
+    "monitor-ranker": ("retrain", {"storage", "consul", "nomad"}),
     "serving": ("serving", {"storage", "serving"}),
     "luigid": (None, set()),
     # Issue 12: the workers load artifacts and watch the experiment; the gateway needs only the serving secret
@@ -216,7 +218,7 @@ def test_servers_drain_their_event_log_within_the_kill_timeout(name):
     assert drain_s * 10**9 < kill_ns <= 30 * 10**9
 
 
-@pytest.mark.parametrize("name", ["serving", "retrain-ranker", "retrain-ranker-backfill"])
+@pytest.mark.parametrize("name", ["serving", "retrain-ranker", "retrain-ranker-backfill", "monitor-ranker"])
 def test_tasks_that_talk_to_consul_get_its_ca_from_a_template(name):
     (task,) = tasks(name)
     (env,) = task["env"]
@@ -346,3 +348,36 @@ def test_the_gateway_deploys_canaries_and_finds_its_workers_in_consul():
     signing = next(t["data"] for t in spec_task["template"] if "SIGNING_KEY" in t["data"])
     # caravan.gateway.signing reads the secret gateway/signing_key from this environment variable.
     assert "CARAVAN_SECRET_GATEWAY_SIGNING_KEY={{ .Data.data.gateway_signing_key }}" in signing
+
+
+# -- issue 13: the periodic monitor ---------------------------------------------------------------------------------
+
+
+def test_the_monitor_runs_every_15_minutes_without_overlap_with_flags_the_cli_takes():
+    import argparse
+
+    from caravan.monitoring.triggers import add_trigger_arguments, settings_from_args
+
+    (periodic,) = job_body("monitor-ranker")["periodic"]
+    assert periodic == {"crons": ["${var.schedule}"], "prohibit_overlap": True, "time_zone": "UTC",
+                        "enabled": "${var.schedule_enabled}"}
+    assert variables("monitor-ranker")["schedule"]["default"] == "*/15 * * * *"
+    job = canonicalize(hcl_to_job((SPECS / "monitor-ranker.nomad.hcl").read_text(),
+                                  {"namespace": "caravan", "rollback_on_degradation": True, "cooldown": "90m"}))
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    assert task["Config"]["command"] == "caravan"
+    args = task["Config"]["args"]
+    assert args[:2] == ["monitor", "ranker"] and "--dispatch=nomad" in args
+    assert task["Env"]["CARAVAN_EXECUTOR"] == "nomad" and task["Env"]["CARAVAN_POINTER"] == "consul"
+    # The trigger flags as rendered parse into the settings they name (the window is the monitor's own flag).
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--window")
+    add_trigger_arguments(parser)
+    settings = settings_from_args(parser.parse_args(args[1:]))
+    assert settings.rollback_on_degradation is True and settings.cooldown_s == 5400
+    assert (settings.degradation_tolerance, settings.min_events, settings.drift_threshold,
+            settings.drift_features) == (0.02, 1000, 0.2, 1)
+    defaults = canonicalize(hcl_to_job((SPECS / "monitor-ranker.nomad.hcl").read_text(), {"namespace": "caravan"}))
+    plain = settings_from_args(parser.parse_args(defaults["TaskGroups"][0]["Tasks"][0]["Config"]["args"][1:]))
+    assert plain.rollback_on_degradation is False and plain.cooldown_s == 3 * 3600

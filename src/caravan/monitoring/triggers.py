@@ -1,0 +1,622 @@
+"""Triggers: from one monitoring report, retrain on new data, on degradation and on drift, each recorded with why.
+
+What fires (:func:`evaluate`, pure; :class:`TriggerSettings` holds the thresholds):
+
+- **new data**: a closed day of the event log not recorded yet dispatches ``retrain-ranker-backfill`` for that
+  day. Only the newest such day is retrained (a run's window covers the days before it); older unrecorded days
+  are recorded as superseded. Once per day: the record ``new-data-<day>`` is the claim, and a second dispatch
+  of the same day would find its artifacts (addresses) and the promotion lock anyway.
+- **degradation**: production's online AUC below the AUC its gate recorded minus ``degradation_tolerance``,
+  over at least ``min_events`` labelled events. With ``rollback_on_degradation`` the previous model of the
+  lineage (:func:`caravan.registry.base.rollback_target`) is replayed on the same logged rows and restored by
+  the rollback protocol (promotion lock, check-and-set, a history entry) if it scores better; both scores are
+  recorded (once per production model: ``rollback-from-<change id>``).
+- **drift**: PSI above ``drift_threshold`` in at least ``drift_features`` features; the record names them.
+
+Degradation and drift share one retrain (claim ``retrain-<n>``, n one more than the last claim, so two
+monitors that read the same records claim the same id and one of them wins). The **cool-down** caps them:
+within ``cooldown_s`` of the last triggered retrain (of any kind) they are recorded as suppressed, once per
+cool-down (``<last claim>.cooldown.<kind>``). A new-data retrain in the same run covers them. While a
+retrain runs (:meth:`Dispatcher.running`: Nomad children of the retrain jobs that are pending or running),
+every trigger is recorded as suppressed (``running.<child>.<kind>``) and nothing is dispatched; a deferred day
+is dispatched by the first run after.
+
+Records live beside the model pointer (:mod:`.triggers_store`) and every write is create-if-absent or
+check-and-set. ``caravan models history`` shows them in its timeline. ``caravan trigger retrain`` stays the
+on-demand path and the periodic ``retrain-ranker`` the schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import CaravanError, ConfigurationError
+from .report import MonitorReport, VersionWindow
+from .triggers_store import TriggerStore, trigger_store
+
+log = logging.getLogger("caravan.monitoring")
+
+NEW_DATA, DEGRADATION, DRIFT = "new_data", "degradation", "drift"
+KINDS = (NEW_DATA, DEGRADATION, DRIFT)
+#: Outcomes of a claim that count as a retrain fired (a crash between claim and dispatch counts: never twice).
+FIRED = ("dispatching", "dispatched")
+_RETRAIN = re.compile(r"retrain-(\d{6,})")
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    """The thresholds of the triggers (the ``caravan monitor`` flags of the same names)."""
+
+    degradation_tolerance: float = 0.02
+    min_events: int = 1000
+    drift_threshold: float = 0.2
+    drift_features: int = 1
+    cooldown_s: float = 3 * 3600.0
+    rollback_on_degradation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_events < 1 or self.drift_features < 1:
+            raise ConfigurationError("--min-events and --drift-features must be at least 1")
+        for name in ("degradation_tolerance", "drift_threshold", "cooldown_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigurationError(f"--{name.replace('_', '-').removesuffix('-s')} must be a finite number >= 0, "
+                                         f"not {value}")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One decision of :func:`evaluate`: a record to create, and whether it dispatches a retrain."""
+
+    record_id: str
+    kinds: tuple[str, ...]
+    dispatch: bool
+    reason: str
+    day: str | None = None  # new data: the day to retrain on
+    features: tuple[str, ...] = ()  # drift: the drifted features, most drifted first
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The kinds joined by ``+`` (degradation and drift share one retrain)."""
+        return "+".join(self.kinds)
+
+    def record(self, report: MonitorReport, now: dt.datetime) -> dict[str, Any]:
+        """The record written at :attr:`record_id`."""
+        return {"at": stamp(now), "kind": self.kind, "outcome": "dispatching" if self.dispatch else "suppressed",
+                "reason": self.reason, "day": self.day, "features": list(self.features),
+                "production_artifact_id": report.production_artifact_id, "window_start": report.window_start,
+                "window_end": report.window_end, **dict(self.details)}
+
+
+@dataclass(frozen=True)
+class TriggerOutcome:
+    """What :func:`run_triggers` did with one trigger: ``outcome`` is the record's (or ``taken``: another
+    monitor recorded it first)."""
+
+    record_id: str
+    kind: str
+    outcome: str
+    reason: str
+    child: str | None = None
+
+
+def stamp(moment: dt.datetime) -> str:
+    """caravan's timestamp format (:func:`caravan.stamps.utc_now`) for ``moment``."""
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO-8601 time (``Z`` or an offset; naive means UTC)."""
+    moment = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:120] or "unknown"
+
+
+# -- the conditions (pure) -----------------------------------------------------------------------------------------
+
+
+def degradation(report: MonitorReport, settings: TriggerSettings) -> str | None:
+    """Why production counts as degraded in ``report``, or None."""
+    prod = report.production()
+    gate = report.production_gate_auc
+    if prod is None or prod.auc is None or gate is None or prod.labelled < settings.min_events:
+        return None
+    if prod.auc >= gate - settings.degradation_tolerance:
+        return None
+    return (f"production {prod.artifact_id} online AUC {prod.auc:.4f} over {prod.labelled} labelled events is below "
+            f"its gate AUC {gate:.4f} minus the tolerance {settings.degradation_tolerance:g}")
+
+
+def drifted(prod: VersionWindow | None, settings: TriggerSettings) -> list[tuple[str, float]]:
+    """Features of ``prod`` whose PSI is above the threshold, most drifted first."""
+    if prod is None:
+        return []
+    found = [(name, psi) for name, psi in prod.psi.items() if math.isfinite(psi) and psi > settings.drift_threshold]
+    return sorted(found, key=lambda item: (-item[1], item[0]))
+
+
+def _claimed(record: Mapping[str, Any] | None) -> bool:
+    """A day or retrain claim that stands (a failed dispatch does not: the next run tries again)."""
+    return record is not None and record.get("outcome") != "failed"
+
+
+def last_retrain(recorded: Mapping[str, Mapping[str, Any]]) -> tuple[str, dt.datetime] | None:
+    """The newest triggered retrain (claim id and time) in ``recorded``."""
+    fired = []
+    for record_id, record in recorded.items():
+        if (record_id.startswith("new-data-") or _RETRAIN.fullmatch(record_id)) and record.get("outcome") in FIRED:
+            try:
+                fired.append((parse_time(str(record["at"])), record_id))
+            except (KeyError, ValueError):
+                continue
+    if not fired:
+        return None
+    moment, record_id = max(fired)
+    return record_id, moment
+
+
+def next_retrain_id(recorded: Mapping[str, Any]) -> str:
+    """``retrain-<n>``: one more than the highest claim, failed ones included, so racing monitors agree."""
+    numbers = [int(m.group(1)) for record_id in recorded if (m := _RETRAIN.fullmatch(record_id))]
+    return f"retrain-{max(numbers, default=0) + 1:06d}"
+
+
+def evaluate(report: MonitorReport, settings: TriggerSettings, *, now: dt.datetime,
+             recorded: Mapping[str, Mapping[str, Any]], running: Sequence[str] = ()) -> list[Trigger]:
+    """The triggers ``report`` fires given what is ``recorded`` (id -> record) and the retrain runs ``running``.
+
+    Every returned trigger has an id that names what it decides, so evaluating the same state twice (or in two
+    monitors) gives the same ids, and creating them once is firing once. Ids already recorded are left out
+    (a failed dispatch excepted: it is tried again).
+    """
+    return [t for t in _evaluate(report, settings, now=now, recorded=recorded, running=running)
+            if not _claimed(recorded.get(t.record_id))]
+
+
+def _evaluate(report: MonitorReport, settings: TriggerSettings, *, now: dt.datetime,
+              recorded: Mapping[str, Mapping[str, Any]], running: Sequence[str]) -> list[Trigger]:
+    triggers: list[Trigger] = []
+    busy = _safe(running[0]) if running else ""
+    days = sorted(day for day in set(report.closed_days) if not _claimed(recorded.get(f"new-data-{day}")))
+    new_day = days[-1] if days else None
+    if new_day is not None and busy:
+        triggers.append(Trigger(f"running.{busy}.new-data-{new_day}", (NEW_DATA,), False,
+                                f"day {new_day} closed while the retrain {running[0]} runs; it is dispatched by the "
+                                "first monitor run after that one ends", day=new_day))
+    elif new_day is not None:
+        for day in days[:-1]:
+            triggers.append(Trigger(f"new-data-{day}", (NEW_DATA,), False,
+                                    f"day {day} closed, superseded by the newer closed day {new_day} (its retrain's "
+                                    "window covers the days before it)", day=day))
+        triggers.append(Trigger(f"new-data-{new_day}", (NEW_DATA,), True,
+                                f"day {new_day} of logged events closed: retrain on it", day=new_day))
+
+    wanted: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = []
+    prod = report.production()
+    why = degradation(report, settings)
+    if why is not None and prod is not None:
+        wanted.append((DEGRADATION, why, (), {"online_auc": prod.auc, "gate_auc": report.production_gate_auc,
+                                              "labelled": prod.labelled}))
+    features = drifted(prod, settings)
+    if prod is not None and len(features) >= settings.drift_features:
+        named = ", ".join(f"{name} (PSI {psi:.3f})" for name, psi in features)
+        wanted.append((DRIFT, f"{len(features)} feature(s) of production {prod.artifact_id} drifted beyond PSI "
+                       f"{settings.drift_threshold:g}: {named}", tuple(name for name, _ in features),
+                       {"psi": dict(features)}))
+    if not wanted:
+        return triggers
+
+    last = last_retrain(recorded)
+    if busy:
+        cause, because = f"running.{busy}", f"the retrain {running[0]} is running; not dispatched again"
+    elif new_day is not None:
+        cause, because = f"new-data-{new_day}.covers", f"the new-data retrain of {new_day} in this run covers it"
+    elif last is not None and (now - last[1]).total_seconds() < settings.cooldown_s:
+        until = last[1] + dt.timedelta(seconds=settings.cooldown_s)
+        cause, because = f"{last[0]}.cooldown", (f"cool-down: the retrain {last[0]} fired at {stamp(last[1])}, "
+                                                 f"less than {settings.cooldown_s:g} s ago (next from {stamp(until)})")
+    else:
+        details: dict[str, Any] = {}
+        for _, _, _, extra in wanted:
+            details.update(extra)
+        triggers.append(Trigger(next_retrain_id(recorded), tuple(k for k, *_ in wanted), True,
+                                "; ".join(w for _, w, *_ in wanted), features=next((f for *_, f, _ in wanted if f), ()),
+                                details=details))
+        return triggers
+    for kind, reason, names, extra in wanted:
+        triggers.append(Trigger(f"{cause}.{kind}", (kind,), False, f"{reason}; suppressed: {because}",
+                                features=names, details=extra))
+    return triggers
+
+
+# -- dispatching -----------------------------------------------------------------------------------------------------
+
+
+class Dispatcher(Protocol):
+    """Starts retraining runs and says which are in flight."""
+
+    def running(self) -> list[str]:
+        """Ids of the retraining runs in flight (pending or running)."""
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        """Start a retraining run on ``day`` (None: the schedule's day); the run's id and a sentence saying how."""
+
+
+class NomadDispatcher:
+    """Retraining through Nomad, as ``caravan trigger retrain`` does it (:func:`caravan.trigger.trigger_retrain`):
+    a day is ``retrain-ranker-backfill`` dispatched with ``-meta date=DAY`` (or yesterday's periodic run)."""
+
+    #: Nomad's job statuses of a child still in flight.
+    IN_FLIGHT = ("pending", "running")
+
+    def __init__(self, job: str = "retrain-ranker", backfill_job: str | None = None, *, api: Any = None,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.job = job
+        self.backfill_job = backfill_job or f"{job}-backfill"
+        self._api = api
+        self._now = now
+
+    @property
+    def api(self) -> Any:
+        """The Nomad API (``[nomad]`` settings), made on first use."""
+        if self._api is None:
+            from ..nomad_api import NomadAPI
+
+            self._api = NomadAPI.from_config()
+        return self._api
+
+    def running(self) -> list[str]:
+        # One listing covers both: "retrain-ranker" prefixes "retrain-ranker/periodic-*" and
+        # "retrain-ranker-backfill/dispatch-*".
+        listing = self.api.retry(f"GET jobs?prefix={self.job}", lambda: self.api.get("jobs", {"prefix": self.job}),
+                                 deadline=time.monotonic() + 60.0)
+        return sorted(str(child["ID"]) for child in listing or []
+                      if child.get("ParentID") in (self.job, self.backfill_job)
+                      and child.get("Status") in self.IN_FLIGHT)
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        from ..trigger import trigger_retrain
+
+        triggered = trigger_retrain(self.job, day, self.backfill_job, api=self.api,
+                                    now=self._now() if self._now else None)
+        return triggered.child_id, triggered.how
+
+
+class LocalDispatcher:
+    """Retraining here, as a subprocess that runs the pipeline to the end (the local executor's way): on the
+    day's logged events, ``luigi --module pipelines.ranker RetrainRanker --events logged --local-scheduler``."""
+
+    def __init__(self, command: Sequence[str] | None = None, timeout_s: float = 6 * 3600.0) -> None:
+        self.command = list(command or [sys.executable, "-m", "luigi", "--module", "pipelines.ranker", "RetrainRanker",
+                                        "--events", "logged", "--local-scheduler"])
+        self.timeout_s = timeout_s
+
+    def running(self) -> list[str]:
+        return []  # a local retrain runs to its end inside the monitor run that started it
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        from ..trigger import last_complete_day
+
+        date = day or last_complete_day()
+        command = [*self.command, "--model", model, "--events-model", model, "--date", date.isoformat()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise CaravanError(f"local retrain of {model} on {date} exited {done.returncode}: {tail}")
+        return f"local:{date.isoformat()}", f"ran RetrainRanker on {date} here ({' '.join(command[1:4])} ...)"
+
+
+class RecordOnly:
+    """Records triggers and dispatches nothing (``--dispatch none``)."""
+
+    def running(self) -> list[str]:
+        return []
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        raise CaravanError("not dispatched: --dispatch none")
+
+
+def dispatcher_for(kind: str = "auto") -> Dispatcher:
+    """``auto``: Nomad when the executor is Nomad (``CARAVAN_EXECUTOR`` / ``[caravan] executor``), else local."""
+    if kind == "auto":
+        from ..config import caravan, section, setting
+
+        kind = setting("CARAVAN_EXECUTOR", section(caravan).executor)
+    if kind == "nomad":
+        return NomadDispatcher()
+    if kind == "local":
+        return LocalDispatcher()
+    if kind == "none":
+        return RecordOnly()
+    raise ConfigurationError(f"unknown --dispatch {kind!r}; caravan knows auto, nomad, local and none")
+
+
+# -- rollback on degradation ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The previous model and production scored on the same logged rows."""
+
+    previous_auc: float | None
+    production_auc: float | None
+    rows: int
+
+
+#: ``replay(report, previous pointer entry) -> Replay``.
+Replayer = Callable[[MonitorReport, Mapping[str, Any]], Replay]
+
+
+def _rollback(report: MonitorReport, settings: TriggerSettings, pointer: Any, store: TriggerStore,
+              replayer: Replayer, now: dt.datetime) -> TriggerOutcome | None:
+    """Replay the previous model on production's logged rows; restore it if it scores better. Once per production
+    model (the claim ``rollback-from-<change id>``)."""
+    from ..errors import PointerConflict
+    from ..registry.base import NothingToRollBack, rollback_target
+
+    why = degradation(report, settings)
+    if why is None:
+        return None
+    model = report.model
+    state = pointer.read(model)
+    if state.document is None or state.artifact_id != report.production_artifact_id:
+        return None  # the pointer moved since the report: its numbers are not the current model's
+    record_id = f"rollback-from-{_safe(str(state.document.get('change_id') or state.artifact_id))}"
+    record = {"at": stamp(now), "kind": "rollback", "outcome": "replaying", "reason": why,
+              "production_artifact_id": state.artifact_id, "window_start": report.window_start,
+              "window_end": report.window_end}
+    version = store.create(model, record_id, record)
+    if version is None:
+        return TriggerOutcome(record_id, "rollback", "taken", "another monitor replays this production model")
+
+    def finish(outcome: str, reason: str, **extra: Any) -> TriggerOutcome:
+        store.replace(model, record_id, {**record, **extra, "outcome": outcome, "reason": reason}, version)
+        log.warning("model %s: %s", model, reason)
+        return TriggerOutcome(record_id, "rollback", outcome, reason)
+
+    pointer.repair_history(model)
+    try:
+        target, _ = rollback_target(model, state, pointer.history(model))
+    except (NothingToRollBack, PointerConflict) as exc:
+        return finish("not rolled back", f"{why}; no rollback: {exc}")
+    try:
+        replay = replayer(report, target)
+    except CaravanError as exc:
+        return finish("not rolled back", f"{why}; replaying {target.get('artifact_id')} failed: {exc}")
+    scores = {"previous_artifact_id": target.get("artifact_id"), "previous_auc": replay.previous_auc,
+              "production_auc": replay.production_auc, "replayed_rows": replay.rows}
+    if replay.previous_auc is None or replay.production_auc is None or replay.previous_auc <= replay.production_auc:
+        return finish("not rolled back", f"{why}; the previous model {target.get('artifact_id')} does not score "
+                      f"better on the same {replay.rows} logged rows ({_fmt(replay.previous_auc)} vs production "
+                      f"{_fmt(replay.production_auc)})", **scores)
+    reason = (f"monitor: {why}; the previous model scores better on the same {replay.rows} logged rows "
+              f"(AUC {replay.previous_auc:.4f} vs production {replay.production_auc:.4f})")
+
+    def decide(current: Any) -> dict[str, Any] | None:
+        if current.artifact_id != state.artifact_id:
+            return None  # someone moved the pointer meanwhile: their change wins
+        again, undone = rollback_target(model, current, pointer.history(model))
+        if again.get("artifact_id") != target.get("artifact_id"):
+            return None
+        return {"artifact_uri": again["artifact_uri"], "artifact_id": again["artifact_id"],
+                "metrics": again.get("metrics"), "action": "rollback", "promoted_by": "monitor",
+                "target_change_id": again.get("change_id"), "rolled_back": undone, "reason": reason}
+
+    with pointer.lock(model, holder=f"monitor:{record_id}", timeout_s=60.0):
+        _, written = pointer.change(model, decide)
+    if written is None:
+        return finish("not rolled back", f"{why}; the pointer moved before the rollback; left alone", **scores)
+    return finish("rolled back", reason, **scores, rolled_back_to=target.get("artifact_id"))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def replay_logged_rows(store: Any, *, attribution_window_s: float | None = None) -> Replayer:
+    """A :data:`Replayer` over the event log on ``store``: production's labelled predictions of the report's
+    window (joined with their feedback as the training join does), scored again by the previous model; production's
+    own AUC is that of the scores it logged for the very same rows."""
+
+    def replay(report: MonitorReport, previous: Mapping[str, Any]) -> Replay:
+        import lightgbm as lgb
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from ..events.join import DEFAULT_ATTRIBUTION_WINDOW_S, LABEL, join_events
+        from ..events.log import FEEDBACK, PREDICTIONS, read_events
+        from ..ml.features import feature_matrix
+        from ..ml.metrics import roc_auc
+        from ..registry.gate import model_schema
+        from ..step import artifact_at
+
+        window_s = DEFAULT_ATTRIBUTION_WINDOW_S if attribution_window_s is None else attribution_window_s
+        start, end = parse_time(report.window_start), parse_time(report.window_end)
+        days = [start.date() + dt.timedelta(days=i) for i in range((end.date() - start.date()).days + 1)]
+        predictions = read_events(store, report.model, PREDICTIONS, days)
+        labelled_until = end - dt.timedelta(seconds=window_s)  # later rows' windows are still open
+        keep = pc.and_(pc.and_(pc.greater_equal(predictions["ts"], start), pc.less(predictions["ts"], labelled_until)),
+                       pc.equal(predictions["artifact_id"], str(report.production_artifact_id)))
+        predictions = predictions.filter(keep)
+        feedback = read_events(store, report.model, FEEDBACK, [*days, end.date() + dt.timedelta(days=1)])
+        joined, _ = join_events(predictions, feedback, window_s)
+        if joined.num_rows == 0:
+            return Replay(None, None, 0)
+        y = np.asarray(joined[LABEL].to_numpy(zero_copy_only=False), dtype=np.float64)
+        # The logged score of each joined row, in the join's order: the first logged (request_id, row).
+        by_event = {(r, int(w or 0)): s for r, w, s in zip(predictions["request_id"].to_pylist(),
+                                                            predictions["row"].to_pylist(),
+                                                            predictions["score"].to_pylist(), strict=True)}
+        ids = joined["event_id"].to_pylist()
+        logged = np.asarray([by_event.get(_event_key(i), math.nan) for i in ids], dtype=np.float64)
+        artifact = artifact_at(str(previous["artifact_uri"]), str(previous["artifact_id"]))
+        schema = model_schema(artifact)
+        booster = lgb.Booster(model_str=artifact.read_text("model.txt"))
+        scores = np.asarray(booster.predict(feature_matrix(joined, [f["name"] for f in schema["features"]])),
+                            dtype=np.float64)
+        ok = np.isfinite(logged)
+        return Replay(_auc(roc_auc, y[ok], scores[ok]), _auc(roc_auc, y[ok], logged[ok]), int(ok.sum()))
+
+    return replay
+
+
+def _event_key(event_id: str) -> tuple[str, int]:
+    request, _, row = str(event_id).rpartition("#")
+    return (request, int(row)) if request and row.isdigit() else (str(event_id), 0)
+
+
+def _auc(fn: Callable[[Any, Any], float], y: Any, scores: Any) -> float | None:
+    try:
+        value = float(fn(y, scores))
+    except ValueError:  # one class only
+        return None
+    return value if math.isfinite(value) else None
+
+
+# -- running them ------------------------------------------------------------------------------------------------
+
+
+def run_triggers(report: MonitorReport, settings: TriggerSettings, *, pointer: Any = None,
+                 dispatcher: Dispatcher | None = None, now: dt.datetime | None = None,
+                 store: TriggerStore | None = None, replayer: Replayer | None = None,
+                 artifact_store: Any = None) -> list[TriggerOutcome]:
+    """Evaluate ``report``, record every trigger (create-if-absent), dispatch what fires, roll back if asked.
+
+    ``pointer`` defaults to the configured one, ``store`` to the records beside it, ``dispatcher`` to
+    :func:`dispatcher_for` ``("auto")``; ``replayer`` (rollback) to :func:`replay_logged_rows` over
+    ``artifact_store`` (default: the artifact root's store).
+    """
+    if pointer is None and (store is None or settings.rollback_on_degradation):
+        from ..registry import open_pointer
+
+        pointer = open_pointer()
+    store = store or trigger_store(pointer)
+    dispatcher = dispatcher or dispatcher_for("auto")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    model = report.model
+    recorded = {record_id: record for record_id, (record, _) in store.records(model).items()}
+    outcomes: list[TriggerOutcome] = []
+    for trigger in evaluate(report, settings, now=now, recorded=recorded, running=dispatcher.running()):
+        outcomes.append(_fire(trigger, report, now, store, dispatcher))
+    if settings.rollback_on_degradation:
+        if replayer is None:
+            if artifact_store is None:
+                from ..config import artifact_root
+                from ..storage import open_store
+
+                artifact_store = open_store(artifact_root())
+            replayer = replay_logged_rows(artifact_store)
+        rolled = _rollback(report, settings, pointer, store, replayer, now)
+        if rolled is not None:
+            outcomes.append(rolled)
+    return outcomes
+
+
+def _fire(trigger: Trigger, report: MonitorReport, now: dt.datetime, store: TriggerStore,
+          dispatcher: Dispatcher) -> TriggerOutcome:
+    model = report.model
+    record = trigger.record(report, now)
+    version = store.create(model, trigger.record_id, record)
+    existing = store.read(model, trigger.record_id) if version is None and trigger.dispatch else None
+    if existing is not None and existing[0].get("outcome") == "failed":
+        # A failed dispatch is retried under the same id, by whoever replaces the failed record first.
+        if store.replace(model, trigger.record_id, record, existing[1]):
+            version = (store.read(model, trigger.record_id) or ({}, 0))[1]
+    if version is None:
+        return TriggerOutcome(trigger.record_id, trigger.kind, "taken", "another monitor recorded it first")
+    if not trigger.dispatch:
+        log.info("model %s: %s trigger suppressed: %s", model, trigger.kind, trigger.reason)
+        return TriggerOutcome(trigger.record_id, trigger.kind, "suppressed", trigger.reason)
+    day = dt.date.fromisoformat(trigger.day) if trigger.day else None
+    try:
+        child, how = dispatcher.retrain(model, day)
+    except CaravanError as exc:
+        store.replace(model, trigger.record_id, {**record, "outcome": "failed", "error": str(exc)}, version)
+        log.error("model %s: %s trigger could not dispatch: %s", model, trigger.kind, exc)
+        return TriggerOutcome(trigger.record_id, trigger.kind, "failed", f"{trigger.reason}; dispatch failed: {exc}")
+    if not store.replace(model, trigger.record_id, {**record, "outcome": "dispatched", "child": child, "how": how},
+                         version):
+        log.warning("model %s: trigger record %s changed while dispatching", model, trigger.record_id)
+    log.info("model %s: %s trigger dispatched %s: %s", model, trigger.kind, child, trigger.reason)
+    return TriggerOutcome(trigger.record_id, trigger.kind, "dispatched", trigger.reason, child)
+
+
+# -- the CLI's part --------------------------------------------------------------------------------------------------
+
+
+def _duration(text: str) -> float:
+    from ..entrypoint import parse_duration  # 90s, 15m, 3h, 1d; argparse's error when it is not one
+
+    return parse_duration(text)
+
+
+def _boolean(text: str) -> bool:
+    """``true``/``false`` (what a Nomad spec's bool variable renders as), also 1/0 and yes/no."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
+def add_trigger_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trigger flags of ``caravan monitor`` (defaults: :class:`TriggerSettings`)."""
+    defaults = TriggerSettings()
+    group = parser.add_argument_group("triggers", "what the monitor run starts, recorded under "
+                                      "caravan/<env>/models/M/triggers/ and shown by caravan models history")
+    group.add_argument("--no-triggers", action="store_true", help="compute and publish only; fire nothing")
+    group.add_argument("--degradation-tolerance", type=float, default=defaults.degradation_tolerance, metavar="X",
+                       help="retrain when production's online AUC < its gate AUC - X (default %(default)s)")
+    group.add_argument("--min-events", type=int, default=defaults.min_events, metavar="N",
+                       help="labelled events production needs before its AUC counts (default %(default)s)")
+    group.add_argument("--drift-threshold", type=float, default=defaults.drift_threshold, metavar="PSI",
+                       help="a feature drifts when its PSI is above this (default %(default)s)")
+    group.add_argument("--drift-features", type=int, default=defaults.drift_features, metavar="N",
+                       help="retrain when at least N features drift (default %(default)s)")
+    group.add_argument("--cooldown", type=_duration, default=defaults.cooldown_s, metavar="DURATION",
+                       help="at most one degradation/drift retrain per model within this (default 3h)")
+    group.add_argument("--rollback-on-degradation", nargs="?", const=True, default=False, type=_boolean,
+                       metavar="true|false", help="on degradation, replay the previous model on the same logged rows "
+                       "and roll back to it if it scores better (both scores recorded)")
+    group.add_argument("--dispatch", choices=["auto", "nomad", "local", "none"], default="auto",
+                       help="how retrains start: nomad (retrain-ranker-backfill / the periodic job), local (a "
+                       "pipeline subprocess), none (record only); auto: nomad when the executor is nomad")
+
+
+def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
+    """The :class:`TriggerSettings` of parsed :func:`add_trigger_arguments` flags."""
+    return TriggerSettings(degradation_tolerance=args.degradation_tolerance, min_events=args.min_events,
+                           drift_threshold=args.drift_threshold, drift_features=args.drift_features,
+                           cooldown_s=args.cooldown, rollback_on_degradation=args.rollback_on_degradation)
+
+
+def run_from_args(report: MonitorReport, args: argparse.Namespace, **kwargs: Any) -> list[TriggerOutcome]:
+    """What ``caravan monitor`` calls after publishing: nothing with ``--no-triggers``, else :func:`run_triggers`."""
+    if getattr(args, "no_triggers", False):
+        return []
+    return run_triggers(report, settings_from_args(args), dispatcher=dispatcher_for(getattr(args, "dispatch", "auto")),
+                        **kwargs)
+
+
+def outcome_lines(outcomes: Sequence[TriggerOutcome]) -> list[str]:
+    """One line per outcome, for the monitor's summary."""
+    return [f"trigger {o.kind}: {o.outcome}" + (f" ({o.child})" if o.child else "") + f" - {o.reason}"
+            for o in outcomes]
+
+
+__all__ = ["Dispatcher", "LocalDispatcher", "NomadDispatcher", "RecordOnly", "Replay", "Trigger", "TriggerOutcome",
+           "TriggerSettings", "add_trigger_arguments", "degradation", "dispatcher_for", "drifted", "evaluate",
+           "outcome_lines", "replay_logged_rows", "run_from_args", "run_triggers", "settings_from_args"]

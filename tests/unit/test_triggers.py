@@ -1,0 +1,344 @@
+"""Triggers from synthetic monitoring reports: exactly the expected ones fire, once, within the cool-down."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from caravan.errors import CaravanError
+from caravan.monitoring.report import MonitorReport, VersionWindow
+from caravan.monitoring.triggers import (
+    Replay,
+    TriggerSettings,
+    add_trigger_arguments,
+    evaluate,
+    run_triggers,
+    settings_from_args,
+)
+from caravan.monitoring.triggers_store import FileTriggerStore, TriggerStore, trigger_store
+from caravan.registry.file import FilePointer
+
+T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+PROD = "TrainRanker/date=2026-11-20/lr=0.05--prod0001"
+OLD = "TrainRanker/date=2026-11-10/lr=0.05--old00001"
+HOUR = dt.timedelta(hours=1)
+
+
+def window(auc: float | None = 0.74, labelled: int = 5000, psi: dict[str, float] | None = None,
+           artifact_id: str = PROD, arm: str = "") -> VersionWindow:
+    return VersionWindow(artifact_id=artifact_id, arm=arm, requests=labelled + 100, labelled=labelled,
+                         rewards=labelled // 10, reward_rate=0.1, auc=auc, calibration=1.0, missing_rate={},
+                         invalid_rate={}, psi=psi if psi is not None else {"price": 0.01, "age": 0.05})
+
+
+def report(*, days: tuple[str, ...] = (), auc: float | None = 0.74, labelled: int = 5000,
+           psi: dict[str, float] | None = None, gate_auc: float | None = 0.75, at: dt.datetime = T0,
+           model: str = "ranker") -> MonitorReport:
+    return MonitorReport(model=model, window_start=(at - 24 * HOUR).isoformat(), window_end=at.isoformat(),
+                         production_artifact_id=PROD, production_gate_auc=gate_auc,
+                         versions=(window(auc, labelled, psi), window(0.9, 50, artifact_id="Other/x--1")),
+                         closed_days=days)
+
+
+class Dispatches:
+    """A dispatcher that records what it was asked (a list append: safe from several threads)."""
+
+    def __init__(self, running: list[str] | None = None, fail: bool = False) -> None:
+        self.calls: list[tuple[str, dt.date | None]] = []
+        self.in_flight = running or []
+        self.fail = fail
+
+    def running(self) -> list[str]:
+        return list(self.in_flight)
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        if self.fail:
+            raise CaravanError("nomad at http://127.0.0.1:1: no answer")
+        self.calls.append((model, day))
+        return f"retrain-ranker-backfill/dispatch-{len(self.calls)}", "dispatched"
+
+
+class MemoryStore(TriggerStore):
+    """The store contract in a dict (for hypothesis: no disk per example)."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+
+    def create(self, model: str, record_id: str, record: dict[str, Any]) -> int | None:
+        if (model, record_id) in self.data:
+            return None
+        self.data[(model, record_id)] = (dict(record), 1)
+        return 1
+
+    def replace(self, model: str, record_id: str, record: dict[str, Any], version: int) -> bool:
+        if self.data.get((model, record_id), ({}, -1))[1] != version:
+            return False
+        self.data[(model, record_id)] = (dict(record), version + 1)
+        return True
+
+    def records(self, model: str) -> dict[str, tuple[dict[str, Any], int]]:
+        return {rid: value for (m, rid), value in self.data.items() if m == model}
+
+
+@pytest.fixture
+def pointer(tmp_path: Path) -> FilePointer:
+    return FilePointer(tmp_path / "pointers", environment="dev")
+
+
+def fire(rep: MonitorReport, pointer: Any, dispatcher: Dispatches, *, now: dt.datetime = T0,
+         store: TriggerStore | None = None, **kwargs: Any):
+    return run_triggers(rep, TriggerSettings(**kwargs), pointer=pointer, dispatcher=dispatcher, now=now, store=store)
+
+
+def test_nothing_fires_on_a_healthy_report(pointer):
+    dispatcher = Dispatches()
+    assert fire(report(), pointer, dispatcher) == []
+    assert dispatcher.calls == [] and trigger_store(pointer).records("ranker") == {}
+    # Not enough labelled events, no gate AUC, or one class only: no verdict on quality either.
+    for rep in (report(auc=0.5, labelled=999), report(auc=0.5, gate_auc=None), report(auc=None)):
+        assert evaluate(rep, TriggerSettings(), now=T0, recorded={}) == []
+
+
+def test_a_closed_day_dispatches_its_backfill_once(pointer):
+    dispatcher = Dispatches()
+    (outcome,) = fire(report(days=("2026-11-28",)), pointer, dispatcher)
+    assert (outcome.kind, outcome.outcome, outcome.record_id) == ("new_data", "dispatched", "new-data-2026-11-28")
+    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 28))]
+    record, _ = trigger_store(pointer).records("ranker")["new-data-2026-11-28"]
+    assert record["outcome"] == "dispatched" and record["child"] == "retrain-ranker-backfill/dispatch-1"
+    assert "2026-11-28" in record["reason"] and record["day"] == "2026-11-28"
+    # Fifteen minutes later the same day is still closed: nothing more.
+    assert fire(report(days=("2026-11-28",)), pointer, dispatcher, now=T0 + HOUR / 4) == []
+    assert len(dispatcher.calls) == 1
+
+
+def test_older_unrecorded_days_are_superseded_by_the_newest(pointer):
+    dispatcher = Dispatches()
+    outcomes = fire(report(days=("2026-11-27", "2026-11-25", "2026-11-26")), pointer, dispatcher)
+    assert [(o.record_id, o.outcome) for o in outcomes] == [
+        ("new-data-2026-11-25", "suppressed"), ("new-data-2026-11-26", "suppressed"),
+        ("new-data-2026-11-27", "dispatched")]
+    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 27))]
+    assert "superseded by the newer closed day 2026-11-27" in outcomes[0].reason
+
+
+def test_degradation_retrains_then_the_cooldown_suppresses_once(pointer):
+    dispatcher = Dispatches()
+    degraded = report(auc=0.70)  # gate 0.75 - 0.02 = 0.73
+    (first,) = fire(degraded, pointer, dispatcher)
+    assert (first.kind, first.outcome, first.record_id) == ("degradation", "dispatched", "retrain-000001")
+    assert "online AUC 0.7000 over 5000 labelled events is below its gate AUC 0.7500" in first.reason
+    assert dispatcher.calls == [("ranker", None)]
+    (second,) = fire(degraded, pointer, dispatcher, now=T0 + HOUR)
+    assert second.outcome == "suppressed" and second.record_id == "retrain-000001.cooldown.degradation"
+    assert "cool-down" in second.reason and "2026-11-29T15:00:00" in second.reason
+    assert fire(degraded, pointer, dispatcher, now=T0 + 2 * HOUR) == []  # recorded once per cool-down
+    (third,) = fire(degraded, pointer, dispatcher, now=T0 + 3 * HOUR)
+    assert (third.outcome, third.record_id) == ("dispatched", "retrain-000002")
+    assert len(dispatcher.calls) == 2
+    # Within the tolerance: no trigger.
+    assert evaluate(report(auc=0.731), TriggerSettings(), now=T0, recorded={}) == []
+
+
+def test_drift_names_the_drifted_features_most_drifted_first(pointer):
+    dispatcher = Dispatches()
+    drifting = report(psi={"price": 0.45, "age": 0.05, "country": 0.3})
+    (outcome,) = fire(drifting, pointer, dispatcher)
+    assert (outcome.kind, outcome.outcome) == ("drift", "dispatched")
+    assert "price (PSI 0.450), country (PSI 0.300)" in outcome.reason and "age" not in outcome.reason
+    record, _ = trigger_store(pointer).records("ranker")[outcome.record_id]
+    assert record["features"] == ["price", "country"] and record["psi"] == {"price": 0.45, "country": 0.3}
+    # Fewer drifted features than --drift-features: nothing.
+    assert evaluate(drifting, TriggerSettings(drift_features=3), now=T0, recorded={}) == []
+
+
+def test_degradation_and_drift_share_one_retrain(pointer):
+    dispatcher = Dispatches()
+    (outcome,) = fire(report(auc=0.6, psi={"price": 0.9}), pointer, dispatcher)
+    assert outcome.kind == "degradation+drift" and outcome.outcome == "dispatched"
+    assert len(dispatcher.calls) == 1
+
+
+def test_a_new_day_covers_degradation_and_drift_of_the_same_run(pointer):
+    dispatcher = Dispatches()
+    outcomes = fire(report(days=("2026-11-28",), auc=0.6, psi={"price": 0.9}), pointer, dispatcher)
+    assert [(o.kind, o.outcome) for o in outcomes] == [("new_data", "dispatched"), ("degradation", "suppressed"),
+                                                      ("drift", "suppressed")]
+    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 28))]
+    assert "the new-data retrain of 2026-11-28 in this run covers it" in outcomes[1].reason
+    # The new-data retrain starts the cool-down for them too.
+    later = fire(report(auc=0.6), pointer, dispatcher, now=T0 + HOUR)
+    assert [o.outcome for o in later] == ["suppressed"] and len(dispatcher.calls) == 1
+
+
+def test_during_a_running_retrain_triggers_are_recorded_not_dispatched(pointer):
+    busy = Dispatches(running=["retrain-ranker/periodic-1764400000"])
+    outcomes = fire(report(days=("2026-11-28",), psi={"price": 0.9}), pointer, busy)
+    assert [o.outcome for o in outcomes] == ["suppressed", "suppressed"] and busy.calls == []
+    assert outcomes[0].record_id == "running.retrain-ranker-periodic-1764400000.new-data-2026-11-28"
+    assert "retrain-ranker/periodic-1764400000 is running" in outcomes[1].reason
+    assert fire(report(days=("2026-11-28",), psi={"price": 0.9}), pointer, busy) == []  # not twice
+    # Once it has ended, the day is dispatched (and covers the drift).
+    idle = Dispatches()
+    outcomes = fire(report(days=("2026-11-28",), psi={"price": 0.9}), pointer, idle, now=T0 + HOUR)
+    assert [(o.kind, o.outcome) for o in outcomes] == [("new_data", "dispatched"), ("drift", "suppressed")]
+    assert idle.calls == [("ranker", dt.date(2026, 11, 28))]
+
+
+def test_a_failed_dispatch_is_recorded_and_retried_by_the_next_run(pointer):
+    (failed,) = fire(report(days=("2026-11-28",)), pointer, Dispatches(fail=True))
+    assert failed.outcome == "failed" and "no answer" in failed.reason
+    record, _ = trigger_store(pointer).records("ranker")["new-data-2026-11-28"]
+    assert record["outcome"] == "failed" and "no answer" in record["error"]
+    dispatcher = Dispatches()
+    (again,) = fire(report(days=("2026-11-28",)), pointer, dispatcher, now=T0 + HOUR / 4)
+    assert again.outcome == "dispatched" and dispatcher.calls == [("ranker", dt.date(2026, 11, 28))]
+    # A failed retrain does not start a cool-down; the next claim takes the next number.
+    (failed,) = fire(report(auc=0.6), pointer, Dispatches(fail=True), now=T0 + 4 * HOUR)
+    (retried,) = fire(report(auc=0.6), pointer, dispatcher, now=T0 + 4 * HOUR + HOUR / 4)
+    assert (failed.record_id, retried.record_id, retried.outcome) == ("retrain-000001", "retrain-000002",
+                                                                      "dispatched")
+
+
+def test_records_are_per_model_and_environment(tmp_path):
+    dispatcher = Dispatches()
+    dev, prod = FilePointer(tmp_path, environment="dev"), FilePointer(tmp_path, environment="production")
+    fire(report(days=("2026-11-28",)), dev, dispatcher)
+    assert fire(report(days=("2026-11-28",), model="other"), dev, dispatcher)[0].outcome == "dispatched"
+    assert fire(report(days=("2026-11-28",)), prod, dispatcher)[0].outcome == "dispatched"
+    assert (tmp_path / "caravan/production/models/ranker/triggers/new-data-2026-11-28").is_file()
+
+
+# -- rollback on degradation --------------------------------------------------------------------------------------
+
+
+def promote(pointer: FilePointer, artifact_id: str, gate_auc: float) -> None:
+    state = pointer.read("ranker")
+    assert pointer.set_if("ranker", {"artifact_uri": f"/store/{artifact_id}", "artifact_id": artifact_id,
+                                     "metrics": {"gate_auc": gate_auc}, "action": "promote",
+                                     "promoted_by": "test"}, state) is not None
+
+
+def test_rollback_restores_the_previous_model_when_it_replays_better(pointer):
+    promote(pointer, OLD, 0.76)
+    promote(pointer, PROD, 0.75)
+    asked: list[str] = []
+
+    def replayer(rep: MonitorReport, previous: dict[str, Any]) -> Replay:
+        asked.append(previous["artifact_id"])
+        return Replay(previous_auc=0.72, production_auc=0.66, rows=4800)
+
+    outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                            dispatcher=Dispatches(), now=T0, replayer=replayer)
+    assert [(o.kind, o.outcome) for o in outcomes] == [("degradation", "dispatched"), ("rollback", "rolled back")]
+    assert asked == [OLD]
+    state = pointer.read("ranker")
+    assert state.artifact_id == OLD and state.document["action"] == "rollback"
+    assert state.document["promoted_by"] == "monitor" and "AUC 0.7200 vs production 0.6600" in \
+        state.document["reason"]
+    (record_id,) = [r for r in trigger_store(pointer).records("ranker") if r.startswith("rollback-from-")]
+    record, _ = trigger_store(pointer).records("ranker")[record_id]
+    assert (record["previous_auc"], record["production_auc"], record["replayed_rows"]) == (0.72, 0.66, 4800)
+    assert pointer.history("ranker")[-1]["action"] == "rollback"
+
+
+def test_no_rollback_when_the_previous_model_is_not_better_and_never_twice(pointer):
+    promote(pointer, OLD, 0.76)
+    promote(pointer, PROD, 0.75)
+    calls: list[int] = []
+
+    def replayer(rep: MonitorReport, previous: dict[str, Any]) -> Replay:
+        calls.append(1)
+        return Replay(previous_auc=0.64, production_auc=0.66, rows=4800)
+
+    rollback = TriggerSettings(rollback_on_degradation=True)
+    outcomes = run_triggers(report(auc=0.66), rollback, pointer=pointer, dispatcher=Dispatches(), now=T0,
+                            replayer=replayer)
+    assert outcomes[-1].outcome == "not rolled back" and "0.6400 vs production 0.6600" in outcomes[-1].reason
+    assert pointer.read("ranker").artifact_id == PROD
+    run_triggers(report(auc=0.66), rollback, pointer=pointer, dispatcher=Dispatches(), now=T0 + HOUR,
+                 replayer=replayer)
+    assert calls == [1]  # once per production model
+    # Healthy production: nothing is replayed.
+    assert run_triggers(report(), rollback, pointer=pointer, dispatcher=Dispatches(), now=T0,
+                        replayer=replayer) == []
+
+
+def test_no_rollback_without_an_earlier_model(pointer):
+    promote(pointer, PROD, 0.75)
+    outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                            dispatcher=Dispatches(), now=T0, replayer=lambda r, p: Replay(0.9, 0.1, 1))
+    assert outcomes[-1].outcome == "not rolled back" and "nothing earlier to roll back to" in outcomes[-1].reason
+    assert pointer.read("ranker").artifact_id == PROD
+
+
+# -- flags --------------------------------------------------------------------------------------------------------
+
+
+def test_the_flags_make_the_settings():
+    parser = argparse.ArgumentParser()
+    add_trigger_arguments(parser)
+    assert settings_from_args(parser.parse_args([])) == TriggerSettings()
+    args = parser.parse_args(["--cooldown", "90m", "--min-events", "10", "--drift-threshold", "0.3",
+                              "--drift-features", "2", "--degradation-tolerance", "0.05",
+                              "--rollback-on-degradation"])
+    assert settings_from_args(args) == TriggerSettings(0.05, 10, 0.3, 2, 5400.0, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cooldown", "soon"])
+    with pytest.raises(CaravanError, match="--min-events"):
+        TriggerSettings(min_events=0)
+
+
+# -- properties: never twice for a day, never within the cool-down -----------------------------------------------
+
+DAYS = [f"2026-11-{d:02d}" for d in range(20, 29)]
+STEP = st.fixed_dictionaries({
+    "minutes": st.integers(0, 240),
+    "days": st.lists(st.sampled_from(DAYS), max_size=4),
+    "auc": st.one_of(st.none(), st.floats(0.4, 0.9)),
+    "labelled": st.integers(0, 3000),
+    "psi": st.dictionaries(st.sampled_from(["price", "age", "country"]), st.floats(0, 1), max_size=3),
+    "running": st.booleans(),
+    "fail": st.booleans(),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=1, max_size=12), cooldown_h=st.sampled_from([0.5, 3.0]))
+def test_never_fires_twice_for_a_day_nor_within_the_cooldown(steps, cooldown_h):
+    store = MemoryStore()
+    now = T0
+    closed: set[str] = set()
+    fired: list[tuple[str, dt.datetime, str]] = []  # (kind, when, day)
+    for step in steps:
+        now += dt.timedelta(minutes=step["minutes"])
+        closed |= set(step["days"])  # closed days stay closed
+        rep = report(days=tuple(sorted(closed)), auc=step["auc"], labelled=step["labelled"], psi=step["psi"], at=now)
+        dispatcher = Dispatches(running=["retrain-ranker/periodic-1"] if step["running"] else None, fail=step["fail"])
+        outcomes = run_triggers(rep, TriggerSettings(cooldown_s=cooldown_h * 3600, min_events=500),
+                                pointer=None, dispatcher=dispatcher, now=now, store=store)
+        fired += [(o.kind, now, str(day or "")) for o, (_, day) in
+                  zip([o for o in outcomes if o.outcome == "dispatched"], dispatcher.calls, strict=True)]
+        assert not (step["running"] and dispatcher.calls), "nothing is dispatched while a retrain runs"
+    new_days = [day for kind, _, day in fired if kind == "new_data"]
+    assert len(new_days) == len(set(new_days)), f"a day fired twice: {new_days}"
+    for index, (kind, when, _) in enumerate(fired):
+        if kind == "new_data":
+            continue
+        earlier = [w for _, w, _ in fired[:index]]
+        assert all((when - w).total_seconds() >= cooldown_h * 3600 for w in earlier), \
+            f"{kind} at {when} within the cool-down of {earlier}"
+
+
+def test_the_memory_store_keeps_the_file_stores_contract(tmp_path):
+    """The double used by the property test behaves as the file store on the calls the triggers make."""
+    for store in (MemoryStore(), FileTriggerStore(tmp_path, "dev")):
+        assert store.create("ranker", "a", {"x": 1}) == 1 and store.create("ranker", "a", {"x": 2}) is None
+        assert not store.replace("ranker", "a", {"x": 3}, 7) and store.replace("ranker", "a", {"x": 3}, 1)
+        assert store.records("ranker") == {"a": ({"x": 3}, 2)} and store.read("ranker", "b") is None
