@@ -27,7 +27,7 @@ locals {
       "simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
       "gate-model", "make-numbers", "summarize",
     ]
-    "retrain" = ["retrain-ranker", "retrain-ranker-backfill"]
+    "retrain" = ["retrain-ranker", "retrain-ranker-backfill", "monitor-ranker"] # monitor-ranker: issue 13's triggers
     "serving" = ["serving", "worker", "gateway"] # worker, gateway: issue 12 (nomad/worker.nomad.hcl, gateway.nomad.hcl)
   }
 
