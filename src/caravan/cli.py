@@ -630,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--backfill-job", metavar="JOB",
                          help="the parameterized job for other days (default: <job>-backfill)")
     retrain.set_defaults(func=cmd_trigger_retrain)
+
+    from .monitoring.cli import add_monitor_parser
+
+    add_monitor_parser(sub)
     return parser
 
 
