@@ -15,7 +15,11 @@ Run: ``.venv/bin/python bench/event_log.py [--duration 5] [--rounds 3] [--outage
    says everything is shipped, SIGTERM, and read the log from S3. Goals: 0 lost; p50 latency during the
    outage at most 1.5x (+1 ms) the p50 before (requests never wait on the store).
 
-Monitoring time on a logged day is not measured here (the monitor is not built yet).
+4. **Monitor.** One day of ``--monitor-predictions`` logged predictions (default 1,000,000: 100,000 requests of
+   10 rows, 20 features, rewards on ~5% of rows) written through ``caravan.events.EventLog`` by a child, then
+   ``caravan monitor`` over that day in another child (``--no-triggers``): wall time of the command and its peak
+   RSS (``ru_maxrss`` from ``os.wait4``; the writer's memory does not leak in). Goal: under 60 s.
+   ``--only-monitor`` runs this part alone.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from serving import Run, Target, load, publish, train  # its import also sets OM
 
 MODEL = "bench-events"
 GOAL_RATIO = 0.90
+MONITOR_MODEL = "bench-monitor"
+MONITOR_DAY = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+MONITOR_GOAL_S = 60.0
 
 
 class IdLoad:
@@ -203,7 +210,78 @@ def outage_run(port: int, env: dict[str, str], body: bytes, outage_s: float, spo
             "after": ids.between(up_at, end)}
 
 
+def _write_monitored_day(tmp: str, predictions: int) -> None:
+    """In a child: a model whose training statistics cover 20 features, and one day of its logged predictions."""
+    import numpy as np
+    import pyarrow as pa
+
+    from caravan.addressing import Address
+    from caravan.artifacts import Artifact
+    from caravan.events import EventLog
+    from caravan.ml.stats import column_stats
+    from caravan.registry.file import FilePointer
+    from caravan.storage import open_store
+
+    root, rows_per_request, names = f"{tmp}/artifacts", 10, [f"x{i}" for i in range(20)]
+    store = open_store(root)
+    rng = np.random.default_rng(7)
+
+    def artifact(family: str, upstream: object, files: dict[str, object]) -> Artifact:
+        made = Artifact(store, Address(family=family, params={"name": "bench"}, upstream=upstream))
+        with made.writer() as writer:
+            for name, value in files.items():
+                writer.write_json(name, value)
+        return Artifact(store, made.id)
+
+    training = pa.table({name: rng.normal(size=50_000) for name in names})
+    dataset = artifact("PrepareDataset", None, {"stats.json": column_stats(training)})
+    model = artifact("TrainRanker", {"dataset": dataset.id}, {"features.json": {"label": "clicked", "features": [
+        {"name": name, "type": "double"} for name in names]}})
+    FilePointer(f"{tmp}/pointers").change(MONITOR_MODEL, lambda state: {
+        "artifact_uri": model.uri, "artifact_id": model.id, "metrics": {"gate_auc": 0.7}, "action": "promote",
+        "promoted_by": "bench"})
+    requests = predictions // rows_per_request
+    start = MONITOR_DAY.timestamp()
+    stamps = start + np.sort(rng.uniform(0, 86_400 - 3_600, requests))  # feedback of the last hour stays in the day
+    chunk = 10_000  # requests per writer: each writer's buffer is written (and its day closed) on close
+    for first in range(0, requests, chunk):
+        log = EventLog(store, MONITOR_MODEL, f"{tmp}/spool-monitor", flush_rows=10**9, writer_id=f"bench-{first}",
+                       clock=lambda: start + 86_400)
+        for i in range(first, min(first + chunk, requests)):
+            at = float(stamps[i])
+            features = rng.normal(size=(rows_per_request, len(names)))
+            features[:, 3] += 0.5  # one feature drifted
+            scores = rng.uniform(0, 0.1, rows_per_request)
+            log.prediction(f"r{i}", unit_id=str(i % 5000), arm=None, artifact_id=model.id, names=names,
+                           features=features, scores=scores, ts=at)
+            for row in np.flatnonzero(rng.random(rows_per_request) < scores):
+                log.feedback(f"r{i}", 1.0, row=int(row), ts=at + 120)
+        log.close()  # never started: flushes and ships in this thread
+
+
+def monitor_run(tmp: str, predictions: int) -> dict[str, Any]:
+    """Write one day of ``predictions`` in a child, then time ``caravan monitor`` over it in another one."""
+    subprocess.run([sys.executable, __file__, "--monitor-write", tmp, str(predictions)], check=True)
+    env = {**os.environ, "CARAVAN_POINTER": "file", "CARAVAN_POINTER_ROOT": f"{tmp}/pointers",
+           "CARAVAN_ARTIFACT_ROOT": f"{tmp}/artifacts"}
+    end = MONITOR_DAY + dt.timedelta(days=1)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        child = subprocess.Popen([sys.executable, "-m", "caravan.cli", "monitor", MONITOR_MODEL, "--window", "24h",
+                                  "--at", end.isoformat(), "--no-triggers"], env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # reaped here, for the child's own peak RSS
+        seconds = time.monotonic() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "exit": child.returncode,
+                "out": out.read(), "err": err.read()}
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--monitor-write"]:
+        _write_monitored_day(sys.argv[2], int(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per case, server and round")
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -211,7 +289,15 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--outage-s", type=float, default=30.0)
+    parser.add_argument("--monitor-predictions", type=int, default=1_000_000,
+                        help="logged predictions in the day the monitor reads (default 1,000,000)")
+    parser.add_argument("--only-monitor", action="store_true", help="run the monitor timing (part 4) alone")
     args = parser.parse_args()
+    if args.only_monitor:
+        problems = monitor_part(args.monitor_predictions)
+        print(f"\n(run at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)")
+        return verdict(f"caravan monitor on one day of {args.monitor_predictions:,} predictions in under "
+                       f"{MONITOR_GOAL_S:g} s", problems)
 
     from caravan.registry.file import FilePointer
 
@@ -296,9 +382,28 @@ def main() -> int:
         p50_before, p50_outage = percentile(outage["before"], 50), percentile(outage["outage"], 50)
         if not p50_outage <= 1.5 * p50_before + 0.001:
             problems.append(f"outage: p50 {p50_outage * 1000:.2f} ms against {p50_before * 1000:.2f} ms before")
+
+    # 4. the monitor on one logged day
+    problems += monitor_part(args.monitor_predictions)
     print(f"\n(run at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)")
     return verdict(f"logging on >= {GOAL_RATIO:.0%} of off's throughput in every case; 0 events lost under SIGTERM "
-                   "and a store outage; requests not slowed by the outage", problems)
+                   f"and a store outage; requests not slowed by the outage; the monitor on one day of "
+                   f"{args.monitor_predictions:,} predictions in under {MONITOR_GOAL_S:g} s", problems)
+
+
+def monitor_part(predictions: int) -> list[str]:
+    """Part 4: print the monitor's time and peak RSS on one logged day; what missed the goal."""
+    print(f"\nmonitor: writing one day of {predictions:,} logged predictions ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="caravan-bench-monitor-") as tmp:
+        run = monitor_run(tmp, predictions)
+    if run["exit"] != 0:
+        print(run["out"], run["err"], sep="\n")
+        return [f"monitor: caravan monitor exited {run['exit']}: {run['err'].strip()[-300:]}"]
+    print(run["out"])
+    print(f"caravan monitor, one day of {predictions:,} predictions (20 features): {run['seconds']:.1f} s, "
+          f"peak RSS {run['peak_rss'] / 1e6:.0f} MB (goal < {MONITOR_GOAL_S:g} s)")
+    return [] if run["seconds"] < MONITOR_GOAL_S else [f"monitor: {run['seconds']:.1f} s on {predictions:,} "
+                                                      "predictions"]
 
 
 if __name__ == "__main__":
