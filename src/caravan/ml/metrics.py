@@ -16,12 +16,17 @@ import numpy.typing as npt
 __all__ = [
     "average_precision",
     "calibration",
+    "calibration_sums",
+    "calibration_table",
     "evaluation_plot",
     "log_loss",
     "ndcg_at_k",
+    "ndcg_per_group",
     "roc_auc",
     "roc_curve",
+    "roc_plot",
     "score_summary",
+    "score_summary_of",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -136,6 +141,14 @@ def ndcg_at_k(y_true: npt.ArrayLike, y_score: npt.ArrayLike, groups: npt.ArrayLi
     discounts 1 / log2(rank + 1) for the first ``k`` ranks. Tied scores share their average gain,
     exactly as scikit-learn's ``ndcg_score`` (so each group's value equals ``ndcg_score`` of that group).
     """
+    values = ndcg_per_group(y_true, y_score, groups, k)
+    if not len(values):
+        raise ValueError("NDCG is undefined: no group has a positive label")
+    return float(np.mean(values))
+
+
+def ndcg_per_group(y_true: npt.ArrayLike, y_score: npt.ArrayLike, groups: npt.ArrayLike, k: int = 10) -> FloatArray:
+    """NDCG@k of each group that has a positive (see :func:`ndcg_at_k`, their mean), in no particular order."""
     if k < 1:
         raise ValueError(f"k must be >= 1, not {k}")
     gains = _scores(y_true, "y_true")
@@ -165,9 +178,7 @@ def ndcg_at_k(y_true: npt.ArrayLike, y_score: npt.ArrayLike, groups: npt.ArrayLi
     ideal_gains = gains[np.lexsort((-gains, codes))]
     idcg = np.bincount(group_index, weights=ideal_gains * discount, minlength=n_groups)
     has_positive = np.bincount(group_index, weights=(ranked_gains > 0).astype(np.float64), minlength=n_groups) > 0
-    if not np.any(has_positive):
-        raise ValueError("NDCG is undefined: no group has a positive label")
-    return float(np.mean(dcg[has_positive] / idcg[has_positive]))
+    return np.asarray(dcg[has_positive] / idcg[has_positive], dtype=np.float64)
 
 
 def calibration(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, bins: int = 10) -> list[dict[str, Any]]:
@@ -180,10 +191,20 @@ def calibration(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, bins: int = 10) ->
         raise ValueError(f"bins must be >= 1, not {bins}")
     labels = _labels(y_true)
     probabilities = _scores(y_prob, "y_prob", n=len(labels))
+    counts, predicted, observed = calibration_sums(labels, probabilities, bins)
+    return calibration_table(counts, predicted, observed)
+
+
+def calibration_sums(labels: FloatArray, probabilities: FloatArray, bins: int) -> tuple[FloatArray, ...]:
+    """Per bin of [0, 1]: rows, summed probabilities, summed labels (what :func:`calibration` tabulates; they add)."""
     index = np.clip(np.floor(probabilities * bins).astype(np.int64), 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    predicted = np.bincount(index, weights=probabilities, minlength=bins)
-    observed = np.bincount(index, weights=labels, minlength=bins)
+    return tuple(np.asarray(np.bincount(index, weights=weights, minlength=bins), dtype=np.float64)
+                 for weights in (None, probabilities, labels))
+
+
+def calibration_table(counts: FloatArray, predicted: FloatArray, observed: FloatArray) -> list[dict[str, Any]]:
+    """The reliability table of :func:`calibration` from its per-bin sums."""
+    bins = len(counts)
     table = []
     for i in range(bins):
         count = int(counts[i])
@@ -198,11 +219,21 @@ def score_summary(y_score: npt.ArrayLike) -> dict[str, float]:
     scores = _scores(y_score)
     if len(scores) == 0:
         raise ValueError("y_score is empty")
-    quantiles = np.quantile(scores, [0.01, 0.10, 0.50, 0.90, 0.99])
-    summary = {"count": float(len(scores)), "mean": float(scores.mean()), "std": float(scores.std()),
-               "min": float(scores.min()), "max": float(scores.max())}
-    summary.update({name: float(q) for name, q in zip(("p01", "p10", "p50", "p90", "p99"), quantiles, strict=True)})
-    summary["distinct_share"] = float(len(np.unique(scores)) / len(scores))
+    quantiles = np.quantile(scores, SUMMARY_QUANTILES).tolist()
+    return score_summary_of(len(scores), float(scores.mean()), float(scores.std()), float(scores.min()),
+                            float(scores.max()), quantiles, len(np.unique(scores)))
+
+
+#: The quantiles :func:`score_summary` reports, named p01 ... p99.
+SUMMARY_QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+
+
+def score_summary_of(count: int, mean: float, std: float, low: float, high: float, quantiles: Sequence[float],
+                     distinct: int) -> dict[str, float]:
+    """The :func:`score_summary` document from its parts (quantiles at :data:`SUMMARY_QUANTILES`)."""
+    summary = {"count": float(count), "mean": mean, "std": std, "min": low, "max": high}
+    summary.update({f"p{round(q * 100):02d}": float(v) for q, v in zip(SUMMARY_QUANTILES, quantiles, strict=True)})
+    summary["distinct_share"] = float(distinct / count)
     return summary
 
 
@@ -231,14 +262,20 @@ def evaluation_plot(y_true: npt.ArrayLike, y_score: npt.ArrayLike,
     ``record_evaluation`` dict ``{dataset: {metric: [...]}}`` (one panel per metric). The image has
     no timestamp or version metadata: the same inputs give the same bytes.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fpr, tpr = roc_curve(y_true, y_score)
     auc = roc_auc(y_true, y_score)
     if len(fpr) > _MAX_CURVE_POINTS:
         keep = np.unique(np.linspace(0, len(fpr) - 1, _MAX_CURVE_POINTS).astype(np.int64))
         fpr, tpr = fpr[keep], tpr[keep]
+    return roc_plot(fpr, tpr, auc, training_curve)
+
+
+def roc_plot(fpr: npt.ArrayLike, tpr: npt.ArrayLike, auc: float,
+             training_curve: Mapping[str, Sequence[float] | Mapping[str, Sequence[float]]] | None = None) -> bytes:
+    """The PNG of :func:`evaluation_plot` from a computed (possibly thinned) ROC curve and its exact AUC."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     panels = _curve_panels(training_curve) if training_curve else {}
     figure = Figure(figsize=(5.0 * (1 + len(panels)), 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
