@@ -20,6 +20,7 @@ from .artifacts import ArtifactTask, completion_index, current_run_id
 from .errors import JobSpecError, StepFailed
 from .executors.base import StepRequest, executor_name, get_executor
 from .executors.jobspec import load_spec
+from .executors.sizing import cpu_parameter, memory_parameter
 from .jsonable import plain as plain  # re-exported: pipelines import it from here
 from .progress import configure_for_luigi as configure_for_luigi  # registers the luigi CLI's story (progress.py)
 
@@ -64,6 +65,18 @@ class NomadJobTask(ArtifactTask):
         default=None, significant=False,
         description="On Nomad, how long the step may wait for a full cluster to make room before it fails "
         "(default: [nomad] placement_timeout_s). A step no node can ever take fails at once.")
+    # Sizing (caravan.executors.sizing): insignificant, so a step at another size is the same artifact.
+    cpu_mhz = cpu_parameter()
+    memory_mb = memory_parameter()
+
+    def clone(self, cls: type[luigi.Task] | None = None, **kwargs: Any) -> Any:
+        """luigi's ``clone``, except that another step does not inherit this one's size: ``TrainRanker
+        --memory-mb 16384`` sizes the training, not the ``self.clone(PrepareDataset)`` it requires."""
+        if cls is None or cls is type(self):
+            return super().clone(cls, **kwargs)
+        new = {name: kwargs[name] if name in kwargs else getattr(self, name) for name, _ in cls.get_params()
+               if name in kwargs or (hasattr(self, name) and name not in ("cpu_mhz", "memory_mb"))}
+        return cls(**new)
 
     @property
     def resources(self) -> dict[str, int]:  # type: ignore[override]
@@ -117,7 +130,8 @@ class NomadJobTask(ArtifactTask):
         spec.check_meta(meta)
         executor = get_executor()
         request = StepRequest(spec=spec, artifact=artifact, meta=meta, run_id=current_run_id(),
-                              timeout_s=float(self.timeout_s), placement_timeout_s=self.placement_timeout_s)
+                              timeout_s=float(self.timeout_s), placement_timeout_s=self.placement_timeout_s,
+                              cpu_mhz=self.cpu_mhz, memory_mb=self.memory_mb)
         with _stop_on_sigterm():
             result = executor.run(request)
         published = self.output()

@@ -27,6 +27,9 @@ class StepRequest:
     run_id: str
     timeout_s: float
     placement_timeout_s: float | None = None  # None: the executor's configured default
+    # The step's ask; None: what its job asks (the spec's resources locally, the registered job's on Nomad).
+    cpu_mhz: int | None = None
+    memory_mb: int | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import caravan, section, setting
 from ..errors import JobSpecError
+from .sizing import NOMAD_DEFAULT_CPU_MHZ, NOMAD_DEFAULT_MEMORY_MB, Ask
 
 #: The meta keys every caravan step receives (see caravan.step for what each holds).
 CONTRACT_META = (
@@ -74,6 +75,8 @@ class JobSpec:
     command: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    #: The task's resources stanza (variables at their defaults; Nomad's defaults where it says nothing).
+    ask: Ask = field(default_factory=lambda: Ask(NOMAD_DEFAULT_CPU_MHZ, NOMAD_DEFAULT_MEMORY_MB))
 
     def check_meta(self, meta: Mapping[str, str]) -> None:
         """Refuse, before any dispatch, meta that Nomad would refuse or that the contract lacks."""
@@ -178,6 +181,10 @@ def parse_spec(job: str, path: Path) -> JobSpec:
     if not isinstance(command, str) or not command:
         raise fail(f"task {task!r} has no config.command")
     args = config.get("args") or []
+    try:
+        ask = _resources(tree, task_body)
+    except ValueError as exc:
+        raise fail(f"task {task!r} resources: {exc}") from None
     env: dict[str, str] = {}
     for block in _blocks(task_body, "env"):
         env.update({str(k): str(v) for k, v in block.items()})
@@ -194,4 +201,30 @@ def parse_spec(job: str, path: Path) -> JobSpec:
         command=command,
         args=tuple(str(a) for a in args),
         env=env,
+        ask=ask,
     )
+
+
+_VARIABLE = re.compile(r"\$\{var\.([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+def _resources(tree: Mapping[str, Any], task_body: Mapping[str, Any]) -> Ask:
+    """The task's CPU and memory: literals, or ``var.x`` at the variable's default (what ``caravan publish``
+    registers unless a ``--var`` overrides it)."""
+    stanza = (_blocks(task_body, "resources") or [{}])[0]
+    defaults = {name: body.get("default") for name, body in labelled_blocks(tree, "variable")}
+
+    def value(key: str, fallback: int) -> int:
+        raw = stanza.get(key, fallback)
+        found = _VARIABLE.fullmatch(raw) if isinstance(raw, str) else None
+        if found:
+            if defaults.get(found.group(1)) is None:
+                raise ValueError(f"{key} = var.{found.group(1)}, a variable without a default")
+            raw = defaults[found.group(1)]
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError(f"{key} = {raw!r} is not a whole number")
+        return raw
+
+    return Ask(value("cpu", NOMAD_DEFAULT_CPU_MHZ), value("memory", NOMAD_DEFAULT_MEMORY_MB))

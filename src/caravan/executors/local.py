@@ -40,6 +40,8 @@ from ..config import caravan, section, setting
 from ..errors import StepFailed
 from .base import Executor, StepRequest, StepResult, dispatch_id, tail
 from .jobspec import interpolate
+from .memory import MemoryWatch
+from .sizing import resolve
 
 log = logging.getLogger("caravan.executors.local")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.]")
@@ -301,7 +303,11 @@ class LocalExecutor(Executor):
         for sub in ("local", "secrets", "tmp"):
             (task_dir / sub).mkdir(parents=True)
         (workdir / "alloc" / "logs").mkdir(parents=True)
+        # Memory is held to the ask (memory.py); CPU is advisory here. The step sees its ask as a Nomad task does.
+        ask = resolve(spec.ask, request.cpu_mhz, request.memory_mb)
         runtime = {
+            "NOMAD_CPU_LIMIT": str(ask.cpu_mhz),
+            "NOMAD_MEMORY_LIMIT": str(ask.memory_mb),
             "NOMAD_JOB_ID": job_id,
             "NOMAD_JOB_PARENT_ID": spec.name,
             "NOMAD_JOB_NAME": job_id,
@@ -335,6 +341,8 @@ class LocalExecutor(Executor):
                 raise StepFailed(f"step {spec.name} could not start {command[0]!r}: {exc.strerror}",
                                  job_id=job_id, alloc_ids=(alloc_id,), artifact=request.artifact.id) from exc
             self._write_record(workdir, request, job_id, alloc_id, proc.pid)
+            watch = MemoryWatch(proc.pid, ask.memory_mb)  # the step is its own session (its pid is the sid)
+            watch.__enter__()
             stop = threading.Event()
             relay = threading.Thread(target=_follow, args=(stderr_path, logging.getLogger(f"caravan.step.{spec.name}"),
                                                            stop), daemon=True)
@@ -348,6 +356,7 @@ class LocalExecutor(Executor):
                 self._stop(proc)
                 code, interrupted = None, exc
             finally:
+                watch.__exit__()
                 stop.set()
                 relay.join(timeout=10)
         stdout, stderr = stdout_path.read_bytes(), stderr_path.read_bytes()
@@ -366,6 +375,11 @@ class LocalExecutor(Executor):
             if log_error is not None:
                 log.warning("step %s was stopped%s", spec.name, kept)
             raise interrupted
+        if watch.exceeded_mb is not None:
+            raise StepFailed(f"step {spec.name} used {watch.exceeded_mb:.0f} MB, more than its memory ask of "
+                             f"{ask.memory_mb} MB, and was killed as Nomad would kill it; give it more with "
+                             f"--memory-mb{kept}", job_id=job_id, alloc_ids=(alloc_id,), exit_code=code,
+                             stderr_tail=stderr_tail, artifact=request.artifact.id) from log_error
         if code is None:
             raise StepFailed(f"step {spec.name} timed out after {request.timeout_s:g} s and was stopped{kept}",
                              job_id=job_id, alloc_ids=(alloc_id,), stderr_tail=stderr_tail,
