@@ -20,14 +20,22 @@ def numeric_columns(schema: pa.Schema, exclude: Sequence[str]) -> list[str]:
 
 
 def load_split(dataset: Artifact, text: Artifact | None, split: str) -> pa.Table:
-    """One split of the dataset, with the shared text features appended column-wise (same row order)."""
+    """One split of the dataset, with the shared text features appended column-wise (same row order).
+
+    A text feature the split already has is kept, in the text step's type: a day of the event log
+    (``--events logged``) carries the features as they were scored, its text column is not logged.
+    """
     table = dataset.read_parquet(f"{split}.parquet")
     if text is not None:
         extra = text.read_parquet(f"text_{split}.parquet")
         if extra.num_rows != table.num_rows:
             raise ValueError(f"text features of {split} have {extra.num_rows} rows, the split has {table.num_rows}")
         for name in extra.column_names:
-            table = table.append_column(name, extra[name])
+            if name in table.column_names:
+                index = table.column_names.index(name)
+                table = table.set_column(index, name, table[name].cast(extra.schema.field(name).type))
+            else:
+                table = table.append_column(name, extra[name])
     return table
 
 
