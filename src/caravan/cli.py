@@ -172,10 +172,23 @@ def cmd_models_history(args: argparse.Namespace) -> int:
     for entry in entries:
         entry["state"] = "rolled back" if entry.get("change_id") in rolled_back else \
             "current" if entry.get("change_id") == current else ""
+    # Issue 13: the monitor's triggers (caravan.monitoring.triggers) in the same timeline, by time.
+    from .monitoring.triggers import history_entries
+
+    triggers = [{**t, "state": str(t.get("outcome") or "")} for t in history_entries(pointer, args.model)]
+    if triggers:
+        entries = sorted([*entries, *triggers], key=lambda e: str(e.get("promoted_at") or e.get("at") or ""))
     if args.json:
         _print_json(entries)
         return 0
-    rows = [[str(e.get("promoted_at", ""))[:19], str(e.get("action", "")), e["state"], str(e.get("artifact_id", "")),
+
+    def shown(e: dict[str, Any]) -> tuple[str, str, str]:
+        if e.get("action") == "trigger":
+            return (str(e.get("at", "")), f"trigger {e.get('kind', '')}",
+                    str(e.get("rolled_back_to") or e.get("child") or ""))
+        return str(e.get("promoted_at", "")), str(e.get("action", "")), str(e.get("artifact_id", ""))
+
+    rows = [[shown(e)[0][:19], shown(e)[1], e["state"], shown(e)[2],
              *metric_cells(e.get("metrics"))[0], str(e.get("reason") or "; ".join(e.get("reasons") or []))]
             for e in entries]
     headers = ["when (UTC)", "action", "state", "artifact", *key_metric_headers(), "why"]

@@ -342,3 +342,31 @@ def test_the_memory_store_keeps_the_file_stores_contract(tmp_path):
         assert store.create("ranker", "a", {"x": 1}) == 1 and store.create("ranker", "a", {"x": 2}) is None
         assert not store.replace("ranker", "a", {"x": 3}, 7) and store.replace("ranker", "a", {"x": 3}, 1)
         assert store.records("ranker") == {"a": ({"x": 3}, 2)} and store.read("ranker", "b") is None
+
+
+# -- caravan models history -----------------------------------------------------------------------------------------
+
+
+def test_models_history_shows_the_triggers_in_its_timeline(tmp_path, monkeypatch, capsys):
+    import json
+
+    from caravan.cli import main
+
+    monkeypatch.setenv("CARAVAN_POINTER", "file")
+    monkeypatch.setenv("CARAVAN_POINTER_ROOT", str(tmp_path / "pointers"))
+    pointer = FilePointer(tmp_path / "pointers")
+    promote(pointer, PROD, 0.75)
+    fire(report(days=("2026-11-28",), psi={"price": 0.9}), pointer, Dispatches(),
+         now=dt.datetime.now(dt.timezone.utc))
+    assert main(["models", "history", "ranker", "--wide"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()[2:]  # the headers and their rule
+    assert "promote" in lines[0] and "current" in lines[0]
+    assert "trigger new_data" in lines[1] and "dispatched" in lines[1] and "retrain-ranker-backfill/dispatch-1" \
+        in lines[1] and "day 2026-11-28 of logged events closed" in lines[1]
+    assert "trigger drift" in lines[2] and "suppressed" in lines[2] and "price (PSI 0.900)" in lines[2]
+    assert main(["models", "history", "ranker", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [(e["action"], e["state"]) for e in entries] == [("promote", "current"), ("trigger", "dispatched"),
+                                                           ("trigger", "suppressed")]
+    assert entries[1]["trigger_id"] == "new-data-2026-11-28" and entries[1]["kind"] == "new_data"

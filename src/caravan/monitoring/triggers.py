@@ -611,6 +611,14 @@ def run_from_args(report: MonitorReport, args: argparse.Namespace, **kwargs: Any
                         **kwargs)
 
 
+def history_entries(pointer: Any, model: str) -> list[dict[str, Any]]:
+    """The trigger records of ``model`` as ``caravan models history`` entries (``"action": "trigger"``), oldest
+    first; ``at`` is when the monitor decided, ``trigger_id`` the record's id."""
+    entries = [{**record, "action": "trigger", "trigger_id": record_id}
+               for record_id, (record, _) in trigger_store(pointer).records(model).items()]
+    return sorted(entries, key=lambda e: (str(e.get("at") or ""), e["trigger_id"]))
+
+
 def outcome_lines(outcomes: Sequence[TriggerOutcome]) -> list[str]:
     """One line per outcome, for the monitor's summary."""
     return [f"trigger {o.kind}: {o.outcome}" + (f" ({o.child})" if o.child else "") + f" - {o.reason}"
@@ -619,4 +627,5 @@ def outcome_lines(outcomes: Sequence[TriggerOutcome]) -> list[str]:
 
 __all__ = ["Dispatcher", "LocalDispatcher", "NomadDispatcher", "RecordOnly", "Replay", "Trigger", "TriggerOutcome",
            "TriggerSettings", "add_trigger_arguments", "degradation", "dispatcher_for", "drifted", "evaluate",
+           "history_entries",
            "outcome_lines", "replay_logged_rows", "run_from_args", "run_triggers", "settings_from_args"]
