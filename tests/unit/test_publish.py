@@ -901,3 +901,14 @@ def test_trigger_retrain_errors_are_clear(double, capsys, tmp_path):
 def test_last_complete_day_is_yesterday_in_utc():
     late = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))  # 04:30 UTC on 2 March
     assert last_complete_day(late) == dt.date(2026, 3, 1)
+
+
+def test_the_monitor_job_is_published_periodic_every_15_minutes_without_overlap(double, capsys):
+    # Issue 13: nomad/monitor-ranker.nomad.hcl is published with the rest, its schedule as the spec says.
+    code, out, _ = publish(capsys, "--version", "v1", "--only", "monitor-ranker")
+    assert code == 0 and actions(out) == {"monitor-ranker": "created"}, out
+    job = client(double).job.get_job("monitor-ranker")
+    assert job["Type"] == "batch" and job["ParameterizedJob"] is None
+    assert job["Periodic"]["Specs"] == ["*/15 * * * *"] and job["Periodic"]["ProhibitOverlap"] is True
+    (task,) = [t for g in job["TaskGroups"] for t in g["Tasks"]]
+    assert task["Config"]["args"][:2] == ["monitor", "ranker"] and task["Config"]["image"] == "caravan:v1"
