@@ -493,12 +493,12 @@ def _auc(fn: Callable[[Any, Any], float], y: Any, scores: Any) -> float | None:
 def run_triggers(report: MonitorReport, settings: TriggerSettings, *, pointer: Any = None,
                  dispatcher: Dispatcher | None = None, now: dt.datetime | None = None,
                  store: TriggerStore | None = None, replayer: Replayer | None = None,
-                 artifact_store: Any = None) -> list[TriggerOutcome]:
+                 artifact_store: Any = None, attribution_window_s: float | None = None) -> list[TriggerOutcome]:
     """Evaluate ``report``, record every trigger (create-if-absent), dispatch what fires, roll back if asked.
 
     ``pointer`` defaults to the configured one, ``store`` to the records beside it, ``dispatcher`` to
     :func:`dispatcher_for` ``("auto")``; ``replayer`` (rollback) to :func:`replay_logged_rows` over
-    ``artifact_store`` (default: the artifact root's store).
+    ``artifact_store`` (default: the artifact root's store) with the monitor's ``attribution_window_s``.
     """
     if pointer is None and (store is None or settings.rollback_on_degradation):
         from ..registry import open_pointer
@@ -519,7 +519,7 @@ def run_triggers(report: MonitorReport, settings: TriggerSettings, *, pointer: A
                 from ..storage import open_store
 
                 artifact_store = open_store(artifact_root())
-            replayer = replay_logged_rows(artifact_store)
+            replayer = replay_logged_rows(artifact_store, attribution_window_s=attribution_window_s)
         rolled = _rollback(report, settings, pointer, store, replayer, now)
         if rolled is not None:
             outcomes.append(rolled)
@@ -607,6 +607,8 @@ def run_from_args(report: MonitorReport, args: argparse.Namespace, **kwargs: Any
     """What ``caravan monitor`` calls after publishing: nothing with ``--no-triggers``, else :func:`run_triggers`."""
     if getattr(args, "no_triggers", False):
         return []
+    if getattr(args, "attribution_window", None) and "attribution_window_s" not in kwargs:
+        kwargs["attribution_window_s"] = _duration(str(args.attribution_window))  # the monitor's own flag
     return run_triggers(report, settings_from_args(args), dispatcher=dispatcher_for(getattr(args, "dispatch", "auto")),
                         **kwargs)
 
