@@ -202,7 +202,13 @@ def test_an_impossible_constraint_fails_at_once_naming_it(nomad_target):
         assert nomad_target.processes_started == 0
 
 
-def test_a_placement_timeout_stops_the_child_and_fails_cleanly(nomad_target):
+def test_a_placement_timeout_stops_the_child_and_fails_cleanly(make_double, monkeypatch):
+    # Nomad reports a step larger than every node as exhaustion, like a full one; a token without node:read
+    # cannot tell them apart, so the step waits for capacity until its placement timeout.
+    double = make_double(nodes=[TWO_STEPS], acl_token="management", acl_policies={"no-node-read": [
+        'namespace "default" {\n  capabilities = ["list-jobs", "read-job", "dispatch-job", "submit-job", '
+        '"read-logs"]\n}\n']})
+    monkeypatch.setenv("NOMAD_TOKEN", "no-node-read")
     task = HugeSleep(date=DAY, seconds=0.1, timeout_s=120, placement_timeout_s=1.0)
     start = time.monotonic()
     with pytest.raises(StepFailed, match=r"not placed within placement_timeout_s = 1 s .*memory exhausted") as info:
@@ -210,9 +216,20 @@ def test_a_placement_timeout_stops_the_child_and_fails_cleanly(nomad_target):
     assert 1.0 <= time.monotonic() - start < 10
     assert NomadAPI.from_config().get(f"job/{info.value.job_id}")["Stop"] is True
     assert not task.output().exists()
+    assert double.processes_started == 0
+    assert stops_sent(double) == [f"/v1/job/{info.value.job_id}"]
+
+
+def test_a_step_larger_than_every_node_fails_at_once_naming_its_ask(nomad_target):
+    task = HugeSleep(date=DAY, seconds=0.1, timeout_s=120, placement_timeout_s=600.0)
+    start = time.monotonic()
+    with pytest.raises(StepFailed, match=r"can never be placed: group 'step' asks cpu 200 MHz and memory 4000000 MB, "
+                                         r"more memory than any of the .*--memory-mb") as info:
+        task.run()
+    assert time.monotonic() - start < 5
+    assert NomadAPI.from_config().get(f"job/{info.value.job_id}")["Stop"] is True
     if nomad_target is not None:
         assert nomad_target.processes_started == 0
-        assert stops_sent(nomad_target) == [f"/v1/job/{info.value.job_id}"]
 
 
 # -- idempotency on both sides of Nomad 1.11.2 -----------------------------------------------------------

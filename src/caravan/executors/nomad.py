@@ -18,6 +18,12 @@
 - **Placement.** A child that cannot be placed because the cluster is full waits (logged once) until
   ``placement_timeout_s``; one that no node can ever take (constraints, class, driver, datacenter) fails at
   once, naming the filter (:mod:`caravan.executors.placement`).
+- **Sizing.** A run that asks for other resources than the registered job's (``--cpu-mhz``, ``--memory-mb``)
+  dispatches the job's sized twin ``<job>@<cpu>c<mem>m``, registered from the registered job when absent or
+  stale (:mod:`caravan.executors.sizing` says why dispatch cannot carry an ask). The artifact's children are
+  looked for across the job and its sized twins, so two sizes of one artifact never run at once. An ask that
+  exceeds every eligible node fails at once, naming the ask, when the token may read nodes (Nomad reports it
+  as exhaustion, like a full cluster).
 - Waiting is blocking queries on the child job. The child is stopped only when the step times out, its
   placement times out or can never happen, or the luigi task is interrupted.
 - Each allocation's stdout and stderr (UTF-8) are copied beside the artifact before Nomad's garbage
@@ -39,6 +45,7 @@ from ..config import section
 from ..errors import BackendError, StepFailed
 from ..nomad_api import NomadAPI, NomadRejected, NomadUnavailable, backoff_delay, check_address, nomad
 from . import placement as pl
+from . import sizing
 from .base import Executor, StepRequest, StepResult, tail
 
 log = logging.getLogger("caravan.executors.nomad")
@@ -132,6 +139,7 @@ class NomadExecutor(Executor):
         """The child to follow, and its dispatch eval (empty when attaching to an existing child). Each child
         Nomad names for a dispatch is appended to ``dispatched`` as soon as the answer arrives."""
         spec, artifact = request.spec, request.artifact
+        target = ""
         for _ in range(5):  # a dispatch that never shows up and no other child: try again, a few times
             children = self._children(spec.name, artifact.id, deadline)
             live = self._live(children)
@@ -142,18 +150,45 @@ class NomadExecutor(Executor):
                 log.info("%s already published by %s", artifact.id, children[-1]["ID"])
                 return str(children[-1]["ID"]), ""
             attempt = self._next_attempt(children, deadline)
+            target = target or self._target(request, deadline)
             started = self._dispatch(request, attempt, deadline, known={str(c["ID"]) for c in children},
-                                     dispatched=dispatched)
+                                     dispatched=dispatched, target=target)
             if started is not None:
                 return started
         raise StepFailed(f"dispatching step {spec.name}: Nomad answered with child ids that never appeared, "
                          "and the artifact has no live child", artifact=artifact.id)
 
+    def _target(self, request: StepRequest, deadline: float) -> str:
+        """The job to dispatch: the step's own, or its sized twin (registered now if absent or stale) when the
+        run asks for other resources than the registered job's."""
+        spec = request.spec
+        if request.cpu_mhz is None and request.memory_mb is None:
+            return spec.name
+        parent = self._retry(f"read {spec.name}", partial(self.api.read, f"job/{spec.name}"), deadline)
+        if parent is None or parent.get("Stop"):
+            return spec.name  # the dispatch gets Nomad's own answer: not found, or stopped
+        registered = sizing.task_ask(parent, spec.task)
+        ask = sizing.resolve(registered, request.cpu_mhz, request.memory_mb)
+        if ask == registered:
+            return spec.name
+        sized_id = sizing.sized_job_id(spec.name, ask)
+        current = self._retry(f"read {sized_id}", partial(self.api.read, f"job/{sized_id}"), deadline)
+        why = sizing.stale(current, parent)
+        if why:
+            job = sizing.derive(parent, ask, spec.task)
+            try:
+                self._retry(f"register {sized_id}", lambda: self.api.post("jobs", json={"Job": job}), deadline)
+            except NomadRejected as exc:
+                raise StepFailed(f"step {spec.name} asks {ask} (registered: {registered}); registering its sized job "
+                                 f"{sized_id} ({why}) was refused: {exc}. The token needs submit-job in the namespace "
+                                 "to size a step", artifact=request.artifact.id) from exc
+            log.info("registered %s for %s (%s)", sized_id, ask, why)
+        return sized_id
+
     def _children(self, job: str, artifact_id: str, deadline: float) -> list[dict[str, Any]]:
-        """The children of ``job`` dispatched for ``artifact_id``, oldest first."""
-        stubs = self._retry("list children", lambda: self.api.get("jobs", {"prefix": f"{job}/dispatch-",
-                                                                             "meta": "true"}), deadline)
-        mine = [s for s in stubs or [] if s.get("ParentID") == job
+        """The children of ``job`` and of its sized twins dispatched for ``artifact_id``, oldest first."""
+        stubs = self._retry("list children", lambda: self.api.get("jobs", {"prefix": job, "meta": "true"}), deadline)
+        mine = [s for s in stubs or [] if sizing.in_family(str(s.get("ParentID") or ""), job)
                 and (s.get("Meta") or {}).get("caravan_artifact_id") == artifact_id]
         return sorted(mine, key=lambda s: (int(s.get("CreateIndex") or 0), str(s.get("ID", ""))))
 
@@ -179,13 +214,13 @@ class NomadExecutor(Executor):
         return highest + 1
 
     def _dispatch(self, request: StepRequest, attempt: int, deadline: float, known: set[str],
-                  dispatched: list[str] | None = None) -> tuple[str, str] | None:
+                  dispatched: list[str] | None = None, target: str = "") -> tuple[str, str] | None:
         """Dispatch and confirm the child; None when the answer named a child that never appeared and no
         other child of the artifact exists (the caller looks again). ``known``: the artifact's children
-        before this dispatch."""
+        before this dispatch; ``target``: the job to dispatch (default: the step's own)."""
         spec, artifact = request.spec, request.artifact
         token = idempotency_token(artifact.id, attempt)
-        path = f"job/{spec.name}/dispatch"
+        path = f"job/{target or spec.name}/dispatch"
         pauses = 0
         while True:
             try:
@@ -252,6 +287,7 @@ class NomadExecutor(Executor):
         placement_deadline = time.monotonic() + placement_s
         waiting_for = ""
         no_eval_yet = False
+        nodes_checked = False
         index = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -287,6 +323,13 @@ class NomadExecutor(Executor):
                 self._wait_eval(verdict.eval_id, deadline)
                 index = 0  # judge again at once
             elif verdict.state == pl.CAPACITY:
+                if not nodes_checked:  # once: is it a full cluster, or an ask no node can ever hold?
+                    nodes_checked = True
+                    never = self._too_large(job, deadline)
+                    if never:
+                        self._stop(child_id)
+                        raise StepFailed(f"step {spec.name} can never be placed: {never}; lower --cpu-mhz/--memory-mb "
+                                         "(child job stopped)", job_id=child_id, artifact=artifact.id)
                 if verdict.reason != waiting_for:
                     log.warning("%s waiting for capacity: %s (placement_timeout_s %g s)", child_id, verdict.reason,
                                 placement_s)
@@ -328,6 +371,17 @@ class NomadExecutor(Executor):
         evals = self._retry("read evaluations", lambda: self.api.get(f"job/{child_id}/evaluations"), deadline)
         allocs = self._retry("read allocations", lambda: self.api.get(f"job/{child_id}/allocations"), deadline)
         return pl.judge(evals or [], allocs or [])
+
+    def _too_large(self, job: dict[str, Any], deadline: float) -> str:
+        """Why the child's ask exceeds every node it may run on ("" when some node could hold it, or when the
+        token may not read nodes: then it waits like a step on a full cluster, up to placement_timeout_s)."""
+        try:
+            nodes = self._retry("read nodes", lambda: self.api.get("nodes", {"resources": "true"}), deadline)
+        except NomadRejected as exc:
+            log.warning("cannot read the nodes to tell a full cluster from a step too large for any node (%s); "
+                        "waiting for capacity (a token with node:read fails such a step at once)", exc)
+            return ""
+        return pl.too_large(job, nodes or [])
 
     def _stop(self, child_id: str) -> None:
         """Stop a child (never purge: its record stays for an operator). Retried briefly through an outage."""

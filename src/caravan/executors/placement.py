@@ -12,10 +12,17 @@ cases apart:
 
 The original evaluation keeps its ``FailedTGAllocs`` after its blocked evaluation has placed the job, so a
 child is judged by its *current* state: its allocations and its evaluations that are still ``blocked``.
+
+An ask larger than every node is *not* told apart by Nomad: the bin-packer checks the node's resources against
+its allocations plus the new one (``scheduler/feasible/rank.go`` ``BinPackIterator`` → ``structs.AllocsFit`` →
+``ComparableResources.Superset``, which names ``cpu``, ``memory`` or ``disk``), so a node too small and a node
+too full both count in ``NodesExhausted``/``DimensionExhausted``, and the blocked eval waits forever.
+:func:`too_large` tells them apart from the nodes' total resources (``GET /v1/nodes?resources=true``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,3 +119,44 @@ def judge(evals: Sequence[Mapping[str, Any]], allocs: Sequence[Mapping[str, Any]
         state, reason = classify_failures(newest["FailedTGAllocs"])
         return Placement(state, reason, str(newest.get("ID", "")))
     return Placement(PENDING)
+
+
+def _group_ask(group: Mapping[str, Any]) -> tuple[int, int]:
+    tasks = group.get("Tasks") or []
+    return (sum(_count((t.get("Resources") or {}).get("CPU")) for t in tasks),
+            sum(_count((t.get("Resources") or {}).get("MemoryMB")) for t in tasks))
+
+
+def _capacity(node: Mapping[str, Any]) -> tuple[int, int]:
+    """A node's CPU (MHz) and memory (MB) for allocations: its resources less what it reserves."""
+    have, reserved = node.get("NodeResources") or {}, node.get("ReservedResources") or {}
+    return (_count((have.get("Cpu") or {}).get("CpuShares")) - _count((reserved.get("Cpu") or {}).get("CpuShares")),
+            _count((have.get("Memory") or {}).get("MemoryMB"))
+            - _count((reserved.get("Memory") or {}).get("MemoryMB")))
+
+
+def too_large(job: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> str:
+    """Why ``job`` can never be placed because some group asks more CPU or memory than any eligible node has
+    in total; "" when every group fits on some empty eligible node (or no node is eligible: the scheduler's
+    own metrics say that). Eligible: ready, eligible for scheduling, not draining, in the job's node pool and
+    one of its datacenters (``scheduler/util.go`` ``readyNodesInDCsAndPool``)."""
+    pool = job.get("NodePool") or "default"
+    datacenters = job.get("Datacenters") or ["*"]
+    eligible = [n for n in nodes if n.get("Status") == "ready" and n.get("SchedulingEligibility") == "eligible"
+                and not n.get("Drain") and (pool == "all" or (n.get("NodePool") or "default") == pool)
+                and any(fnmatch.fnmatchcase(str(n.get("Datacenter", "")), dc) for dc in datacenters)]
+    if not eligible:
+        return ""
+    capacities = [_capacity(n) for n in eligible]
+    reasons = []
+    for group in job.get("TaskGroups") or []:
+        cpu, memory = _group_ask(group)
+        if any(cpu <= have_cpu and memory <= have_memory for have_cpu, have_memory in capacities):
+            continue
+        short = [what for what, want, most in (("memory", memory, max(c[1] for c in capacities)),
+                                               ("cpu", cpu, max(c[0] for c in capacities))) if want > most]
+        reasons.append(f"group {group.get('Name')!r} asks cpu {cpu} MHz and memory {memory} MB, more "
+                       f"{' and '.join(short) or 'cpu and memory together'} than any of the {_nodes(len(eligible))} "
+                       f"it may run on has (largest: cpu {max(c[0] for c in capacities)} MHz, memory "
+                       f"{max(c[1] for c in capacities)} MB)")
+    return "; ".join(reasons)

@@ -12,6 +12,7 @@ allocation uses its tasks' ``CPU`` and ``MemoryMB`` and its group's ephemeral di
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 import sys
@@ -207,4 +208,43 @@ def select_node(job: dict[str, Any], group: dict[str, Any], nodes: list[dict[str
         score = sum((now + want) / cap for cap, now, want in zip(total, usage, ask, strict=True) if cap)
         if best is None or score > best[0]:
             best = (score, node)
+    if best is None:
+        exhaust_resources(metric, group)
     return Choice(best[1] if best else None, metric)
+
+
+def exhaust_resources(metric: dict[str, Any], group: dict[str, Any]) -> None:
+    """``AllocMetric.ExhaustResources`` (``nomad/structs/alloc.go``; ``scheduler/generic_sched.go`` calls it when a
+    group is not placed): each task's ask, counted per exhausted dimension (memory, cpu). A node too small and a
+    node too full look the same here: ``ComparableResources.Superset`` compares the node with its allocations plus
+    the new one."""
+    dimensions = metric.get("DimensionExhausted")
+    if not dimensions:
+        return
+    metric["ResourcesExhausted"] = metric["ResourcesExhausted"] or {}
+    for task in group["Tasks"]:
+        spent = metric["ResourcesExhausted"].setdefault(task["Name"], {
+            "CPU": 0, "Cores": 0, "MemoryMB": 0, "MemoryMaxMB": 0, "DiskMB": 0, "IOPS": 0, "Networks": None,
+            "Devices": None, "NUMA": None})
+        resources = task.get("Resources") or {}
+        if dimensions.get("memory"):
+            spent["MemoryMB"] += int(resources.get("MemoryMB") or 0)
+        if dimensions.get("cpu"):
+            spent["CPU"] += int(resources.get("CPU") or 0)
+
+
+def node_stub(node: dict[str, Any], resources: bool) -> dict[str, Any]:
+    """A ``GET /v1/nodes`` entry (``structs.Node.Stub``); ``?resources=true`` adds ``NodeResources`` and
+    ``ReservedResources`` (``command/agent/http.go`` ``parseNodeListStubFields``)."""
+    stub = {"Address": "127.0.0.1", "ID": node["ID"], "Datacenter": node["Datacenter"], "Name": node["Name"],
+            "NodeClass": node["NodeClass"], "NodePool": node["NodePool"],
+            "Version": node["Attributes"].get("nomad.version", ""), "Drain": False,
+            "SchedulingEligibility": node["SchedulingEligibility"], "Status": node["Status"],
+            "StatusDescription": "", "Drivers": {}, "HostVolumes": None, "LastDrain": None,
+            "CreateIndex": 1, "ModifyIndex": 1}
+    if resources:
+        stub["NodeResources"] = copy.deepcopy(node["NodeResources"])
+        stub["ReservedResources"] = {"Cpu": {"CpuShares": 0, "ReservedCpuCores": None},
+                                     "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0},
+                                     "Networks": {"ReservedHostPorts": ""}}
+    return stub

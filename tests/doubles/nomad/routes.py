@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._http import index_headers, shutdown
-from .common import JOB_SUFFIXES, LEADER, REGION, HTTPError, Reply, Request, go_json, parse_bool
+from .common import FIRST_INDEX, JOB_SUFFIXES, LEADER, REGION, HTTPError, Reply, Request, go_json, parse_bool
 from .gc import FORCE_GC_THRESHOLD_S
 from .hcl import JobSpecError
+from .nodes import node_stub
 
 
 class Routes:
@@ -91,6 +92,11 @@ class Routes:
             return self._parse(req)
         if path.startswith("/v1/job/"):
             return self._route_job(req, ns, path[len("/v1/job/"):])
+        if path == "/v1/nodes":  # node:read (nomad/node_endpoint.go List): under ACLs, a management token here
+            allow_methods(method, "GET")
+            resources = parse_bool(req.query["resources"], "resources") if req.query.get("resources") else False
+            with self._cond:
+                return Reply([node_stub(n, resources) for n in self._nodes], FIRST_INDEX)
         if path.startswith("/v1/allocation/"):
             alloc_id = path[len("/v1/allocation/"):]
             if "/" in alloc_id:
