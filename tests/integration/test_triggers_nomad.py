@@ -80,23 +80,25 @@ def test_triggers_with_the_production_tokens(monkeypatch, capsys):
         record, _ = trigger_store(pointer).records(MODEL)[f"new-data-{day}"]
         assert record["child"] == outcome.child
 
-        # While it is pending, drift is recorded and nothing more is dispatched.
+        # Drift within the cool-down of that retrain: recorded as suppressed, nothing asked of Nomad.
+        (cooling,) = run_triggers(report((day.isoformat(),), psi=0.9), TriggerSettings(), pointer=pointer,
+                                  dispatcher=dispatcher)
+        assert cooling.outcome == "suppressed" and "cool-down" in cooling.reason
+
+        # After the cool-down, while the backfill is still pending: recorded, and nothing more is dispatched.
+        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3, minutes=1)
         wait_for(lambda: dispatcher.running() == [outcome.child], "the pending child")
         before = len(server.dispatch_requests)
         (drift,) = run_triggers(report((day.isoformat(),), psi=0.9), TriggerSettings(), pointer=pointer,
-                                dispatcher=dispatcher)
-        assert drift.outcome == "suppressed" and outcome.child in drift.reason
+                                dispatcher=dispatcher, now=later)
+        assert drift.outcome == "suppressed" and f"the retrain {outcome.child} is running" in drift.reason
         assert len(server.dispatch_requests) == before
 
         # Once it is gone, drift retrains through the periodic job (yesterday), as `caravan trigger retrain` does.
         admin = nomad.Nomad(address=server.address, token=management, namespace=NAMESPACE, timeout=10)
         admin.job.deregister_job(str(outcome.child))
         wait_for(lambda: dispatcher.running() == [], "no child in flight")
-        (cooling,) = run_triggers(report((day.isoformat(),), psi=0.9), TriggerSettings(), pointer=pointer,
-                                  dispatcher=dispatcher)
-        assert cooling.outcome == "suppressed" and "cool-down" in cooling.reason  # the new-data retrain started it
         server.inject("retrain-ranker", "fail")
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3, minutes=1)
         (retrain,) = run_triggers(report((day.isoformat(),), psi=0.9), TriggerSettings(), pointer=pointer,
                                   dispatcher=dispatcher, now=later)
         assert retrain.outcome == "dispatched" and re.fullmatch(r"retrain-ranker/periodic-\d+", str(retrain.child))

@@ -110,11 +110,13 @@ def test_two_monitors_retrain_on_drift_once(stores, round_):
     assert errors == []
     assert meeting.calls == [(model, None)]
     assert outcomes_of(results) == [("retrain-000001", "dispatched"), ("retrain-000001", "taken")]
-    # The next pair within the cool-down records one suppression between them, and dispatches nothing.
+    # The next pair within the cool-down records one suppression between them and dispatches nothing (no
+    # dispatch, so they do not ask the cluster and do not meet: the second finds the record, or loses the create).
     results, errors, meeting = race(stores, report(model, psi=0.8))
     assert errors == [] and meeting.calls == []
-    assert outcomes_of(results) == [("retrain-000001.cooldown.drift", "suppressed"),
-                                    ("retrain-000001.cooldown.drift", "taken")]
+    assert outcomes_of(results) in ([("retrain-000001.cooldown.drift", "suppressed")],
+                                    [("retrain-000001.cooldown.drift", "suppressed"),
+                                     ("retrain-000001.cooldown.drift", "taken")])
     assert sorted(stores().records(model)) == ["retrain-000001", "retrain-000001.cooldown.drift"]
 
 

@@ -370,3 +370,40 @@ def test_models_history_shows_the_triggers_in_its_timeline(tmp_path, monkeypatch
     assert [(e["action"], e["state"]) for e in entries] == [("promote", "current"), ("trigger", "dispatched"),
                                                            ("trigger", "suppressed")]
     assert entries[1]["trigger_id"] == "new-data-2026-11-28" and entries[1]["kind"] == "new_data"
+
+
+# -- dispatchers ----------------------------------------------------------------------------------------------------
+
+
+def test_the_local_dispatcher_runs_the_pipeline_for_the_day_and_reports_a_failure(tmp_path):
+    import sys
+
+    from caravan.monitoring.triggers import LocalDispatcher, RecordOnly, dispatcher_for
+
+    seen = tmp_path / "argv.txt"
+    script = f"import sys, pathlib; pathlib.Path({str(seen)!r}).write_text(' '.join(sys.argv[1:]))"
+    echo = [sys.executable, "-c", script, "RetrainRanker", "--events", "logged"]
+    child, how = LocalDispatcher(echo).retrain("ranker", dt.date(2026, 11, 28))
+    assert child == "local:2026-11-28" and "2026-11-28" in how
+    assert seen.read_text() == ("RetrainRanker --events logged --model ranker --events-model ranker "
+                                "--date 2026-11-28")
+    failing = [sys.executable, "-c", "import sys; print('boom: no such table', file=sys.stderr); sys.exit(3)"]
+    with pytest.raises(CaravanError, match=r"local retrain of ranker on 2026-11-28 exited 3: boom: no such table"):
+        LocalDispatcher(failing).retrain("ranker", dt.date(2026, 11, 28))
+    assert LocalDispatcher().running() == [] and "pipelines.ranker" in LocalDispatcher().command
+    with pytest.raises(CaravanError, match="--dispatch none"):
+        RecordOnly().retrain("ranker", None)
+    assert isinstance(dispatcher_for("none"), RecordOnly)
+    with pytest.raises(CaravanError, match="unknown --dispatch 'slurm'"):
+        dispatcher_for("slurm")
+
+
+def test_a_healthy_run_never_asks_the_cluster(pointer):
+    class Unreachable(Dispatches):
+        def running(self) -> list[str]:
+            raise AssertionError("running() asked on a run that dispatches nothing")
+
+    assert fire(report(), pointer, Unreachable()) == []
+    fire(report(auc=0.6), pointer, Dispatches())
+    # Within the cool-down only a suppression is recorded: no dispatch, so no question to the cluster either.
+    assert [o.outcome for o in fire(report(auc=0.6), pointer, Unreachable(), now=T0 + HOUR)] == ["suppressed"]

@@ -509,9 +509,10 @@ def run_triggers(report: MonitorReport, settings: TriggerSettings, *, pointer: A
     now = now or dt.datetime.now(dt.timezone.utc)
     model = report.model
     recorded = {record_id: record for record_id, (record, _) in store.records(model).items()}
-    outcomes: list[TriggerOutcome] = []
-    for trigger in evaluate(report, settings, now=now, recorded=recorded, running=dispatcher.running()):
-        outcomes.append(_fire(trigger, report, now, store, dispatcher))
+    triggers = evaluate(report, settings, now=now, recorded=recorded)
+    if any(t.dispatch for t in triggers):  # only then ask the cluster: a healthy run does not need Nomad
+        triggers = evaluate(report, settings, now=now, recorded=recorded, running=dispatcher.running())
+    outcomes = [_fire(trigger, report, now, store, dispatcher) for trigger in triggers]
     if settings.rollback_on_degradation:
         if replayer is None:
             if artifact_store is None:
