@@ -198,3 +198,22 @@ def test_rollback_replays_the_previous_model_on_the_logged_rows(local_root, tmp_
     if previous_is_better:
         assert current["action"] == "rollback" and current["promoted_by"] == "monitor"
         assert f"AUC {record['previous_auc']:.4f} vs production {record['production_auc']:.4f}" in current["reason"]
+
+
+def test_caravan_monitor_runs_the_triggers_and_history_shows_them(local_root, tmp_path, capsys):
+    from caravan.cli import main
+
+    prod, auc = model(local_root, "prod", WORLD)
+    promote(prod, auc)
+    serve(local_root, tmp_path / "spool", prod, start=DAY + dt.timedelta(hours=1), shift_x2=2.0)
+    at = "2026-11-21T01:00:00Z"
+    args = ["monitor", "ranker", "--at", at, "--dispatch", "none", "--min-events", "300", "--cooldown", "6h"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "trigger new_data: not dispatched - day 2026-11-20 of logged events closed" in out
+    assert "trigger drift: suppressed" in out and "x2 (PSI" in out
+    assert main(args) == 0  # the same window again: nothing new fires
+    assert "trigger " not in capsys.readouterr().out
+    assert main(["models", "history", "ranker", "--wide"]) == 0
+    history = capsys.readouterr().out
+    assert "trigger new_data  not dispatched" in history and "trigger drift" in history

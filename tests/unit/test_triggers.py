@@ -172,9 +172,12 @@ def test_a_new_day_covers_degradation_and_drift_of_the_same_run(pointer):
                                                       ("drift", "suppressed")]
     assert dispatcher.calls == [("ranker", dt.date(2026, 11, 28))]
     assert "the new-data retrain of 2026-11-28 in this run covers it" in outcomes[1].reason
-    # The new-data retrain starts the cool-down for them too.
-    later = fire(report(auc=0.6), pointer, dispatcher, now=T0 + HOUR)
-    assert [o.outcome for o in later] == ["suppressed"] and len(dispatcher.calls) == 1
+    assert outcomes[1].record_id == "new-data-2026-11-28.cooldown.degradation"
+    # The new-data retrain starts the cool-down for them too: already recorded, nothing new within it.
+    assert fire(report(auc=0.6, psi={"price": 0.9}), pointer, dispatcher, now=T0 + HOUR) == []
+    assert len(dispatcher.calls) == 1
+    (after,) = fire(report(auc=0.6), pointer, dispatcher, now=T0 + 3 * HOUR)
+    assert (after.record_id, after.outcome) == ("retrain-000001", "dispatched")
 
 
 def test_during_a_running_retrain_triggers_are_recorded_not_dispatched(pointer):
@@ -391,8 +394,6 @@ def test_the_local_dispatcher_runs_the_pipeline_for_the_day_and_reports_a_failur
     with pytest.raises(CaravanError, match=r"local retrain of ranker on 2026-11-28 exited 3: boom: no such table"):
         LocalDispatcher(failing).retrain("ranker", dt.date(2026, 11, 28))
     assert LocalDispatcher().running() == [] and "pipelines.ranker" in LocalDispatcher().command
-    with pytest.raises(CaravanError, match="--dispatch none"):
-        RecordOnly().retrain("ranker", None)
     assert isinstance(dispatcher_for("none"), RecordOnly)
     with pytest.raises(CaravanError, match="unknown --dispatch 'slurm'"):
         dispatcher_for("slurm")
@@ -407,3 +408,17 @@ def test_a_healthy_run_never_asks_the_cluster(pointer):
     fire(report(auc=0.6), pointer, Dispatches())
     # Within the cool-down only a suppression is recorded: no dispatch, so no question to the cluster either.
     assert [o.outcome for o in fire(report(auc=0.6), pointer, Unreachable(), now=T0 + HOUR)] == ["suppressed"]
+
+
+def test_dispatch_none_records_the_decisions_once_as_if_dispatched(pointer):
+    from caravan.monitoring.triggers import RecordOnly
+
+    outcomes = run_triggers(report(days=("2026-11-28",)), TriggerSettings(), pointer=pointer, dispatcher=RecordOnly(),
+                            now=T0)
+    assert [(o.record_id, o.outcome) for o in outcomes] == [("new-data-2026-11-28", "not dispatched")]
+    # Not retried, and the cool-down runs as if it had been dispatched.
+    assert run_triggers(report(days=("2026-11-28",)), TriggerSettings(), pointer=pointer, dispatcher=RecordOnly(),
+                        now=T0 + HOUR) == []
+    (later,) = run_triggers(report(auc=0.6), TriggerSettings(), pointer=pointer, dispatcher=RecordOnly(),
+                            now=T0 + HOUR)
+    assert later.outcome == "suppressed" and "cool-down" in later.reason

@@ -48,8 +48,9 @@ log = logging.getLogger("caravan.monitoring")
 
 NEW_DATA, DEGRADATION, DRIFT = "new_data", "degradation", "drift"
 KINDS = (NEW_DATA, DEGRADATION, DRIFT)
-#: Outcomes of a claim that count as a retrain fired (a crash between claim and dispatch counts: never twice).
-FIRED = ("dispatching", "dispatched")
+#: Outcomes of a claim that count as a retrain fired (a crash between claim and dispatch counts: never twice;
+#: ``--dispatch none`` decides as if it had dispatched).
+FIRED = ("dispatching", "dispatched", "not dispatched")
 _RETRAIN = re.compile(r"retrain-(\d{6,})")
 
 
@@ -224,7 +225,8 @@ def _evaluate(report: MonitorReport, settings: TriggerSettings, *, now: dt.datet
     if busy:
         cause, because = f"running.{busy}", f"the retrain {running[0]} is running; not dispatched again"
     elif new_day is not None:
-        cause, because = f"new-data-{new_day}.covers", f"the new-data retrain of {new_day} in this run covers it"
+        # The same id as the cool-down it starts: the next runs find the suppression already recorded.
+        cause, because = f"new-data-{new_day}.cooldown", f"the new-data retrain of {new_day} in this run covers it"
     elif last is not None and (now - last[1]).total_seconds() < settings.cooldown_s:
         until = last[1] + dt.timedelta(seconds=settings.cooldown_s)
         cause, because = f"{last[0]}.cooldown", (f"cool-down: the retrain {last[0]} fired at {stamp(last[1])}, "
@@ -320,14 +322,19 @@ class LocalDispatcher:
         return f"local:{date.isoformat()}", f"ran RetrainRanker on {date} here ({' '.join(command[1:4])} ...)"
 
 
+class NotDispatched(CaravanError):
+    """A dispatcher that decides but starts nothing (``--dispatch none``): the claim stands as ``not dispatched``."""
+
+
 class RecordOnly:
-    """Records triggers and dispatches nothing (``--dispatch none``)."""
+    """Records triggers and dispatches nothing (``--dispatch none``): decisions as if dispatched, cool-down
+    included."""
 
     def running(self) -> list[str]:
         return []
 
     def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
-        raise CaravanError("not dispatched: --dispatch none")
+        raise NotDispatched("not dispatched: --dispatch none")
 
 
 def dispatcher_for(kind: str = "auto") -> Dispatcher:
@@ -545,6 +552,9 @@ def _fire(trigger: Trigger, report: MonitorReport, now: dt.datetime, store: Trig
     day = dt.date.fromisoformat(trigger.day) if trigger.day else None
     try:
         child, how = dispatcher.retrain(model, day)
+    except NotDispatched as exc:
+        store.replace(model, trigger.record_id, {**record, "outcome": "not dispatched", "how": str(exc)}, version)
+        return TriggerOutcome(trigger.record_id, trigger.kind, "not dispatched", trigger.reason)
     except CaravanError as exc:
         store.replace(model, trigger.record_id, {**record, "outcome": "failed", "error": str(exc)}, version)
         log.error("model %s: %s trigger could not dispatch: %s", model, trigger.kind, exc)
@@ -628,7 +638,7 @@ def outcome_lines(outcomes: Sequence[TriggerOutcome]) -> list[str]:
             for o in outcomes]
 
 
-__all__ = ["Dispatcher", "LocalDispatcher", "NomadDispatcher", "RecordOnly", "Replay", "Trigger", "TriggerOutcome",
-           "TriggerSettings", "add_trigger_arguments", "degradation", "dispatcher_for", "drifted", "evaluate",
-           "history_entries",
-           "outcome_lines", "replay_logged_rows", "run_from_args", "run_triggers", "settings_from_args"]
+__all__ = ["Dispatcher", "LocalDispatcher", "NomadDispatcher", "NotDispatched", "RecordOnly", "Replay", "Trigger",
+           "TriggerOutcome", "TriggerSettings", "add_trigger_arguments", "degradation", "dispatcher_for", "drifted",
+           "evaluate", "history_entries", "outcome_lines", "replay_logged_rows", "run_from_args", "run_triggers",
+           "settings_from_args"]
