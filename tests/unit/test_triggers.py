@@ -422,3 +422,10 @@ def test_dispatch_none_records_the_decisions_once_as_if_dispatched(pointer):
     (later,) = run_triggers(report(auc=0.6), TriggerSettings(), pointer=pointer, dispatcher=RecordOnly(),
                             now=T0 + HOUR)
     assert later.outcome == "suppressed" and "cool-down" in later.reason
+
+
+def test_the_cooldown_reason_says_when_the_next_retrain_may_fire(pointer):
+    fire(report(auc=0.6), pointer, Dispatches(), cooldown_s=5400)
+    (held,) = fire(report(auc=0.6), pointer, Dispatches(), now=T0 + HOUR, cooldown_s=5400)
+    assert "the retrain retrain-000001 fired at 2026-11-29T12:00:00.000000Z, less than 90m ago (next from " \
+        "2026-11-29T13:30:00.000000Z)" in held.reason

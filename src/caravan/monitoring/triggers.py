@@ -123,6 +123,14 @@ def parse_time(text: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
+def _span(seconds: float) -> str:
+    """``3h``, ``90m``, ``45s``: a duration as the flags write it."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:120] or "unknown"
 
@@ -229,8 +237,9 @@ def _evaluate(report: MonitorReport, settings: TriggerSettings, *, now: dt.datet
         cause, because = f"new-data-{new_day}.cooldown", f"the new-data retrain of {new_day} in this run covers it"
     elif last is not None and (now - last[1]).total_seconds() < settings.cooldown_s:
         until = last[1] + dt.timedelta(seconds=settings.cooldown_s)
-        cause, because = f"{last[0]}.cooldown", (f"cool-down: the retrain {last[0]} fired at {stamp(last[1])}, "
-                                                 f"less than {settings.cooldown_s:g} s ago (next from {stamp(until)})")
+        cause = f"{last[0]}.cooldown"
+        because = (f"cool-down: the retrain {last[0]} fired at {stamp(last[1])}, less than "
+                   f"{_span(settings.cooldown_s)} ago (next from {stamp(until)})")
     else:
         details: dict[str, Any] = {}
         for _, _, _, extra in wanted:
