@@ -24,6 +24,7 @@ from typing import Any
 
 import luigi
 
+from caravan.addressing import Address
 from caravan.artifacts import ArtifactTask
 from caravan.dataio import ParquetSource
 from caravan.errors import ConfigurationError
@@ -160,6 +161,15 @@ class TrainParams(DatasetParams, TextParams):
     num_threads = luigi.IntParameter(default=1, description="Training threads (part of the identity: results "
                                      "are bit-identical only for the same thread count). Keep threads x parallel "
                                      "steps <= cores: OpenMP threads that share a core slow training ~10x.")
+    # Insignificant as a luigi parameter so that N = 1 keeps the address it always had; TrainRanker.address() adds
+    # N > 1 to the digest itself (a model trained on N machines is another model).
+    num_machines = luigi.IntParameter(default=1, significant=False,
+                                      description="Machines (Nomad allocations, or local processes) of one training "
+                                      "with LightGBM's data-parallel learner; 1 = one process, as always.")
+    rendezvous_timeout_s = luigi.FloatParameter(default=300.0, significant=False,
+                                                description="--num-machines > 1: how long the ranks wait for each "
+                                                "other (all N placed and their shards read) before the training fails, "
+                                                "naming the ranks that never came.")
 
 
 #: What a model's path shows; the dataset's parameters are in its upstream id (and the digest).
@@ -168,13 +178,41 @@ HYPERPARAMETERS = ("learning_rate", "num_leaves", "num_iterations", "min_data_in
 
 
 class TrainRanker(TrainParams, NomadJobTask):
-    """One LightGBM ranker trained with the given hyperparameters."""
+    """One LightGBM ranker trained with the given hyperparameters (on ``--num-machines`` machines)."""
 
     job = "train-lightgbm"
+    #: The job of a training on N > 1 machines: N ranks of one gang (caravan.executors.gang).
+    distributed_job = "train-lightgbm-distributed"
     path_params = HYPERPARAMETERS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.num_machines < 1:
+            raise ConfigurationError(f"num_machines must be at least 1, not {self.num_machines}")
 
     def requires(self) -> dict[str, NomadJobTask]:
         return {"dataset": self.clone(PrepareDataset), "text": self.clone(ProcessText)}
+
+    def address(self) -> Address:
+        """The address of :class:`ArtifactTask`, with ``num_machines`` in the digest when it is above 1."""
+        address = super().address()
+        if self.num_machines == 1:
+            return address
+        cached: Address | None = self.__dict__.get("_caravan_gang_address")
+        if cached is None:
+            cached = Address(family=address.family, params={**address.params, "num_machines": str(self.num_machines)},
+                             upstream=address.upstream, code_version=address.code_version,
+                             partition_key=address.partition_key, readable_keys=address.readable_keys)
+            self.__dict__["_caravan_gang_address"] = cached
+        return cached
+
+    def run(self) -> None:
+        if self.num_machines == 1:
+            super().run()
+            return
+        from caravan.executors.gang import run_task
+
+        run_task(self, self.distributed_job, self.num_machines, rendezvous_timeout_s=self.rendezvous_timeout_s)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"label": LABEL, "exclude": [*EXCLUDE, *self.text_columns], "objective": self.objective,

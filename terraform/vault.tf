@@ -25,7 +25,7 @@ locals {
   vault_roles = {
     "step" = [
       "simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
-      "gate-model", "make-numbers", "summarize",
+      "gate-model", "make-numbers", "summarize", "train-lightgbm-distributed",
     ]
     "retrain" = ["retrain-ranker", "retrain-ranker-backfill", "monitor-ranker"] # monitor-ranker: issue 13's triggers
     "serving" = ["serving", "worker", "gateway"] # worker, gateway: issue 12 (nomad/worker.nomad.hcl, gateway.nomad.hcl)

@@ -18,7 +18,7 @@ from ..doubles.nomad.hcl import canonicalize, hcl_to_job, parse_duration_ns
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "nomad"
 STEPS = ("simulate-events", "prepare-dataset", "validate-data", "process-text", "train-lightgbm", "evaluate",
-         "gate-model", "make-numbers", "summarize")
+         "gate-model", "make-numbers", "summarize", "train-lightgbm-distributed")
 # The decided secrets contract: job -> (Vault role kind, the secret paths its templates read). The role is
 # caravan-<env>-<kind>, the paths secret/data/caravan/<env>/<name> (caravan.config.environment).
 SECRETS = {
@@ -41,6 +41,7 @@ ENV_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CARAVAN_WEBHDFS_TOKE
 # cpu/memory before the resources became variables: the defaults must not have moved.
 RESOURCES = {"simulate-events": (500, 1024), "prepare-dataset": (1000, 4096), "validate-data": (500, 4096),
              "process-text": (1000, 4096), "train-lightgbm": (2000, 8192), "evaluate": (1000, 4096),
+             "train-lightgbm-distributed": (2000, 8192),
              "gate-model": (500, 2048), "make-numbers": (200, 256), "summarize": (200, 256), "serving": (1000, 1024)}
 
 

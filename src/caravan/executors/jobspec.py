@@ -75,6 +75,8 @@ class JobSpec:
     command: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Labels of the group's network ports (``network { port "x" {} }``): the task gets ``NOMAD_PORT_x`` and kin.
+    ports: tuple[str, ...] = ()
     #: The task's resources stanza (variables at their defaults; Nomad's defaults where it says nothing).
     ask: Ask = field(default_factory=lambda: Ask(NOMAD_DEFAULT_CPU_MHZ, NOMAD_DEFAULT_MEMORY_MB))
 
@@ -185,6 +187,7 @@ def parse_spec(job: str, path: Path) -> JobSpec:
         ask = _resources(tree, task_body)
     except ValueError as exc:
         raise fail(f"task {task!r} resources: {exc}") from None
+    ports = tuple(label for network in _blocks(group_body, "network") for label, _ in labelled_blocks(network, "port"))
     env: dict[str, str] = {}
     for block in _blocks(task_body, "env"):
         env.update({str(k): str(v) for k, v in block.items()})
@@ -202,6 +205,7 @@ def parse_spec(job: str, path: Path) -> JobSpec:
         args=tuple(str(a) for a in args),
         env=env,
         ask=ask,
+        ports=ports,
     )
 
 

@@ -39,6 +39,7 @@ from ..artifacts import Artifact
 from ..config import caravan, section, setting
 from ..errors import StepFailed
 from .base import Executor, StepRequest, StepResult, dispatch_id, tail
+from .gang import slot
 from .jobspec import interpolate
 from .memory import MemoryWatch
 from .sizing import resolve
@@ -69,6 +70,23 @@ def worker_settings() -> dict[str, str]:
     if "LUIGI_CONFIG_PATH" not in os.environ and os.path.exists("luigi.cfg"):
         settings["LUIGI_CONFIG_PATH"] = os.path.abspath("luigi.cfg")
     return settings
+
+
+def port_env(labels: tuple[str, ...], host: str = "127.0.0.1") -> dict[str, str]:
+    """Nomad's variables for a group's dynamic ports (``client/taskenv/env.go``: ``NOMAD_PORT_<label>``,
+    ``NOMAD_IP_``, ``NOMAD_ADDR_``, ``NOMAD_HOST_PORT_``, ``NOMAD_HOST_IP_``, ``NOMAD_HOST_ADDR_``; no mapping,
+    so no ``NOMAD_ALLOC_PORT_``), each label a free loopback port (the kernel's pick, so never one left in
+    TIME_WAIT by an earlier step)."""
+    env = {}
+    for label in labels:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = str(probe.getsockname()[1])
+        address = f"{host}:{port}"
+        env.update({f"NOMAD_PORT_{label}": port, f"NOMAD_HOST_PORT_{label}": port, f"NOMAD_IP_{label}": host,
+                    f"NOMAD_HOST_IP_{label}": host, f"NOMAD_ADDR_{label}": address,
+                    f"NOMAD_HOST_ADDR_{label}": address})
+    return env
 
 
 RECORD = "caravan-step.json"
@@ -270,7 +288,9 @@ class LocalExecutor(Executor):
                 continue
             step_pid, worker_pid = int(record.get("step_pid", 0)), int(record.get("worker_pid", 0))
             step_alive = alive(step_pid, record.get("step_start"))
-            if step_alive and record.get("artifact_uri") == uri:
+            # A rank of a gang is a step of its own: attach only to the same rank of the same gang.
+            same = (record.get("slot") or record.get("artifact_id")) == slot(request.artifact.id, request.meta)
+            if step_alive and record.get("artifact_uri") == uri and same:
                 return self._attach(request, folder, record)
             if not step_alive and not alive(worker_pid, record.get("worker_start")):
                 recover_logs(folder, record, f"the worker (pid {worker_pid}) that ran this step died before it ended")
@@ -320,6 +340,7 @@ class LocalExecutor(Executor):
             "NOMAD_ALLOC_DIR": str(workdir / "alloc"),
             "NOMAD_SECRETS_DIR": str(task_dir / "secrets"),
             "NOMAD_NAMESPACE": "default",
+            **port_env(spec.ports),
             **meta_env(request.meta),
         }
         env = {**os.environ, **worker_settings(), **runtime}
@@ -397,6 +418,7 @@ class LocalExecutor(Executor):
             "job_id": job_id, "alloc_id": alloc_id, "task": request.spec.task, "host": socket.gethostname(),
             "worker_pid": os.getpid(), "worker_start": _start_time(os.getpid()),
             "step_pid": step_pid, "step_start": _start_time(step_pid),
+            "slot": slot(request.artifact.id, request.meta),
         }
         temp = workdir / f".{RECORD}.tmp"
         temp.write_text(json.dumps(record, sort_keys=True))
