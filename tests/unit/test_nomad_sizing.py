@@ -186,3 +186,20 @@ def test_two_sizes_of_one_artifact_run_it_once(cluster):
     assert outcomes == {"sized": "ok", "default": "ok"}
     assert double.processes_started == 1, "the default-size run attached to the sized child"
     assert Sleep(date=DAY, seconds=1.0).output().exists()
+
+
+def test_a_step_above_its_memory_ask_on_nomad_is_oom_killed_and_the_error_says_so(cluster):
+    double = cluster()
+    task = Sleep(date=DAY, seconds=30.0, memory_mb=16, timeout_s=120)  # a Python step with caravan holds ~40 MB
+    start = time.monotonic()
+    with pytest.raises(StepFailed, match=r"step sleep failed \(.* failed; killed for memory \(OOM\) above its memory "
+                                         r"ask of 16 MB: give it more with --memory-mb\)") as info:
+        task.run()
+    assert time.monotonic() - start < 20
+    assert info.value.exit_code == 137
+    # What a client with the docker driver reports (drivers/docker/handle.go, taskrunner emitExitResultEvent).
+    alloc = client(double).job.get_allocations(info.value.job_id)[0]
+    terminated = [e for e in alloc["TaskStates"]["step"]["Events"] if e["Type"] == "Terminated"][-1]
+    assert terminated["Details"]["oom_killed"] == "true" and terminated["Details"]["exit_code"] == "137"
+    assert terminated["DisplayMessage"] == 'Exit Code: 137, Exit Message: "OOM Killed"'
+    assert not task.output().exists()

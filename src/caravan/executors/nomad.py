@@ -423,6 +423,10 @@ class NomadExecutor(Executor):
         heads = [a for a in allocs if not a.get("NextAllocation")]
         complete = bool(heads) and all(a.get("ClientStatus") == "complete" for a in heads)
         why = ", ".join(f"{a['ID'][:8]} {a.get('ClientStatus')}" for a in allocs) or "no allocation ran"
+        if any(_oom_killed(a.get("TaskStates") or {}, task) for a in allocs):
+            asked = _memory_ask(dead_job, task)
+            why += (f"; killed for memory (OOM) above its memory ask{f' of {asked} MB' if asked else ''}: give it more "
+                    "with --memory-mb")
         if not allocs and dead_job is not None and request.artifact.exists():
             complete, why = True, "allocations garbage-collected; the artifact is published"
         if dead_job is not None and dead_job.get("Stop"):
@@ -437,6 +441,22 @@ class NomadExecutor(Executor):
         except (NomadRejected, _Deadline, NomadUnavailable) as exc:  # GC'd allocation, a task that never started
             log.warning("no %s logs for allocation %s: %s", kind, alloc_id, exc or "Nomad unavailable")
             return None
+
+
+def _oom_killed(task_states: dict[str, Any], task: str) -> bool:
+    """Whether the task's last ``Terminated`` event says the kernel killed it for memory (``Details.oom_killed``,
+    set by the task runner from the driver's exit result: ``client/allocrunner/taskrunner/task_runner.go``)."""
+    events = (task_states.get(task) or {}).get("Events") or []
+    last = next((e for e in reversed(events) if e.get("Type") == "Terminated"), None)
+    return last is not None and (last.get("Details") or {}).get("oom_killed") == "true"
+
+
+def _memory_ask(job: dict[str, Any] | None, task: str) -> int | None:
+    """The task's memory ask in a job as the API shows it (None when the job or its task is not at hand)."""
+    try:
+        return sizing.task_ask(job or {}, task).memory_mb
+    except (ValueError, TypeError):
+        return None
 
 
 def _exit_code(task_states: dict[str, Any], task: str) -> int | None:

@@ -7,7 +7,10 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import nullcontext
 from typing import Any
+
+from caravan.executors.memory import MemoryWatch  # the same watch as the local executor: a cgroup's memory.max
 
 from .common import (
     ENV_UNSAFE,
@@ -95,7 +98,14 @@ class Client:
                 if rec.lost or self._closing.is_set():
                     return  # the node is gone: nothing more is ever reported for this alloc
                 idx = self._bump()
-                if code is not None:
+                if code is not None and run.oom_killed:
+                    # drivers/docker/handle.go: an OOM-killed container exits 137 with err "OOM Killed";
+                    # task_runner.go emitExitResultEvent -> SetOOMKilled, SetExitMessage (Message and Details).
+                    self._task_event(rec, task, "Terminated", f'Exit Code: {code}, Exit Message: "OOM Killed"', idx,
+                                     ExitCode=code, Message="OOM Killed",
+                                     Details={"exit_code": code, "signal": 0, "oom_killed": "true",
+                                              "exit_message": "OOM Killed"})
+                elif code is not None:
                     text = f"Exit Code: {code}" + (f", Signal: {sig}" if sig else "")
                     self._task_event(rec, task, "Terminated", text, idx, ExitCode=code, Signal=sig,
                                      Details={"exit_code": code, "signal": sig, "oom_killed": "false"})
@@ -159,8 +169,15 @@ class Client:
             self._start(self._kill_alloc, rec)
         if rec.fault == "lose":
             self._start(self._lose, rec)
-        returncode = proc.wait()
+        # The docker and exec drivers put the task in a cgroup whose memory.max is its MemoryMB (MemoryMaxMB
+        # when set): the kernel OOM-kills it above that. raw_exec does not limit memory.
+        limit = int(run.spec["Resources"].get("MemoryMaxMB") or run.spec["Resources"]["MemoryMB"])
+        with MemoryWatch(proc.pid, limit) if run.spec.get("Driver") in ("docker", "exec") else nullcontext() as watch:
+            returncode = proc.wait()
+        run.oom_killed = watch is not None and watch.exceeded_mb is not None
         run.exited.set()
+        if run.oom_killed:
+            return 137, 0  # Docker reports the container's exit status, 128 + SIGKILL, and no signal
         return (128 - returncode, -returncode) if returncode < 0 else (returncode, 0)
 
     def _environment(self, rec: AllocRec,

@@ -152,6 +152,7 @@ class TaskRun:
     proc: subprocess.Popen[bytes] | None = None
     exited: threading.Event = field(default_factory=threading.Event)
     template_env: dict[str, str] = field(default_factory=dict)
+    oom_killed: bool = False  # the last run went past its memory limit (client.py _execute)
 
 
 @dataclass
