@@ -10,7 +10,8 @@ subprocess, whatever the driver, so that pipelines run end to end through HTTP:
   (``DELETE``), ``/dispatch`` (N1's validation order and 500 texts, ``?idempotency_token=``),
   ``/periodic/force``; ``POST /v1/jobs/parse`` through the same HCL conversion as :meth:`load_hcl`.
 * allocations, evaluations, ``/v1/client/fs/logs/:alloc`` (plain or framed, ``origin``,
-  ``offset``, ``follow``), ``/v1/status/leader``.
+  ``offset``, ``follow``), ``/v1/status/leader``, ``GET /v1/nodes`` (``?resources=true``; node:read, so under
+  ACLs only the management token reads it).
 * one Raft-like index for every write; ``X-Nomad-Index``/``KnownLeader``/``LastContact`` headers;
   blocking queries (``index``/``wait``, clamped to 300 s, ``wait/16`` jitter) on a condition variable.
 * a client that honours restart and reschedule policies, writes ``alloc/logs/<task>.std{out,err}.0``,
@@ -25,8 +26,10 @@ stage what a real cluster does on a bad day.
 
 A cluster, not a quiet single node (N11, each behaviour cited in its module): ``nodes`` with finite CPU,
 memory and disk, datacenters, classes, attributes and meta; allocations use them while not terminal, a job that
-does not fit gets ``FailedTGAllocs`` and a blocked eval that is re-run when an allocation completes, and one whose
-constraints or datacenters no node meets never places (``nodes``, ``scheduler``). :meth:`NomadDouble.leader_loss`
+does not fit gets ``FailedTGAllocs`` and a blocked eval that is re-run when an allocation completes (a job larger
+than every node too, as on Nomad: ``DimensionExhausted``, ``ResourcesExhausted``), and one whose constraints or
+datacenters no node meets never places (``nodes``, ``scheduler``). A docker or exec task above its memory is
+OOM-killed as a cgroup would (``client``). :meth:`NomadDouble.leader_loss`
 opens windows in which the API answers ``500 No cluster leader`` or drops connections while the cluster keeps
 working (``faults``). :meth:`NomadDouble.gc` and ``PUT /v1/system/gc`` collect dead jobs (``gc``). Two
 dispatches of one token inside ``dispatch_race_window_s`` race as on Nomad 1.11.1 or 1.11.2 (``jobs``).
