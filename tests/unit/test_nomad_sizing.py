@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nomad
 from caravan import StepFailed
+from caravan.executors import sizing
 from caravan.executors.base import reset_executors
 
 from ..doubles.nomad import NomadDouble
@@ -203,3 +206,24 @@ def test_a_step_above_its_memory_ask_on_nomad_is_oom_killed_and_the_error_says_s
     assert terminated["Details"]["oom_killed"] == "true" and terminated["Details"]["exit_code"] == "137"
     assert terminated["DisplayMessage"] == 'Exit Code: 137, Exit Message: "OOM Killed"'
     assert not task.output().exists()
+
+
+@pytest.fixture(scope="module")
+def plain_double() -> Iterator[NomadDouble]:
+    with NomadDouble(nodes=[NODE]) as double:
+        double.load_specs(Path(__file__).resolve().parents[1] / "steps" / "nomad")
+        yield double
+
+
+@settings(max_examples=15, deadline=None)
+@given(cpu=st.integers(1, 1_000_000), memory=st.integers(10, 4 * 1024 * 1024))
+def test_a_derived_job_registers_and_reads_back_as_current_with_its_ask(plain_double, cpu, memory):
+    api = client(plain_double)
+    parent = api.job.get_job("echo")
+    ask = sizing.Ask(cpu, memory)
+    api.jobs.register_job({"Job": sizing.derive(parent, ask, "step")})
+    stored = api.job.get_job(sizing.sized_job_id("echo", ask))
+    assert sizing.task_ask(stored, "step") == ask
+    assert stored["ParameterizedJob"] == parent["ParameterizedJob"] and stored["ParentID"] == ""
+    assert sizing.stale(stored, parent) == "", "the stored form (server-side defaults added) is current"
+    assert sizing.stale(stored, api.job.get_job("echo")) == ""
