@@ -11,12 +11,14 @@ import datetime as dt
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from caravan.errors import CaravanError
 from caravan.monitoring.report import MonitorReport, VersionWindow
-from caravan.monitoring.triggers import TriggerOutcome, TriggerSettings, run_triggers
+from caravan.monitoring.triggers import Replay, TriggerOutcome, TriggerSettings, run_triggers
 from caravan.monitoring.triggers_store import TriggerStore, trigger_store
 from caravan.registry.consul import ConsulPointer
 from caravan.registry.file import FilePointer
@@ -135,3 +137,37 @@ def test_consul_records_live_under_the_models_prefix(consul):
     # An unreadable record is skipped, not fatal.
     pointer.client.kv.put("caravan/staging/models/ranker/triggers/broken", b"{not json")
     assert "broken" not in store.records("ranker")
+
+
+def test_both_backends_keep_the_store_contract(stores):
+    store, other = stores(), stores()  # two clients of one backend
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    assert store.records(model) == {} and store.read(model, "a") is None
+    version = store.create(model, "a", {"outcome": "dispatching"})
+    assert version is not None and other.create(model, "a", {"outcome": "other"}) is None
+    assert not other.replace(model, "a", {"outcome": "late"}, version + 1)
+    assert other.replace(model, "a", {"outcome": "dispatched"}, version)
+    assert not store.replace(model, "a", {"outcome": "stale"}, version)  # the version moved on
+    assert not store.replace(model, "never-created", {"outcome": "x"}, 0)
+    found = store.records(model)
+    assert list(found) == ["a"] and found["a"][0] == {"outcome": "dispatched"} and found["a"][1] != version
+    with pytest.raises(CaravanError, match="trigger record id"):
+        store.create(model, "../escape", {})
+
+
+def test_a_rollback_through_the_consul_pointer_and_its_lock(consul):
+    pointer = ConsulPointer(consul, token="", environment="dev")
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    for artifact_id in ("TrainRanker/date=2026-11-10/x--old00001", PROD):
+        assert pointer.set_if(model, {"artifact_uri": f"s3://b/{artifact_id}", "artifact_id": artifact_id,
+                                      "action": "promote", "metrics": {"gate_auc": 0.75}},
+                              pointer.read(model)) is not None
+    degraded = replace(report(model), versions=(replace(report(model).versions[0], auc=0.6),))
+    outcomes = run_triggers(degraded, TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                            dispatcher=Meeting(1), now=NOW, replayer=lambda r, p: Replay(0.74, 0.6, 4000))
+    assert [(o.kind, o.outcome) for o in outcomes] == [("degradation", "dispatched"), ("rollback", "rolled back")]
+    state = pointer.read(model)
+    assert state.artifact_id == "TrainRanker/date=2026-11-10/x--old00001" and state.document["action"] == "rollback"
+    assert [e["action"] for e in pointer.history(model)] == ["promote", "promote", "rollback"]
+    _, lock = pointer.client.kv.get(f"caravan/dev/models/{model}/lock")
+    assert lock is None or not lock.get("Session"), "the promotion lock is released"
