@@ -429,3 +429,17 @@ def test_the_cooldown_reason_says_when_the_next_retrain_may_fire(pointer):
     (held,) = fire(report(auc=0.6), pointer, Dispatches(), now=T0 + HOUR, cooldown_s=5400)
     assert "the retrain retrain-000001 fired at 2026-11-29T12:00:00.000000Z, less than 90m ago (next from " \
         "2026-11-29T13:30:00.000000Z)" in held.reason
+
+
+def test_a_replay_that_fails_is_recorded_and_leaves_the_pointer(pointer):
+    promote(pointer, OLD, 0.76)
+    promote(pointer, PROD, 0.75)
+
+    def replayer(rep: MonitorReport, previous: dict[str, Any]) -> Replay:
+        raise ValueError("features not in the data: ['age']")
+
+    outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                            dispatcher=Dispatches(), now=T0, replayer=replayer)
+    assert outcomes[-1].outcome == "not rolled back"
+    assert f"replaying {OLD} failed: ValueError: features not in the data" in outcomes[-1].reason
+    assert pointer.read("ranker").artifact_id == PROD

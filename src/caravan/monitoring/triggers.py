@@ -411,8 +411,9 @@ def _rollback(report: MonitorReport, settings: TriggerSettings, pointer: Any, st
         return finish("not rolled back", f"{why}; no rollback: {exc}")
     try:
         replay = replayer(report, target)
-    except CaravanError as exc:
-        return finish("not rolled back", f"{why}; replaying {target.get('artifact_id')} failed: {exc}")
+    except Exception as exc:  # any failure to replay means "no rollback", recorded with its cause
+        return finish("not rolled back", f"{why}; replaying {target.get('artifact_id')} failed: "
+                      f"{type(exc).__name__}: {exc}")
     scores = {"previous_artifact_id": target.get("artifact_id"), "previous_auc": replay.previous_auc,
               "production_auc": replay.production_auc, "replayed_rows": replay.rows}
     if replay.previous_auc is None or replay.production_auc is None or replay.previous_auc <= replay.production_auc:
