@@ -443,3 +443,25 @@ def test_a_replay_that_fails_is_recorded_and_leaves_the_pointer(pointer):
     assert outcomes[-1].outcome == "not rolled back"
     assert f"replaying {OLD} failed: ValueError: features not in the data" in outcomes[-1].reason
     assert pointer.read("ranker").artifact_id == PROD
+
+
+def test_a_rollback_that_cannot_get_the_promotion_lock_is_recorded(pointer, monkeypatch):
+    import caravan.monitoring.triggers as triggers
+
+    promote(pointer, OLD, 0.76)
+    promote(pointer, PROD, 0.75)
+    monkeypatch.setattr(triggers, "LOCK_TIMEOUT_S", 0.1)
+    with pointer.lock("ranker", holder="a promotion", timeout_s=1):
+        outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                                dispatcher=Dispatches(), now=T0, replayer=lambda r, p: Replay(0.8, 0.66, 100))
+    assert outcomes[-1].outcome == "not rolled back" and "the rollback failed" in outcomes[-1].reason
+    assert "still held" in outcomes[-1].reason and pointer.read("ranker").artifact_id == PROD
+
+
+def test_a_local_retrain_that_runs_too_long_is_an_error():
+    import sys
+
+    from caravan.monitoring.triggers import LocalDispatcher
+
+    with pytest.raises(CaravanError, match=r"did not finish within 0\.2 s"):
+        LocalDispatcher([sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.2).retrain("ranker", None)

@@ -52,6 +52,8 @@ KINDS = (NEW_DATA, DEGRADATION, DRIFT)
 #: ``--dispatch none`` decides as if it had dispatched).
 FIRED = ("dispatching", "dispatched", "not dispatched")
 _RETRAIN = re.compile(r"retrain-(\d{6,})")
+#: How long a rollback waits for the promotion lock (a promotion deciding meanwhile) before giving up this run.
+LOCK_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,11 @@ class LocalDispatcher:
 
         date = day or last_complete_day()
         command = [*self.command, "--model", model, "--events-model", model, "--date", date.isoformat()]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise CaravanError(f"local retrain of {model} on {date} did not finish within {self.timeout_s:g} s") \
+                from None
         if done.returncode != 0:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise CaravanError(f"local retrain of {model} on {date} exited {done.returncode}: {tail}")
@@ -433,8 +439,11 @@ def _rollback(report: MonitorReport, settings: TriggerSettings, pointer: Any, st
                 "metrics": again.get("metrics"), "action": "rollback", "promoted_by": "monitor",
                 "target_change_id": again.get("change_id"), "rolled_back": undone, "reason": reason}
 
-    with pointer.lock(model, holder=f"monitor:{record_id}", timeout_s=60.0):
-        _, written = pointer.change(model, decide)
+    try:
+        with pointer.lock(model, holder=f"monitor:{record_id}", timeout_s=LOCK_TIMEOUT_S):
+            _, written = pointer.change(model, decide)
+    except CaravanError as exc:  # the lock held too long, the pointer racing: recorded, the next model's turn
+        return finish("not rolled back", f"{reason}; the rollback failed: {exc}", **scores)
     if written is None:
         return finish("not rolled back", f"{why}; the pointer moved before the rollback; left alone", **scores)
     return finish("rolled back", reason, **scores, rolled_back_to=target.get("artifact_id"))
