@@ -14,7 +14,8 @@ def gate(ctx: StepContext) -> None:
     candidate = Artifact(store, p["candidate"])
     current = Artifact(store, p["current"]) if p.get("current") else None
     verdict = judge(candidate, current, tolerance=float(p["tolerance"]), metric=p["metric"],
-                    floor=list(p.get("floor") or ()), allow_schema_change=bool(p.get("allow_schema_change")))
+                    floor=list(p.get("floor") or ()), allow_schema_change=bool(p.get("allow_schema_change")),
+                    batch_rows=int(p.get("batch_rows") or 0) or None)
     for reason in [*verdict["reasons"], *verdict.get("notes", [])]:
         ctx.log.info("%s: %s", verdict["decision"], reason)
     ctx.writer.write_json("verdict.json", verdict)
