@@ -81,8 +81,10 @@ def train_distributed(ctx: StepContext) -> None:
     import pyarrow as pa
 
     from caravan.ml.distributed import (
+        EXIT_ABORTED,
         Endpoint,
         Gang,
+        GangAborted,
         Rendezvous,
         Watchdog,
         group_rows_of,
@@ -125,6 +127,10 @@ def train_distributed(ctx: StepContext) -> None:
                             valid_names=["valid"],
                             callbacks=[lgb.early_stopping(int(p["early_stopping_rounds"]), verbose=False),
                                        lgb.record_evaluation(curve)])
+    except GangAborted as exc:  # another rank failed first: say so, and exit as the watchdog would
+        watchdog.stop()
+        print(f"caravan gang: rank {gang.rank} stops: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_ABORTED) from None
     except BaseException as exc:
         watchdog.stop()  # this rank reports its own failure; its watchdog must not cut that short
         rendezvous.abort(f"rank {gang.rank}", f"{type(exc).__name__}: {exc}")

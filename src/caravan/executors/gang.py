@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import StepFailed
+from ..ml.distributed import EXIT_ABORTED
 from .base import Executor, StepRequest, StepResult
 
 log = logging.getLogger("caravan.executors.gang")
@@ -114,8 +115,9 @@ def run_gang(executor: Executor, request: StepRequest, size: int, *, rendezvous_
     if len(outcomes) < size:
         _abort(executor, request, rendezvous, gang_id, "ranks did not end within the step's timeout")
         _join(threads, GRACE_S)
+    mark = rendezvous.aborted()
     rendezvous.clear()
-    return _judge(request, size, gang_id, outcomes, order, time.monotonic() - started)
+    return _judge(request, size, gang_id, outcomes, order, mark, time.monotonic() - started)
 
 
 def run_task(task: Any, job: str, size: int, *, rendezvous_timeout_s: float = 120.0,
@@ -174,8 +176,36 @@ def _headline(outcome: StepResult | BaseException) -> str:
     return str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
 
 
+#: Exit codes of a process killed by SIGKILL: locally (Popen: -9) and on Nomad (128 + 9, the OOM killer's too).
+KILLED = (-9, 137)
+
+
+def _cause(order: list[int], failures: Mapping[int, BaseException],
+           mark: Mapping[str, Any] | None) -> tuple[int, str] | None:
+    """The rank whose failure brought the gang down, and why, from what each rank's executor saw and the abort mark.
+
+    A rank killed outright is the cause (its peers then fail on their sockets, or are stopped). Otherwise the rank
+    that wrote the abort mark is: it failed on its own (a rendezvous timeout naming the missing ranks, an error in
+    its data) and every other rank was stopped because of it. Else the first rank to fail."""
+    def code(rank: int) -> Any:
+        return getattr(failures[rank], "exit_code", None)
+
+    failed = [r for r in order if r in failures]
+    killed = [r for r in failed if code(r) in KILLED]
+    if killed:
+        return killed[0], _headline(failures[killed[0]])
+    by = str((mark or {}).get("by", ""))
+    if by.startswith("rank ") and by[5:].isdigit():
+        return int(by[5:]), str((mark or {}).get("reason", ""))
+    own = [r for r in failed if code(r) not in (EXIT_ABORTED, None)]
+    if own or failed:
+        rank = (own or failed)[0]
+        return rank, _headline(failures[rank])
+    return None
+
+
 def _judge(request: StepRequest, size: int, gang_id: str, outcomes: Mapping[int, StepResult | BaseException],
-           order: list[int], duration_s: float) -> StepResult:
+           order: list[int], mark: Mapping[str, Any] | None, duration_s: float) -> StepResult:
     results = {r: o for r, o in outcomes.items() if isinstance(o, StepResult)}
     failures = {r: o for r, o in outcomes.items() if isinstance(o, BaseException)}
     missing = [r for r in range(size) if r not in outcomes]
@@ -189,16 +219,17 @@ def _judge(request: StepRequest, size: int, gang_id: str, outcomes: Mapping[int,
                           exit_code=0, log_uris=[u for r in sorted(results) for u in results[r].log_uris],
                           details={"gang": gang_id, "num_machines": size, "duration_s": round(duration_s, 3),
                                    "job_ids": [results[r].job_id for r in sorted(results)]})
-    first = next((r for r in order if r in failures), None)
-    if first is None:
+    found = _cause(order, failures, mark)
+    if found is None:
         why = (f"ranks {missing} did not end within the step's timeout" if missing
                else "rank 0 exited 0 but published no manifest")
         raise StepFailed(f"distributed step {request.spec.name} (gang {gang_id}, {size} machines) failed: {why}",
                          artifact=request.artifact.id)
-    cause = failures[first]
+    first, why = found
+    cause: Any = failures.get(first)
     others = sorted(r for r in range(size) if r != first)
     raise StepFailed(f"distributed step {request.spec.name} (gang {gang_id}, {size} machines) failed: rank {first}: "
-                     f"{_headline(cause)}; the other ranks ({', '.join(map(str, others))}) were stopped",
+                     f"{why}; the other ranks ({', '.join(map(str, others))}) were stopped",
                      job_id=getattr(cause, "job_id", ""), alloc_ids=getattr(cause, "alloc_ids", ()),
                      exit_code=getattr(cause, "exit_code", None), stderr_tail=getattr(cause, "stderr_tail", ""),
                      artifact=request.artifact.id) from cause

@@ -47,6 +47,7 @@ from ..nomad_api import NomadAPI, NomadRejected, NomadUnavailable, backoff_delay
 from . import placement as pl
 from . import sizing
 from .base import Executor, StepRequest, StepResult, tail
+from .gang import slot
 
 log = logging.getLogger("caravan.executors.nomad")
 _T = TypeVar("_T")
@@ -141,7 +142,7 @@ class NomadExecutor(Executor):
         spec, artifact = request.spec, request.artifact
         target = ""
         for _ in range(5):  # a dispatch that never shows up and no other child: try again, a few times
-            children = self._children(spec.name, artifact.id, deadline)
+            children = self._children(spec.name, slot(artifact.id, request.meta), deadline)
             live = self._live(children)
             if live:
                 log.info("attaching to %s, already running for %s", live["ID"], artifact.id)
@@ -185,11 +186,12 @@ class NomadExecutor(Executor):
             log.info("registered %s for %s (%s)", sized_id, ask, why)
         return sized_id
 
-    def _children(self, job: str, artifact_id: str, deadline: float) -> list[dict[str, Any]]:
-        """The children of ``job`` and of its sized twins dispatched for ``artifact_id``, oldest first."""
+    def _children(self, job: str, step: str, deadline: float) -> list[dict[str, Any]]:
+        """The children of ``job`` and of its sized twins dispatched for ``step`` (an artifact id, or for a rank of
+        a gang the artifact, gang and rank: :func:`caravan.executors.gang.slot`), oldest first."""
         stubs = self._retry("list children", lambda: self.api.get("jobs", {"prefix": job, "meta": "true"}), deadline)
         mine = [s for s in stubs or [] if sizing.in_family(str(s.get("ParentID") or ""), job)
-                and (s.get("Meta") or {}).get("caravan_artifact_id") == artifact_id]
+                and slot(str((s.get("Meta") or {}).get("caravan_artifact_id")), s.get("Meta")) == step]
         return sorted(mine, key=lambda s: (int(s.get("CreateIndex") or 0), str(s.get("ID", ""))))
 
     def _live(self, children: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -219,7 +221,7 @@ class NomadExecutor(Executor):
         other child of the artifact exists (the caller looks again). ``known``: the artifact's children
         before this dispatch; ``target``: the job to dispatch (default: the step's own)."""
         spec, artifact = request.spec, request.artifact
-        token = idempotency_token(artifact.id, attempt)
+        token = idempotency_token(slot(artifact.id, request.meta), attempt)
         path = f"job/{target or spec.name}/dispatch"
         pauses = 0
         while True:
@@ -232,7 +234,7 @@ class NomadExecutor(Executor):
                     raise _Deadline from None
                 log.warning("dispatch of %s for %s got no clear answer (%s); looking for its child first",
                             spec.name, artifact.id, exc)
-                children = self._children(spec.name, artifact.id, deadline)
+                children = self._children(spec.name, slot(artifact.id, request.meta), deadline)
                 live = self._live(children)
                 if live:
                     return str(live["ID"]), ""
@@ -256,7 +258,7 @@ class NomadExecutor(Executor):
         pause = 0.05
         while True:
             found = self._retry("confirm child", lambda: self.api.read(f"job/{child_id}"), deadline)
-            children = self._children(request.spec.name, request.artifact.id, deadline)
+            children = self._children(request.spec.name, slot(request.artifact.id, request.meta), deadline)
             live = self._live(children)  # two live children (pre-1.11.2 race): the later one is stopped
             if found is not None:
                 if live is not None and live["ID"] != child_id and found.get("Status") != DONE:
@@ -382,6 +384,21 @@ class NomadExecutor(Executor):
                         "waiting for capacity (a token with node:read fails such a step at once)", exc)
             return ""
         return pl.too_large(job, nodes or [])
+
+    def stop_gang(self, job: str, gang_id: str) -> None:
+        """Stop every child of ``job`` (or its sized twins) that runs or waits as a rank of gang ``gang_id``: a rank
+        still waiting for placement never sees the gang's abort mark."""
+        try:
+            stubs = self.api.retry("list gang", lambda: self.api.get("jobs", {"prefix": job, "meta": "true"}),
+                                   deadline=time.monotonic() + 30)
+        except BackendError as exc:
+            log.error("could not list the ranks of gang %s to stop them: %s", gang_id, exc)
+            return
+        for stub in stubs or []:
+            meta = stub.get("Meta") or {}
+            if (sizing.in_family(str(stub.get("ParentID") or ""), job) and stub.get("Status") != DONE
+                    and not stub.get("Stop") and f"#gang={gang_id}#" in slot("", meta)):
+                self._stop(str(stub["ID"]))
 
     def _stop(self, child_id: str) -> None:
         """Stop a child (never purge: its record stays for an operator). Retried briefly through an outage."""

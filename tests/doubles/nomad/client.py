@@ -25,6 +25,7 @@ from .common import (
     send_signal,
 )
 from .hcl import format_duration
+from .ports import port_env
 
 
 class Client:
@@ -199,6 +200,7 @@ class Client:
         }
         if job["ParentID"]:
             runtime["NOMAD_JOB_PARENT_ID"] = job["ParentID"]
+        runtime.update(port_env(rec.alloc))  # ports.py
         meta = {**(job.get("Meta") or {}), **(group.get("Meta") or {}), **(task.get("Meta") or {})}
         for key, value in meta.items():
             clean = ENV_UNSAFE.sub("_", key)

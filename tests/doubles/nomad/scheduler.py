@@ -26,6 +26,7 @@ from .common import (
     send_signal,
 )
 from .nodes import Choice, new_metric, select_node
+from .ports import assign_ports, ports_of
 
 
 class Scheduler:
@@ -166,6 +167,9 @@ class Scheduler:
         node = choice.node or self._nodes[0]
         group = next(g for g in job["TaskGroups"] if g["Name"] == group_name)
         alloc_id, now = str(uuid.uuid4()), now_ns()
+        held = (p["Value"] for a in self._allocs.values() if a.alloc["NodeID"] == node["ID"]
+                and not alloc_terminal(a.alloc) for p in ports_of(a.alloc))
+        ports, networks = assign_ports(group, held)  # ports.py
         tracker = None
         if previous is not None and previous.alloc["ClientStatus"] == "failed":
             events = list((previous.alloc.get("RescheduleTracker") or {}).get("Events") or [])
@@ -180,7 +184,8 @@ class Scheduler:
             "AllocatedResources": {"Tasks": {t["Name"]: {"Cpu": {"CpuShares": t["Resources"]["CPU"]},
                                                          "Memory": {"MemoryMB": t["Resources"]["MemoryMB"]}}
                                              for t in group["Tasks"]},
-                                   "Shared": {"DiskMB": group["EphemeralDisk"]["SizeMB"]}},
+                                   "Shared": {"DiskMB": group["EphemeralDisk"]["SizeMB"], "Ports": ports or None,
+                                              "Networks": networks or None}},
             "Metrics": choice.metric,
             "DesiredStatus": "run", "DesiredDescription": "", "DesiredTransition": {"Migrate": None,
                                                                                     "Reschedule": None},
