@@ -184,11 +184,12 @@ class Artifact(luigi.Target):
         if entry is None:
             raise ArtifactNotFoundError(f"no file {name!r}; it has {self.files()}", artifact=self.id,
                                         store=self.store.root_uri)
+        from .storage.local import LocalStore
+
         key = self._file_key(name)
-        local = getattr(self.store, "path", None)
         with contextlib.ExitStack() as stack:
-            if callable(local):
-                path = Path(local(key))
+            if isinstance(self.store, LocalStore):
+                path = self.store.path(key)
                 chunks: Iterable[bytes | memoryview] = _file_chunks(path)
                 sink = None
             else:

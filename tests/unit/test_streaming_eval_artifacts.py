@@ -76,3 +76,21 @@ def test_a_file_that_cannot_be_staged_publishes_nothing(store_root, tmp_path):
         writer.write_file("train.parquet", tmp_path / "never-written.parquet")
     assert not Artifact(open_store(store_root), artifact.id).exists()
     assert list(artifact.store.list_keys(artifact.key + "/")) == [], "the attempt's staged files are discarded"
+
+
+def test_a_split_on_any_store_is_read_in_batches_from_a_verified_copy(store_root, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from caravan.ml.split_batches import SplitBatches
+
+    table = pa.table({"x": np.arange(5000, dtype=np.float64), "clicked": np.arange(5000) % 2})
+    pq.write_table(table, tmp_path / "test.parquet", row_group_size=700)
+    artifact = _artifact(store_root)
+    with artifact.writer() as writer:
+        writer.write_file("test.parquet", tmp_path / "test.parquet")
+    with SplitBatches(Artifact(open_store(store_root), artifact.id), None, "test", ["clicked"], 512) as split:
+        parts = list(split)
+    assert max(part.num_rows for part in parts) <= 512
+    assert pa.concat_tables(parts) == table.select(["clicked"])
