@@ -20,7 +20,9 @@ What happens (each step is one line of the printed timeline, with why):
    the users; ``experiment status`` reads the counters; ``experiment stop --winner`` promotes the arm with the
    higher probability of being best through the gate. ``caravan serve`` reloads the new production.
 6. **Drift.** Prices rise and users grow more price-sensitive; ``caravan serve`` answers again; the monitor's
-   *drift* trigger names the drifted feature (and *degradation* fires when online AUC falls far enough).
+   *drift* trigger names the drifted feature (and *degradation* fires when online AUC falls far enough). Its
+   retrain waits for new data when production was trained on the latest closed day (a retrain on the same days
+   would rebuild the same model): the next closed day's new-data retrain covers it. The demo ends there.
 
 Why both servers: the gateway counts (and logs) feedback only while an experiment runs (its ``/feedback``
 answers 409 otherwise: a reward is only meaningful for an arm), so days without an experiment are served by
