@@ -8,6 +8,14 @@ Goal: streamed peak RSS flat in the number of events (largest at most 1.5x the s
 
     .venv/bin/python bench/scale.py                  # 2M, 8M, 20M events (several minutes here)
     .venv/bin/python bench/scale.py --sizes 200000,800000,2000000   # quick
+
+Scaling out, training (``--training``): TrainRanker on one machine against ``--machines`` N on loopback
+(LightGBM's data-parallel learner, N local processes through the local executor, as on N Nomad allocations),
+on one prepared dataset of ``--train-events`` simulated events: the validation AUC of each, their difference and
+the wall time of each training step. Reported, not tuned to this machine (its cores are shared by the ranks).
+
+    .venv/bin/python bench/scale.py --training                       # 1M events, N = 1 and 2
+    .venv/bin/python bench/scale.py --training --train-events 200000 --machines 2,3
 """
 
 from __future__ import annotations
@@ -93,6 +101,63 @@ def measure(function: str, uri: str, out: Path, split: str, cap: int) -> dict[st
     return {**result, "peak_rss": usage.ru_maxrss * 1024}
 
 
+def train_bench(events: int, machines: list[int]) -> int:
+    """Prepare one dataset, train it on 1 and on each N of ``machines``; print AUC and wall time side by side."""
+    import luigi
+
+    from caravan.artifacts import ArtifactTask
+    from caravan.executors.base import reset_executors
+    from caravan.step import StepContext
+    from pipelines.ranker import TrainRanker
+
+    with tempfile.TemporaryDirectory(prefix="caravan-scale-train-") as folder:
+        os.environ.update(CARAVAN_EXECUTOR="local", CARAVAN_ARTIFACT_ROOT=str(Path(folder, "artifacts")),
+                          CARAVAN_JOBSPEC_DIR=str(ROOT / "nomad"))
+        reset_executors()
+        began = time.perf_counter()
+        uri = simulate(Path(folder, "events"), events)
+
+        class BenchDataset(ArtifactTask):
+            """The simulated events prepared by prepare-dataset (hash split, row groups of 131,072 rows)."""
+
+            events = luigi.IntParameter()
+
+            def run(self) -> None:
+                from jobs.prepare_dataset import prepare
+
+                params = {"sources": [uri], "split": "hash", "valid_fraction": 0.1, "test_fraction": 0.1, "seed": 1,
+                          "label": "clicked", "time_column": "event_time", "key": "user_id"}
+                with self.output().writer() as writer:
+                    prepare(StepContext(job="prepare-dataset", output=self.output(), writer=writer, inputs={},
+                                        params=params, run_id="bench"))
+
+        class BenchRanker(TrainRanker):
+            """TrainRanker (its defaults: 300 rounds, 31 leaves, early stopping) on the prepared dataset alone."""
+
+            def requires(self) -> dict[str, ArtifactTask]:  # type: ignore[override]
+                return {"dataset": BenchDataset(events=events)}
+
+        BenchDataset(events=events).run()
+        print(f"{events:,} events simulated and prepared in {time.perf_counter() - began:.0f} s", flush=True)
+        runs = {}
+        for n in [1, *machines]:
+            task = BenchRanker(date=dt.date(2026, 3, 1), num_machines=n)
+            started = time.perf_counter()
+            task.run()
+            seconds = time.perf_counter() - started
+            metrics = task.output().metrics
+            runs[n] = {"seconds": seconds, **metrics}
+            print(f"N={n}: valid AUC {metrics['valid_auc']:.4f}, {metrics['best_iteration']} rounds, "
+                  f"{metrics['rows_train']:,} train rows, {seconds:.1f} s", flush=True)
+    print(json.dumps({"events": events, "runs": runs}, sort_keys=True))
+    for n in machines:
+        print(f"N={n} against N=1: AUC {runs[n]['valid_auc'] - runs[1]['valid_auc']:+.4f}, "
+              f"wall time {runs[n]['seconds'] / runs[1]['seconds']:.2f}x")
+    problems = [f"N={n} AUC {runs[n]['valid_auc']:.4f} is more than 0.005 from N=1's {runs[1]['valid_auc']:.4f}"
+                for n in machines if abs(runs[n]["valid_auc"] - runs[1]["valid_auc"]) > 0.005]
+    return verdict("N machines reach N=1's validation AUC within 0.005 (time reported, not judged)", problems)
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--simulate"]:
         _simulate_here(Path(sys.argv[2]), int(sys.argv[3]))
@@ -101,7 +166,12 @@ def main() -> int:
     parser.add_argument("--sizes", default="2000000,8000000,20000000", help="events per run, comma-separated")
     parser.add_argument("--split", default="time", choices=["time", "hash"])
     parser.add_argument("--cap-gb", type=float, default=12.0, help="address-space cap of each child (GB)")
+    parser.add_argument("--training", action="store_true", help="bench distributed training instead (see above)")
+    parser.add_argument("--train-events", type=int, default=1_000_000, help="--training: simulated events")
+    parser.add_argument("--machines", default="2", help="--training: N values to compare with N=1, comma-separated")
     args = parser.parse_args()
+    if args.training:
+        return train_bench(args.train_events, [int(n) for n in args.machines.split(",")])
     sizes = [int(s) for s in args.sizes.split(",")]
     cap = int(args.cap_gb * 1e9)
     rows = []

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from caravan.artifacts import Artifact, ArtifactTask
+from caravan.artifacts import ArtifactTask
 from caravan.errors import StepFailed
 from caravan.executors.base import reset_executors
 from caravan.ml.distributed import GANGS_DIR
@@ -94,82 +94,77 @@ def nomad_double(jobspecs: Path) -> Iterator[Any]:
     double.stop()
 
 
-@pytest.fixture
-def on_nomad(local_root: str, test_specs: Path, nomad_double: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("CARAVAN_EXECUTOR", "nomad")
-    monkeypatch.setenv("NOMAD_ADDR", nomad_double.address)
-    reset_executors()
-    yield nomad_double
-    reset_executors()
-
-
 def client(double: Any) -> Any:
     import nomad
 
     return nomad.Nomad(address=double.address, timeout=10)
 
 
-def model_of(task: TrainRanker) -> tuple[Artifact, bytes]:
-    artifact = task.output()
-    return artifact, artifact.read_bytes("model.txt")
-
-
 def published_models(root: str) -> list[str]:
     return sorted(str(p.parent.relative_to(root)) for p in Path(root).glob("TinyRanker/**/_MANIFEST.json"))
 
 
-def test_n_machines_locally_train_one_model_as_good_as_one_machine_and_the_same_bytes_each_time(local: str) -> None:
-    single = train(1)
-    one_auc = single.output().metrics["valid_auc"]
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory: pytest.TempPathFactory, jobspecs: Path) -> Iterator[dict[int, dict[str, Any]]]:
+    """N = 1, 2 and 3 trained locally once for the module: manifest, metrics, model bytes and the root."""
+    root = str(tmp_path_factory.mktemp("local-runs") / "artifacts")
+    runs: dict[int, dict[str, Any]] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CARAVAN_ARTIFACT_ROOT", root)
+        patch.setenv("CARAVAN_JOBSPEC_DIR", str(jobspecs))
+        patch.setenv("CARAVAN_EXECUTOR", "local")
+        reset_executors()
+        for n in (1, 2, 3):
+            artifact = train(n).output()
+            runs[n] = {"manifest": artifact.manifest(), "metrics": artifact.metrics, "id": artifact.id,
+                       "model": artifact.read_bytes("model.txt"), "root": root}
+        reset_executors()
+    yield runs
+
+
+def test_n_machines_locally_train_one_model_as_good_as_one_machine(local_runs: dict[int, dict[str, Any]]) -> None:
+    one_auc = local_runs[1]["metrics"]["valid_auc"]
     for n in (2, 3):
-        task = train(n)
-        artifact, model = model_of(task)
-        manifest = artifact.manifest()
+        manifest, model = local_runs[n]["manifest"], local_runs[n]["model"].decode()
         assert manifest["params"]["num_machines"] == str(n)
         layout = manifest["distributed"]
         assert layout["num_machines"] == n and layout["rows"] == ROWS
         assert [s["rows"] for s in layout["shards"]] == [[ROWS * r // n, ROWS * (r + 1) // n] for r in range(n)]
-        assert abs(artifact.metrics["valid_auc"] - one_auc) <= 0.005, (n, artifact.metrics, one_auc)
-        assert f"[num_machines: {n}]" in model.decode() and "[machines: " not in model.decode()
-        assert not list(Path(local).glob(f"**/{GANGS_DIR}/**/*")), "the rendezvous folder is removed"
-    # One model per training, none published by ranks other than 0 (they publish nothing at all).
-    assert len(published_models(local)) == 3
-    assert single.output().id.endswith(TinyRanker(date=DAY, **HYPER).output().id.rsplit("--", 1)[1])
+        assert abs(local_runs[n]["metrics"]["valid_auc"] - one_auc) <= 0.005, (n, local_runs[n]["metrics"], one_auc)
+        assert f"[num_machines: {n}]" in model and "[machines: " not in model
+    root = local_runs[1]["root"]
+    assert not list(Path(root).glob(f"**/{GANGS_DIR}/**/*")), "the rendezvous folders are removed"
+    # One model per training: ranks other than 0 publish nothing at all.
+    assert len(published_models(root)) == 3
+    assert "distributed" not in local_runs[1]["manifest"] and "num_machines" not in local_runs[1]["manifest"]["params"]
 
 
-def test_the_same_n_gives_the_same_model_bytes_locally_and_on_nomad(
-        local_root: str, test_specs: Path, nomad_double: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CARAVAN_EXECUTOR", "local")
-    reset_executors()
-    _, local_model = model_of(train(2))
-    monkeypatch.setenv("CARAVAN_ARTIFACT_ROOT", str(tmp_path / "second-root"))
+def test_on_nomad_each_rank_is_an_allocation_with_its_own_port_and_a_fixed_n_gives_the_same_model_bytes(
+        local_runs: dict[int, dict[str, Any]], local_root: str, test_specs: Path, nomad_double: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CARAVAN_EXECUTOR", "nomad")
     monkeypatch.setenv("NOMAD_ADDR", nomad_double.address)
     reset_executors()
+    api = client(nomad_double)
     try:
-        task = train(2)
+        for n in (2, 3):
+            artifact = train(n).output()
+            assert artifact.id == local_runs[n]["id"]
+            # Another run, another executor, other ports: the same model, byte for byte.
+            assert artifact.read_bytes("model.txt") == local_runs[n]["model"]
+            assert artifact.manifest()["distributed"] == local_runs[n]["manifest"]["distributed"]
+            children = [j for j in api.jobs.get_jobs(prefix="train-lightgbm-distributed/", meta=True)
+                        if (j.get("Meta") or {}).get("caravan_artifact_id") == artifact.id]
+            assert sorted(j["Meta"]["caravan_rank"] for j in children) == [str(r) for r in range(n)]
+            ports = []
+            for job in children:
+                (stub,) = api.job.get_allocations(job["ID"])
+                shared = api.allocation.get_allocation(stub["ID"])["AllocatedResources"]["Shared"]
+                ports += [p["Value"] for p in shared["Ports"] if p["Label"] == "lightgbm"]
+            assert len(ports) == len(set(ports)) == n
     finally:
         reset_executors()
-    artifact, nomad_model = model_of(task)
-    assert nomad_model == local_model
-    children = [j for j in client(nomad_double).jobs.get_jobs(prefix="train-lightgbm-distributed/", meta=True)
-                if (j.get("Meta") or {}).get("caravan_artifact_id") == artifact.id]
-    assert sorted(j["Meta"]["caravan_rank"] for j in children) == ["0", "1"]
-
-
-def test_three_machines_on_nomad_each_get_their_own_port(on_nomad: Any, local_root: str) -> None:
-    task = train(3)
-    artifact = task.output()
-    assert artifact.manifest()["distributed"]["num_machines"] == 3
-    api = client(on_nomad)
-    ports = []
-    for job in api.jobs.get_jobs(prefix="train-lightgbm-distributed/", meta=True):
-        if (job.get("Meta") or {}).get("caravan_artifact_id") != artifact.id:
-            continue
-        for stub in api.job.get_allocations(job["ID"]):
-            alloc = api.allocation.get_allocation(stub["ID"])
-            ports += [p["Value"] for p in alloc["AllocatedResources"]["Shared"]["Ports"] if p["Label"] == "lightgbm"]
-    assert len(ports) == len(set(ports)) == 3
+    assert len(published_models(local_root)) == 2
 
 
 def test_a_peer_that_never_starts_fails_the_step_naming_it_within_the_rendezvous_deadline(

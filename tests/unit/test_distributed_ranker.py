@@ -48,3 +48,24 @@ def test_n_machines_is_in_the_digest_and_the_manifest_params_and_reaches_every_t
 def test_fewer_than_one_machine_is_one_clear_error(local_root: str) -> None:
     with pytest.raises(ConfigurationError, match="num_machines must be at least 1, not 0"):
         TrainRanker(date=DAY, num_machines=0)
+
+
+def test_the_distributed_spec_takes_the_gang_meta_and_gives_each_allocation_a_host_network_port() -> None:
+    from pathlib import Path
+
+    import hcl2
+
+    from caravan.executors.jobspec import parse_spec, plain_hcl
+    from caravan.ml.distributed import GANG_META, PORT_LABEL
+
+    path = Path(__file__).resolve().parents[2] / "nomad" / "train-lightgbm-distributed.nomad.hcl"
+    spec = parse_spec("train-lightgbm-distributed", path)
+    assert spec.ports == (PORT_LABEL,)
+    assert set(GANG_META) <= set(spec.meta_required)
+    assert spec.args == ("-m", "jobs.train_lightgbm", "distributed")
+    ((_, job),) = plain_hcl(hcl2.loads(path.read_text()))["job"][0].items()
+    ((_, group),) = job["group"][0].items()
+    ((_, task),) = group["task"][0].items()
+    # LightGBM finds its rank among the machines by the node's own address: no bridge, no port mapping.
+    assert group["network"][0]["mode"] == "host" and task["config"][0]["network_mode"] == "host"
+    assert group["restart"][0]["attempts"] == 0 and group["reschedule"][0]["attempts"] == 0

@@ -2,10 +2,11 @@
 
 Modules by concern: ``common`` (constants, records, helpers), ``state`` (the state store and its indexes),
 ``jobs`` (the job endpoint, the dispatch-idempotency race), ``scheduler`` (placement, blocked evals,
-rescheduling), ``nodes`` (finite nodes, constraints, bin-packing metrics), ``gc`` (job GC), ``client`` (running
-tasks), ``prestart`` (vault and template hooks), ``faults`` (staged failures, leader loss), ``reads`` (blocking
-reads and logs), ``routes`` (HTTP routing), ``admission`` and ``plan`` (stored form, ``/v1/job/:id/plan``),
-``hcl`` (jobspec conversion) and ``templates`` (the template renderer). HTTP helpers shared with the Consul
+rescheduling), ``nodes`` (finite nodes, constraints, bin-packing metrics), ``ports`` (each allocation's dynamic
+ports and the ``NOMAD_PORT_*`` variables), ``gc`` (job GC), ``client`` (running tasks), ``prestart`` (vault and
+template hooks), ``faults`` (staged failures, leader loss), ``reads`` (blocking reads and logs), ``routes`` (HTTP
+routing), ``admission`` and ``plan`` (stored form, ``/v1/job/:id/plan``), ``hcl`` (jobspec conversion) and
+``templates`` (the template renderer). HTTP helpers shared with the Consul
 double are in ``tests/doubles/_http.py``.
 """
 
