@@ -173,7 +173,11 @@ def _headline(outcome: StepResult | BaseException) -> str:
     for line in reversed(lines):
         if "caravan step" in line or "caravan gang" in line:
             return line
-    return str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+    head = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+    code = getattr(outcome, "exit_code", None)
+    if code is not None and "code" not in head:
+        head += f" (exit code {code}{': killed' if code in KILLED else ''})"
+    return head
 
 
 #: Exit codes of a process killed by SIGKILL: locally (Popen: -9) and on Nomad (128 + 9, the OOM killer's too).
