@@ -70,10 +70,13 @@ job "retrain-ranker-backfill" {
   datacenters = var.datacenters
 
   # `caravan trigger retrain --date D` dispatches it with -meta date=D (`nomad job dispatch -meta date=D
-  # retrain-ranker-backfill` does the same). Not a step: `date` is its only input.
+  # retrain-ranker-backfill` does the same). Not a step: `date` is its only required input.
+  # `events` (optional) is RetrainRanker's --events: the monitor's triggers dispatch -meta events=logged so the
+  # run learns from the served event log; without it the run reads what the image's luigi.cfg sets (as before).
   parameterized {
     payload       = "forbidden"
     meta_required = ["date"]
+    meta_optional = ["events"]
   }
 
   group "retrain" {
@@ -96,7 +99,8 @@ job "retrain-ranker-backfill" {
       # task gets one only with this block (job_endpoint_hook_implicit_identities.go).
       consul {}
 
-      # The date arrives as dispatch meta (NOMAD_META_date); luigi refuses a malformed one.
+      # The date arrives as dispatch meta (NOMAD_META_date); luigi refuses a malformed one. The optional events
+      # meta (NOMAD_META_events) becomes --events only when given.
       # Without a healthy central scheduler the run refuses to start rather than fall back to a local one,
       # which would let two runs build the same artifacts at once.
       config {
@@ -104,7 +108,7 @@ job "retrain-ranker-backfill" {
         command = "/bin/sh"
         args = [
           "-c",
-          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo \"caravan: no healthy caravan-$CARAVAN_ENVIRONMENT-luigid service in Consul\" >&2; exit 1; }; exec python -m caravan.entrypoint --deadline \"$CARAVAN_RUN_DEADLINE\" --grace 20s luigi --module pipelines.ranker RetrainRanker --date \"$NOMAD_META_date\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\"",
+          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo \"caravan: no healthy caravan-$CARAVAN_ENVIRONMENT-luigid service in Consul\" >&2; exit 1; }; set --; test -z \"$NOMAD_META_events\" || set -- --events \"$NOMAD_META_events\"; exec python -m caravan.entrypoint --deadline \"$CARAVAN_RUN_DEADLINE\" --grace 20s luigi --module pipelines.ranker RetrainRanker --date \"$NOMAD_META_date\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\" \"$@\"",
         ]
       }
 

@@ -114,6 +114,8 @@ job "retrain-ranker" {
       consul {}
 
       # The date is computed when the run starts (the last complete UTC day), not when the job is published.
+      # NOMAD_META_events is never set here (a forced launch takes no meta; the monitor dispatches the backfill
+      # with events=logged instead): the line is the backfill's, so the two runs stay the same.
       # Without a healthy central scheduler the run refuses to start rather than fall back to a local one,
       # which would let two runs build the same artifacts at once.
       config {
@@ -121,7 +123,7 @@ job "retrain-ranker" {
         command = "/bin/sh"
         args = [
           "-c",
-          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo \"caravan: no healthy caravan-$CARAVAN_ENVIRONMENT-luigid service in Consul\" >&2; exit 1; }; exec python -m caravan.entrypoint --deadline \"$CARAVAN_RUN_DEADLINE\" --grace 20s luigi --module pipelines.ranker RetrainRanker --date \"$(date -u -d yesterday +%F)\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\"",
+          "test -n \"$LUIGI_SCHEDULER_URL\" || { echo \"caravan: no healthy caravan-$CARAVAN_ENVIRONMENT-luigid service in Consul\" >&2; exit 1; }; set --; test -z \"$NOMAD_META_events\" || set -- --events \"$NOMAD_META_events\"; exec python -m caravan.entrypoint --deadline \"$CARAVAN_RUN_DEADLINE\" --grace 20s luigi --module pipelines.ranker RetrainRanker --date \"$(date -u -d yesterday +%F)\" --scheduler-url \"$LUIGI_SCHEDULER_URL\" --workers \"$CARAVAN_LUIGI_WORKERS\" \"$@\"",
         ]
       }
 

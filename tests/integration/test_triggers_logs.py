@@ -145,7 +145,9 @@ def test_a_closed_day_then_a_degradation_fire_once_each_within_the_cooldown(loca
     record, _ = trigger_store(open_pointer()).records("ranker")["retrain-000001"]
     assert record["online_auc"] < record["gate_auc"] - SETTINGS.degradation_tolerance
     assert record["labelled"] >= SETTINGS.min_events
-    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 20)), ("ranker", None)]
+    # On the logged days up to the latest closed one (production's manifest names no training day to compare).
+    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 20)), ("ranker", dt.date(2026, 11, 20))]
+    assert "retrain on the logged days up to 2026-11-20" in record["reason"]
     assert monitor(local_root, at + dt.timedelta(minutes=15), dispatcher) == [
         ("retrain-000001.cooldown.degradation", "degradation", "suppressed")]
     assert len(dispatcher.calls) == 2
@@ -159,13 +161,13 @@ def test_drift_names_the_drifted_feature_and_fires_once(local_root, tmp_path):
     dispatcher = Dispatches()
     at = DAY + dt.timedelta(hours=5)
     fired = monitor(local_root, at, dispatcher, TriggerSettings(min_events=10**6))  # quality not judged here
-    assert fired == [("retrain-000001", "drift", "dispatched")]
-    record, _ = trigger_store(open_pointer()).records("ranker")["retrain-000001"]
+    # The day is still open: no logged day to retrain on, so the drift waits for one (recorded once).
+    assert fired == [("waiting.no-closed-day.drift", "drift", "waiting for new data")]
+    record, _ = trigger_store(open_pointer()).records("ranker")["waiting.no-closed-day.drift"]
     assert record["features"] == ["x2"] and record["psi"]["x2"] > 0.5
     assert "x2 (PSI" in record["reason"] and "x1" not in record["reason"]
-    assert monitor(local_root, at + dt.timedelta(minutes=15), dispatcher, TriggerSettings(min_events=10**6)) == [
-        ("retrain-000001.cooldown.drift", "drift", "suppressed")]
-    assert dispatcher.calls == [("ranker", None)]
+    assert monitor(local_root, at + dt.timedelta(minutes=15), dispatcher, TriggerSettings(min_events=10**6)) == []
+    assert dispatcher.calls == []
 
 
 @pytest.mark.parametrize("previous_is_better", [True, False])
@@ -182,8 +184,9 @@ def test_rollback_replays_the_previous_model_on_the_logged_rows(local_root, tmp_
     outcomes = run_triggers(report, TriggerSettings(min_events=300, rollback_on_degradation=True),
                             pointer=open_pointer(), dispatcher=Dispatches(), now=at,
                             artifact_store=open_store(local_root))
-    assert [(o.kind, o.outcome) for o in outcomes] == [
-        ("degradation", "dispatched"), ("rollback", "rolled back" if previous_is_better else "not rolled back")]
+    assert [(o.kind, o.outcome) for o in outcomes] == [  # no closed day yet: the retrain waits, the rollback not
+        ("degradation", "waiting for new data"), ("rollback", "rolled back" if previous_is_better else
+                                                  "not rolled back")]
     (record_id,) = [r for r in trigger_store(open_pointer()).records("ranker") if r.startswith("rollback-from-")]
     record, _ = trigger_store(open_pointer()).records("ranker")[record_id]
     production = report.production()

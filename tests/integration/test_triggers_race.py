@@ -108,18 +108,38 @@ def test_two_monitors_dispatch_a_closed_day_once(stores, round_):
 @pytest.mark.parametrize("round_", range(3))
 def test_two_monitors_retrain_on_drift_once(stores, round_):
     model = f"m-{uuid.uuid4().hex[:8]}"
-    results, errors, meeting = race(stores, report(model, psi=0.8))
+    # The day closed and its retrain was dispatched hours ago; production still predates it (that run failed).
+    assert stores().create(model, "new-data-2026-11-28", {"at": "2026-11-29T06:00:00Z", "outcome": "dispatched",
+                                                          "kind": "new_data", "day": "2026-11-28"}) is not None
+    results, errors, meeting = race(stores, report(model, days=("2026-11-28",), psi=0.8))
     assert errors == []
-    assert meeting.calls == [(model, None)]
+    assert meeting.calls == [(model, dt.date(2026, 11, 28))]
     assert outcomes_of(results) == [("retrain-000001", "dispatched"), ("retrain-000001", "taken")]
     # The next pair within the cool-down records one suppression between them and dispatches nothing (no
     # dispatch, so they do not ask the cluster and do not meet: the second finds the record, or loses the create).
-    results, errors, meeting = race(stores, report(model, psi=0.8))
+    results, errors, meeting = race(stores, report(model, days=("2026-11-28",), psi=0.8))
     assert errors == [] and meeting.calls == []
     assert outcomes_of(results) in ([("retrain-000001.cooldown.drift", "suppressed")],
                                     [("retrain-000001.cooldown.drift", "suppressed"),
                                      ("retrain-000001.cooldown.drift", "taken")])
-    assert sorted(stores().records(model)) == ["retrain-000001", "retrain-000001.cooldown.drift"]
+    assert sorted(stores().records(model)) == ["new-data-2026-11-28", "retrain-000001",
+                                               "retrain-000001.cooldown.drift"]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_monitors_retake_a_stale_claim_once(stores, round_):
+    """A claim left 'dispatching' past its lease (its monitor stopped before dispatching): both monitors see it
+    stale, both try to replace it at the version they read, one does and dispatches."""
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    left = {"at": "2026-11-29T10:00:00.000000Z", "kind": "new_data", "outcome": "dispatching", "day": "2026-11-28",
+            "reason": "day closed", "lease_until": "2026-11-29T10:30:00.000000Z"}  # long before the wall clock
+    assert stores().create(model, "new-data-2026-11-28", left) is not None
+    results, errors, meeting = race(stores, report(model, days=("2026-11-28",)))
+    assert errors == []
+    assert meeting.calls == [(model, dt.date(2026, 11, 28))]
+    assert outcomes_of(results) == [("new-data-2026-11-28", "dispatched"), ("new-data-2026-11-28", "taken")]
+    record, _ = stores().records(model)["new-data-2026-11-28"]
+    assert record["outcome"] == "dispatched" and record["retaken"]["lease_until"] == left["lease_until"]
 
 
 def test_consul_records_live_under_the_models_prefix(consul):
@@ -165,7 +185,9 @@ def test_a_rollback_through_the_consul_pointer_and_its_lock(consul):
     degraded = replace(report(model), versions=(replace(report(model).versions[0], auc=0.6),))
     outcomes = run_triggers(degraded, TriggerSettings(rollback_on_degradation=True), pointer=pointer,
                             dispatcher=Meeting(1), now=NOW, replayer=lambda r, p: Replay(0.74, 0.6, 4000))
-    assert [(o.kind, o.outcome) for o in outcomes] == [("degradation", "dispatched"), ("rollback", "rolled back")]
+    # No closed day to retrain on: the retrain waits for one; the rollback does not.
+    assert [(o.kind, o.outcome) for o in outcomes] == [("degradation", "waiting for new data"),
+                                                       ("rollback", "rolled back")]
     state = pointer.read(model)
     assert state.artifact_id == "TrainRanker/date=2026-11-10/x--old00001" and state.document["action"] == "rollback"
     assert [e["action"] for e in pointer.history(model)] == ["promote", "promote", "rollback"]

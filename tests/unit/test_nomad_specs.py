@@ -259,7 +259,7 @@ def test_the_backfill_is_the_retrain_run_with_a_date_from_meta():
         '\\"$(date -u -d yesterday +%F)\\"', '\\"$NOMAD_META_date\\"')
     assert {k: v for k, v in backfill.items() if k != "config"} == {k: v for k, v in run.items() if k != "config"}
     (params,) = job_body("retrain-ranker-backfill")["parameterized"]
-    assert params == {"payload": "forbidden", "meta_required": ["date"]}
+    assert params == {"payload": "forbidden", "meta_required": ["date"], "meta_optional": ["events"]}
     assert "periodic" not in job_body("retrain-ranker-backfill")
     shared = set(variables("retrain-ranker")) - {"schedule", "schedule_enabled"}
     assert shared == set(variables("retrain-ranker-backfill"))

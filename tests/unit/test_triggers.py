@@ -20,6 +20,7 @@ from caravan.monitoring.triggers import (
     evaluate,
     run_triggers,
     settings_from_args,
+    stamp,
 )
 from caravan.monitoring.triggers_store import FileTriggerStore, TriggerStore, trigger_store
 from caravan.registry.file import FilePointer
@@ -39,11 +40,25 @@ def window(auc: float | None = 0.74, labelled: int = 5000, psi: dict[str, float]
 
 def report(*, days: tuple[str, ...] = (), auc: float | None = 0.74, labelled: int = 5000,
            psi: dict[str, float] | None = None, gate_auc: float | None = 0.75, at: dt.datetime = T0,
-           model: str = "ranker") -> MonitorReport:
+           model: str = "ranker", prod: str = PROD) -> MonitorReport:
     return MonitorReport(model=model, window_start=(at - 24 * HOUR).isoformat(), window_end=at.isoformat(),
-                         production_artifact_id=PROD, production_gate_auc=gate_auc,
-                         versions=(window(auc, labelled, psi), window(0.9, 50, artifact_id="Other/x--1")),
+                         production_artifact_id=prod, production_gate_auc=gate_auc,
+                         versions=(window(auc, labelled, psi, artifact_id=prod),
+                                   window(0.9, 50, artifact_id="Other/x--1")),
                          closed_days=days)
+
+
+#: A closed day newer than production's training data (2026-11-20) whose new-data retrain was dispatched 4 h
+#: before T0 and never reached the pointer (its run failed): a degradation or drift retrain has data to learn from.
+DONE = ("2026-11-28",)
+DAY = dt.date(2026, 11, 28)
+
+
+def retrained(target: Any, day: str = "2026-11-28", at: dt.datetime = T0 - 4 * HOUR, model: str = "ranker") -> None:
+    """Record ``day``'s new-data retrain as dispatched at ``at``."""
+    store = target if isinstance(target, TriggerStore) else trigger_store(target)
+    assert store.create(model, f"new-data-{day}", {"at": stamp(at), "kind": "new_data", "outcome": "dispatched",
+                                                   "day": day}) is not None
 
 
 class Dispatches:
@@ -130,11 +145,16 @@ def test_older_unrecorded_days_are_superseded_by_the_newest(pointer):
 
 def test_degradation_retrains_then_the_cooldown_suppresses_once(pointer):
     dispatcher = Dispatches()
-    degraded = report(auc=0.70)  # gate 0.75 - 0.02 = 0.73
+    retrained(pointer)
+    degraded = report(days=DONE, auc=0.70)  # gate 0.75 - 0.02 = 0.73
     (first,) = fire(degraded, pointer, dispatcher)
     assert (first.kind, first.outcome, first.record_id) == ("degradation", "dispatched", "retrain-000001")
     assert "online AUC 0.7000 over 5000 labelled events is below its gate AUC 0.7500" in first.reason
-    assert dispatcher.calls == [("ranker", None)]
+    assert f"retrain on the logged days up to 2026-11-28, the latest closed day (newer than 2026-11-20 ({PROD}))" \
+        in first.reason
+    assert dispatcher.calls == [("ranker", DAY)]
+    record, _ = trigger_store(pointer).records("ranker")["retrain-000001"]
+    assert (record["day"], record["events"]) == ("2026-11-28", "logged")
     (second,) = fire(degraded, pointer, dispatcher, now=T0 + HOUR)
     assert second.outcome == "suppressed" and second.record_id == "retrain-000001.cooldown.degradation"
     assert "cool-down" in second.reason and "2026-11-29T15:00:00" in second.reason
@@ -148,21 +168,24 @@ def test_degradation_retrains_then_the_cooldown_suppresses_once(pointer):
 
 def test_drift_names_the_drifted_features_most_drifted_first(pointer):
     dispatcher = Dispatches()
-    drifting = report(psi={"price": 0.45, "age": 0.05, "country": 0.3})
+    retrained(pointer)
+    drifting = report(days=DONE, psi={"price": 0.45, "age": 0.05, "country": 0.3})
     (outcome,) = fire(drifting, pointer, dispatcher)
     assert (outcome.kind, outcome.outcome) == ("drift", "dispatched")
     assert "price (PSI 0.450), country (PSI 0.300)" in outcome.reason and "age" not in outcome.reason
     record, _ = trigger_store(pointer).records("ranker")[outcome.record_id]
     assert record["features"] == ["price", "country"] and record["psi"] == {"price": 0.45, "country": 0.3}
     # Fewer drifted features than --drift-features: nothing.
-    assert evaluate(drifting, TriggerSettings(drift_features=3), now=T0, recorded={}) == []
+    assert evaluate(report(psi=dict(drifting.versions[0].psi)), TriggerSettings(drift_features=3), now=T0,
+                    recorded={}) == []
 
 
 def test_degradation_and_drift_share_one_retrain(pointer):
     dispatcher = Dispatches()
-    (outcome,) = fire(report(auc=0.6, psi={"price": 0.9}), pointer, dispatcher)
+    retrained(pointer)
+    (outcome,) = fire(report(days=DONE, auc=0.6, psi={"price": 0.9}), pointer, dispatcher)
     assert outcome.kind == "degradation+drift" and outcome.outcome == "dispatched"
-    assert len(dispatcher.calls) == 1
+    assert dispatcher.calls == [("ranker", DAY)]
 
 
 def test_a_new_day_covers_degradation_and_drift_of_the_same_run(pointer):
@@ -176,7 +199,7 @@ def test_a_new_day_covers_degradation_and_drift_of_the_same_run(pointer):
     # The new-data retrain starts the cool-down for them too: already recorded, nothing new within it.
     assert fire(report(auc=0.6, psi={"price": 0.9}), pointer, dispatcher, now=T0 + HOUR) == []
     assert len(dispatcher.calls) == 1
-    (after,) = fire(report(auc=0.6), pointer, dispatcher, now=T0 + 3 * HOUR)
+    (after,) = fire(report(days=DONE, auc=0.6), pointer, dispatcher, now=T0 + 3 * HOUR)
     assert (after.record_id, after.outcome) == ("retrain-000001", "dispatched")
 
 
@@ -203,8 +226,8 @@ def test_a_failed_dispatch_is_recorded_and_retried_by_the_next_run(pointer):
     (again,) = fire(report(days=("2026-11-28",)), pointer, dispatcher, now=T0 + HOUR / 4)
     assert again.outcome == "dispatched" and dispatcher.calls == [("ranker", dt.date(2026, 11, 28))]
     # A failed retrain does not start a cool-down; the next claim takes the next number.
-    (failed,) = fire(report(auc=0.6), pointer, Dispatches(fail=True), now=T0 + 4 * HOUR)
-    (retried,) = fire(report(auc=0.6), pointer, dispatcher, now=T0 + 4 * HOUR + HOUR / 4)
+    (failed,) = fire(report(days=DONE, auc=0.6), pointer, Dispatches(fail=True), now=T0 + 4 * HOUR)
+    (retried,) = fire(report(days=DONE, auc=0.6), pointer, dispatcher, now=T0 + 4 * HOUR + HOUR / 4)
     assert (failed.record_id, retried.record_id, retried.outcome) == ("retrain-000001", "retrain-000002",
                                                                       "dispatched")
 
@@ -237,8 +260,9 @@ def test_rollback_restores_the_previous_model_when_it_replays_better(pointer):
         asked.append(previous["artifact_id"])
         return Replay(previous_auc=0.72, production_auc=0.66, rows=4800)
 
-    outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
-                            dispatcher=Dispatches(), now=T0, replayer=replayer)
+    retrained(pointer)
+    outcomes = run_triggers(report(days=DONE, auc=0.66), TriggerSettings(rollback_on_degradation=True),
+                            pointer=pointer, dispatcher=Dispatches(), now=T0, replayer=replayer)
     assert [(o.kind, o.outcome) for o in outcomes] == [("degradation", "dispatched"), ("rollback", "rolled back")]
     assert asked == [OLD]
     state = pointer.read("ranker")
@@ -405,9 +429,11 @@ def test_a_healthy_run_never_asks_the_cluster(pointer):
             raise AssertionError("running() asked on a run that dispatches nothing")
 
     assert fire(report(), pointer, Unreachable()) == []
-    fire(report(auc=0.6), pointer, Dispatches())
+    retrained(pointer)
+    fire(report(days=DONE, auc=0.6), pointer, Dispatches())
     # Within the cool-down only a suppression is recorded: no dispatch, so no question to the cluster either.
-    assert [o.outcome for o in fire(report(auc=0.6), pointer, Unreachable(), now=T0 + HOUR)] == ["suppressed"]
+    assert [o.outcome for o in fire(report(days=DONE, auc=0.6), pointer, Unreachable(), now=T0 + HOUR)] == \
+        ["suppressed"]
 
 
 def test_dispatch_none_records_the_decisions_once_as_if_dispatched(pointer):
@@ -425,8 +451,9 @@ def test_dispatch_none_records_the_decisions_once_as_if_dispatched(pointer):
 
 
 def test_the_cooldown_reason_says_when_the_next_retrain_may_fire(pointer):
-    fire(report(auc=0.6), pointer, Dispatches(), cooldown_s=5400)
-    (held,) = fire(report(auc=0.6), pointer, Dispatches(), now=T0 + HOUR, cooldown_s=5400)
+    retrained(pointer)
+    fire(report(days=DONE, auc=0.6), pointer, Dispatches(), cooldown_s=5400)
+    (held,) = fire(report(days=DONE, auc=0.6), pointer, Dispatches(), now=T0 + HOUR, cooldown_s=5400)
     assert "the retrain retrain-000001 fired at 2026-11-29T12:00:00.000000Z, less than 90m ago (next from " \
         "2026-11-29T13:30:00.000000Z)" in held.reason
 
@@ -465,3 +492,179 @@ def test_a_local_retrain_that_runs_too_long_is_an_error():
 
     with pytest.raises(CaravanError, match=r"did not finish within 0\.2 s"):
         LocalDispatcher([sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.2).retrain("ranker", None)
+
+
+# -- what a degradation or drift retrain trains on -----------------------------------------------------------------
+
+
+def test_without_data_newer_than_production_a_retrain_waits_for_the_next_closed_day(pointer):
+    class Unreachable(Dispatches):
+        def running(self) -> list[str]:
+            raise AssertionError("running() asked on a run that dispatches nothing")
+
+    # No closed day at all: nothing to retrain on; recorded once, and no cool-down starts.
+    (first,) = fire(report(auc=0.6), pointer, Unreachable())
+    assert (first.record_id, first.outcome) == ("waiting.no-closed-day.degradation", "waiting for new data")
+    assert "no closed day of logged events to retrain on yet" in first.reason
+    assert fire(report(auc=0.6), pointer, Unreachable(), now=T0 + HOUR) == []
+    # Production was trained on logged days up to the latest closed one: a retrain would rebuild it by address.
+    current = "TrainRanker/date=2026-11-28/lr=0.05--cur00001"
+    retrained(pointer)
+    (drift,) = fire(report(days=DONE, psi={"price": 0.9}, prod=current), pointer, Unreachable(), now=T0 + HOUR)
+    assert (drift.record_id, drift.outcome) == ("waiting.2026-11-28.drift", "waiting for new data")
+    assert f"no logged data newer than what production {current} was trained on (up to 2026-11-28)" in drift.reason
+    assert "the new-data retrain of the next closed day covers it" in drift.reason
+    record, _ = trigger_store(pointer).records("ranker")["waiting.2026-11-28.drift"]
+    assert record["outcome"] == "waiting for new data" and record["features"] == ["price"]
+    # The next closed day: its new-data retrain covers the drift.
+    dispatcher = Dispatches()
+    outcomes = fire(report(days=(*DONE, "2026-11-29"), psi={"price": 0.9}, prod=current), pointer, dispatcher,
+                    now=T0 + 2 * HOUR)
+    assert [(o.record_id, o.outcome) for o in outcomes] == [
+        ("new-data-2026-11-29", "dispatched"), ("new-data-2026-11-29.cooldown.drift", "suppressed")]
+    assert dispatcher.calls == [("ranker", dt.date(2026, 11, 29))]
+
+
+def test_a_candidate_the_gate_already_judged_counts_as_trained(pointer):
+    promote(pointer, PROD, 0.75)  # trained up to 2026-11-20
+    rejected = "TrainRanker/date=2026-11-28/lr=0.05--rej00001"
+    pointer.record("ranker", {"action": "reject", "artifact_id": rejected, "artifact_uri": f"/nowhere/{rejected}",
+                              "reasons": ["worse"], "change_id": "c-reject"})
+    retrained(pointer)
+    dispatcher = Dispatches()
+    (waiting,) = fire(report(days=DONE, auc=0.6), pointer, dispatcher)
+    assert waiting.outcome == "waiting for new data" and dispatcher.calls == []
+    assert f"a candidate the gate judged (reject) {rejected} was trained on (up to 2026-11-28)" in waiting.reason
+
+
+def test_the_training_window_comes_from_the_manifest_and_simulated_data_does_not_count(monkeypatch):
+    from caravan.monitoring.triggers import Trained, already_trained, trained_window
+
+    class Manifest:
+        def __init__(self, params: dict[str, Any] | None) -> None:
+            self.params = params
+
+        def manifest(self) -> dict[str, Any]:
+            if self.params is None:
+                raise CaravanError("manifest.json not found")
+            return {"params": self.params}
+
+    logged = Manifest({"date": "2026-11-27", "events": "logged", "window_days": 3})
+    assert trained_window(logged, PROD) == (dt.date(2026, 11, 27), "logged")  # the manifest over the id's date
+    assert trained_window(Manifest({"date": "2026-11-27"}), PROD) == (dt.date(2026, 11, 27), "simulated")
+    assert trained_window(Manifest(None), PROD) == (dt.date(2026, 11, 20), None)  # unreadable: the id
+    assert trained_window(None, "Model/x--1") is None
+
+    class Store:
+        """What already_trained asks of an artifact store: nothing but Artifact(store, id).manifest()."""
+
+    import caravan.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts.Artifact, "manifest",
+                        lambda self: {"params": {"date": "2026-11-28", "events": "simulated"}})
+    assert already_trained("ranker", PROD, artifact_store=Store()) is None  # simulated: not the log's days
+    monkeypatch.undo()
+    assert already_trained("ranker", PROD) == Trained(dt.date(2026, 11, 20), PROD, "production")
+
+
+# -- claims left behind by a monitor that stopped ------------------------------------------------------------------
+
+
+def claim(store: TriggerStore, record_id: str, *, lease_until: dt.datetime | None, at: dt.datetime = T0 - HOUR,
+          outcome: str = "dispatching", **extra: Any) -> None:
+    record = {"at": stamp(at), "kind": extra.pop("kind", "new_data"), "outcome": outcome, "reason": "r", **extra}
+    if lease_until is not None:
+        record["lease_until"] = stamp(lease_until)
+    assert store.create("ranker", record_id, record) is not None
+
+
+def test_a_stale_dispatching_claim_is_retaken_and_dispatched_once_a_fresh_one_is_not(pointer):
+    store = trigger_store(pointer)
+    claim(store, "new-data-2026-11-28", lease_until=T0 + HOUR, day="2026-11-28")  # its monitor may be at it
+    dispatcher = Dispatches()
+    assert run_triggers(report(days=DONE), TriggerSettings(), pointer=pointer, dispatcher=dispatcher, now=T0,
+                        clock=lambda: T0) == []
+    assert dispatcher.calls == []
+    # Past its lease: the next run retakes it, dispatches it, and records that it did.
+    later = T0 + HOUR + dt.timedelta(seconds=1)
+    (outcome,) = run_triggers(report(days=DONE), TriggerSettings(), pointer=pointer, dispatcher=dispatcher,
+                              now=later, clock=lambda: later)
+    assert (outcome.record_id, outcome.outcome) == ("new-data-2026-11-28", "dispatched")
+    assert "retaken: the claim of 2026-11-29T11:00:00.000000Z stayed 'dispatching' past its lease" in outcome.reason
+    assert dispatcher.calls == [("ranker", DAY)]
+    record, _ = store.records("ranker")["new-data-2026-11-28"]
+    assert record["outcome"] == "dispatched" and record["retaken"]["outcome"] == "dispatching"
+    assert record["lease_until"] == stamp(later + dt.timedelta(minutes=30))
+    # Once: the next runs find it dispatched.
+    assert run_triggers(report(days=DONE), TriggerSettings(), pointer=pointer, dispatcher=dispatcher,
+                        now=later + HOUR, clock=lambda: later + HOUR) == []
+    assert len(dispatcher.calls) == 1
+
+
+def test_a_claim_without_a_lease_is_stale_after_claim_lease_from_its_time(pointer):
+    claim(trigger_store(pointer), "new-data-2026-11-28", lease_until=None, at=T0, day="2026-11-28")
+    dispatcher = Dispatches()
+    lease = TriggerSettings(claim_lease_s=600)
+    within = T0 + dt.timedelta(minutes=9)
+    assert run_triggers(report(days=DONE), lease, pointer=pointer, dispatcher=dispatcher, now=within,
+                        clock=lambda: within) == []
+    past = T0 + dt.timedelta(minutes=11)
+    (outcome,) = run_triggers(report(days=DONE), lease, pointer=pointer, dispatcher=dispatcher, now=past,
+                              clock=lambda: past)
+    assert outcome.outcome == "dispatched" and dispatcher.calls == [("ranker", DAY)]
+
+
+def test_a_stale_retrain_claim_is_retaken_under_its_id_or_abandoned(pointer):
+    store = trigger_store(pointer)
+    retrained(pointer)
+    claim(store, "retrain-000001", lease_until=T0 - HOUR / 2, kind="degradation", day="2026-11-28")
+    dispatcher = Dispatches()
+    # Its time does not start a cool-down (it may never have dispatched); the same claim is retaken.
+    (outcome,) = fire(report(days=DONE, auc=0.6), pointer, dispatcher)
+    assert (outcome.record_id, outcome.outcome) == ("retrain-000001", "dispatched")
+    assert dispatcher.calls == [("ranker", DAY)] and "retrain-000002" not in store.records("ranker")
+    # A stale retrain claim that nothing wants any more is recorded abandoned, not left 'dispatching'.
+    claim(store, "retrain-000002", lease_until=T0 - HOUR / 2, kind="drift")
+    (gone,) = fire(report(days=DONE), pointer, dispatcher, now=T0 + HOUR)
+    assert (gone.record_id, gone.outcome) == ("retrain-000002", "abandoned")
+    assert "production is healthy again" in gone.reason
+    assert store.records("ranker")["retrain-000002"][0]["outcome"] == "abandoned"
+    assert len(dispatcher.calls) == 1
+
+
+def test_a_stale_replaying_rollback_is_retaken(pointer):
+    promote(pointer, OLD, 0.76)
+    promote(pointer, PROD, 0.75)
+    change = pointer.read("ranker").document["change_id"]
+    claim(trigger_store(pointer), f"rollback-from-{change}", lease_until=T0 - HOUR, outcome="replaying",
+          kind="rollback")
+    outcomes = run_triggers(report(auc=0.66), TriggerSettings(rollback_on_degradation=True), pointer=pointer,
+                            dispatcher=Dispatches(), now=T0, replayer=lambda r, p: Replay(0.72, 0.66, 100),
+                            clock=lambda: T0)
+    assert outcomes[-1].outcome == "rolled back" and pointer.read("ranker").artifact_id == OLD
+
+
+def test_a_local_retrain_claim_is_leased_for_the_retrain_time_limit(pointer):
+    from caravan.monitoring.triggers import LocalDispatcher
+
+    class Local(LocalDispatcher):
+        def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+            return "local:x", "ran"
+
+    fire(report(days=DONE), pointer, Local(timeout_s=7200))
+    record, _ = trigger_store(pointer).records("ranker")["new-data-2026-11-28"]
+    lease = parse_iso(record["lease_until"]) - parse_iso(record["claimed_at"])
+    assert lease == dt.timedelta(seconds=7260)  # the retrain runs inside the monitor: no one retakes it meanwhile
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_the_claim_lease_flag():
+    parser = argparse.ArgumentParser()
+    add_trigger_arguments(parser)
+    assert settings_from_args(parser.parse_args([])).claim_lease_s == 1800.0
+    assert settings_from_args(parser.parse_args(["--claim-lease", "45m"])).claim_lease_s == 2700.0
+    with pytest.raises(CaravanError, match="--claim-lease"):
+        TriggerSettings(claim_lease_s=0)
