@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import io
 import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caravan.ml.distributed import read_rows, shard_layout, shard_rows, without_network
+from caravan.addressing import Address
+from caravan.artifacts import Artifact
+from caravan.errors import ArtifactCorruptError
+from caravan.ml.distributed import open_parquet, read_rows, shard_layout, shard_rows, without_network
+from caravan.storage.local import LocalStore
 
 
 @given(total=st.integers(0, 10_000), size=st.integers(1, 64))
@@ -53,3 +61,28 @@ def test_the_saved_model_leaves_out_only_the_lines_that_name_the_run_s_addresses
             "[machines: 127.0.0.1:41000,127.0.0.1:41001]\n[time_out: 10]\nend of parameters\n")
     assert without_network(text) == ("tree\nparameters:\n[boosting: gbdt]\n[num_machines: 3]\n[time_out: 10]\n"
                                      "end of parameters\n")
+
+
+def test_a_split_is_read_in_place_locally_and_downloaded_checked_from_any_other_store(tmp_path: Path,
+                                                                                     monkeypatch: Any) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    artifact = Artifact(LocalStore(str(tmp_path / "store")), Address("Data", {"n": "1"}))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"x": list(range(100))}), buffer, row_group_size=30)
+    with artifact.writer() as writer:
+        writer.write_bytes("train.parquet", buffer.getvalue())
+    for in_place in (None, False):
+        source = open_parquet(artifact, "train.parquet", in_place=in_place)
+        assert read_rows(source, 25, 65).column("x").to_pylist() == list(range(25, 65))
+    assert list((tmp_path / "tmp").iterdir()) == [], "the downloaded copy is not left behind"
+    path = artifact.store.path(artifact.store.key_of(artifact.file_uri("train.parquet")))
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # same size, other bytes: only the download's sha256 sees it
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorruptError, match="size or sha256"):
+        open_parquet(artifact, "train.parquet", in_place=False)
+    path.write_bytes(bytes(data[:-1]))
+    with pytest.raises(ArtifactCorruptError, match="size"):
+        open_parquet(artifact, "train.parquet")
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -139,7 +139,7 @@ def shard_layout(group_rows: Sequence[int], size: int) -> list[dict[str, Any]]:
     for rank in range(size):
         start, stop = shard_rows(total, rank, size)
         groups = [i for i, (first, rows) in enumerate(zip(starts, group_rows, strict=True))
-                  if first < stop and first + rows > start]
+                  if start < stop and first < stop and first + rows > start]
         layout.append({"rank": rank, "rows": [start, stop], "row_groups": groups})
     return layout
 
@@ -164,25 +164,50 @@ def read_rows(source: pq.ParquetFile, start: int, stop: int, columns: Sequence[s
     return pa.concat_tables(parts)
 
 
-def open_parquet(artifact: Artifact, name: str) -> pq.ParquetFile:
-    """A published Parquet file opened for reading row groups: in place on a local store (its size checked
-    against the manifest; hashing it would read the whole file, which a shard must not), else its verified bytes."""
-    import pyarrow as pa
+def open_parquet(artifact: Artifact, name: str, *, in_place: bool | None = None) -> pq.ParquetFile:
+    """A published Parquet file opened for reading row groups.
+
+    On a local store it is read in place (its size checked against the manifest: hashing it would read the whole
+    file, which a shard must not). From any other store it is streamed, chunk by chunk, into a local temporary
+    file, checked against the manifest's size and sha256 on the way: a rank then decodes only its row groups and
+    holds neither the file's bytes nor the split in memory. ``in_place=False`` forces the download (tests).
+    """
+    import hashlib
+    import tempfile
+
     import pyarrow.parquet as pq
 
+    from ..errors import ArtifactCorruptError
     from ..storage.local import LocalStore
 
     store = artifact.store
-    if isinstance(store, LocalStore):
-        path = store.path(store.key_of(artifact.file_uri(name)))
-        expected = artifact.manifest()["files"][name]["size"]
-        if path.stat().st_size != expected:
-            from ..errors import ArtifactCorruptError
-
+    key = store.key_of(artifact.file_uri(name))
+    entry = artifact.manifest()["files"][name]
+    if in_place is None:
+        in_place = isinstance(store, LocalStore)
+    if in_place and isinstance(store, LocalStore):
+        path = store.path(key)
+        if path.stat().st_size != entry["size"]:
             raise ArtifactCorruptError(f"file {name!r} does not match its manifest (size)", artifact=artifact.id,
                                        store=store.root_uri)
         return pq.ParquetFile(path)
-    return pq.ParquetFile(pa.BufferReader(artifact.read_bytes(name)))
+    digest, size = hashlib.sha256(), 0
+    with tempfile.NamedTemporaryFile(prefix="caravan-shard-", suffix=".parquet", delete=False) as handle:
+        try:
+            for chunk in store.read_chunks(key):
+                handle.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    try:
+        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+            raise ArtifactCorruptError(f"file {name!r} does not match its manifest (size or sha256)",
+                                       artifact=artifact.id, store=store.root_uri)
+        return pq.ParquetFile(handle.name)  # keeps the file open: its name can go at once
+    finally:
+        os.unlink(handle.name)
 
 
 def load_shard(dataset: Artifact, text: Artifact | None, split: str, start: int, stop: int) -> pa.Table:
