@@ -74,9 +74,6 @@ TOLERANCE = 0.01
 EXAMINE = np.array([1.0, 0.7, 0.5, 0.35, 0.25, 0.2])
 PROJECT = Path(__file__).resolve().parent.parent
 
-log = logging.getLogger("pipelines.demo_loop")
-
-
 @dataclass(frozen=True)
 class Size:
     """How big the run is: users, visits per phase, rows of the bootstrap log."""
@@ -141,10 +138,9 @@ class Traffic:
         self.local = threading.local()
         self.batches: list[Batch] = []
         self.counter = 0
-        self.failures: list[str] = []
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _session(self) -> Any:
         import requests
@@ -447,8 +443,7 @@ class Loop:
             outcome = f"{exc}; control kept"
         self.timeline.add("concluded", "experiment concluded", f"winner {winner} (higher P(best)): "
                           + _shorten(outcome), winner=winner, production=self.production())
-        for name in ("gateway", "worker-challenger", "worker-control"):
-            self.servers.stop(name)
+        self.servers.stop("gateway", "worker-challenger", "worker-control")
         production = self.production()
         self.wait("caravan serve to load the new production",
                   lambda: health(f"{self.serve_url}/health").get("model") == production)
@@ -557,17 +552,36 @@ def _quiet_logs() -> Iterator[None]:
     yield
 
 
+def run(loop: Loop, settings: Any) -> None:
+    """The phases, in order (see the module docstring)."""
+    loop.launch_serve()  # it waits for the first model while that model trains
+    loop.bootstrap()
+    loop.serving()
+    loop.day_one()
+    loop.monitor(loop.at(DAY1, 0), loop.at(DAY2, 1, 5), settings)
+    day = next((d for _, d in loop.dispatched if d is not None), None)
+    candidate = loop.retrain(day) if day is not None else None
+    if candidate is not None:
+        loop.experiment(candidate)
+    loop.drift(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.demo_loop", description=__doc__.split("\n")[0])
-    parser.add_argument("--users", type=int, help="simulated users (default 400; --quick 150)")
+    parser.add_argument("--users", type=int, help="simulated users (default 400; --quick 150); the first model's "
+                        "simulated log grows with them (20 rows per user)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the world: users, visits, clicks (default 7)")
     parser.add_argument("--root", help="a new or empty folder for the store, pointers, logs and the figure "
                         "(default ./.caravan/loop/<UTC time>)")
     parser.add_argument("--quick", action="store_true", help="the reduced size the test suite runs")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
-    if args.users:
-        size = Size(**{**asdict(size), "users": args.users})
+    if args.users is not None:
+        if args.users < 1:
+            parser.error("--users must be at least 1")
+        # The world's users are the simulated log's (rows / 20): the first model has seen them all.
+        size = Size(**{**asdict(size), "users": args.users,
+                       "bootstrap_rows": max(size.bootstrap_rows, 20 * args.users)})
     root = Path(args.root or Path.cwd() / ".caravan" / "loop" / dt.datetime.now(dt.timezone.utc)
                 .strftime("%Y%m%dT%H%M%SZ")).absolute()
     if root.exists() and any(root.iterdir()):
@@ -585,35 +599,27 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    print(f"the loop, on a SIMULATED world ({size.users} users, seed {args.seed}); root {root}\n")
-    print(f"{'sim time':<11}  {'wall':>7}  {'event':<22} why")
     servers = Servers(root / "logs", record=root / "servers.json")
     loop: Loop | None = None
     code = 1
     try:
         with _quiet_logs(), servers:
             loop = Loop(root, size, args.seed, servers)
-            settings = _settings(size)
-            loop.launch_serve()
-            loop.bootstrap()
-            loop.serving()
-            loop.day_one()
-            loop.monitor(loop.at(DAY1, 0), loop.at(DAY2, 1, 5), settings)
-            day = next((d for _, d in loop.dispatched if d is not None), None)
-            candidate = loop.retrain(day) if day is not None else None
-            if candidate is not None:
-                loop.experiment(candidate)
-            loop.drift(settings)
+            print(f"the loop, on a SIMULATED world ({len(loop.world.user_id)} users, seed {args.seed}); root {root}\n")
+            print(f"{'sim time':<11}  {'wall':>7}  {'event':<22} why", flush=True)
+            try:
+                run(loop, _settings(size))
+            finally:
+                loop.traffic.close()  # no user request in flight while the servers stop
             code = 0
     except KeyboardInterrupt:
         print("\ndemo loop: interrupted; every server is stopped", file=sys.stderr)
         code = 130
-    except (CaravanError, RuntimeError) as exc:  # one line; the servers' own logs are under <root>/logs
-        print(f"\ndemo loop: {exc} (server logs: {root / 'logs'}); every server is stopped", file=sys.stderr)
+    except (CaravanError, RuntimeError, OSError) as exc:  # one line; the servers' own logs are under <root>/logs
+        print(f"\ndemo loop: {type(exc).__name__}: {exc} (server logs: {root / 'logs'}); every server is stopped",
+              file=sys.stderr)
         code = 1
     finally:
-        if loop is not None:
-            loop.traffic.close()
         if loop is not None:
             (root / "timeline.json").write_text(json.dumps([asdict(e) for e in loop.timeline.entries], indent=1))
     if loop is not None and code == 0:

@@ -9,7 +9,7 @@ simulated day's ``date=/hour=`` folders and days close when simulated time passe
 
 :class:`Servers` starts each process in its own session (a Ctrl-C in the terminal reaches the demo only, which
 then stops them in order), waits for its ``/health``, and on exit sends SIGTERM (the event log drains), then
-SIGKILL to whatever is still running after ``stop_s``.
+SIGKILL to whatever is still running after ``stop_s``; the servers stopped together are signalled together.
 """
 
 from __future__ import annotations
@@ -93,26 +93,25 @@ class Servers:
                 raise ServerFailed(f"{name} not healthy at {health_url} after {timeout_s:g} s: {_tail(log_path)}")
             time.sleep(0.1)
 
-    def stop(self, name: str) -> int | None:
-        """SIGTERM ``name`` and wait for it (SIGKILL after ``stop_s``); its exit code."""
-        proc = self.running.pop(name, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+    def stop(self, *names: str) -> None:
+        """SIGTERM the named servers at once, then wait for each (SIGKILL to its group after ``stop_s``)."""
+        stopping = [(name, self.running.pop(name)) for name in names if name in self.running]
+        for _, proc in stopping:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_s
+        for _, proc in stopping:
             try:
-                proc.wait(self.stop_s)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is the server and its children
                 proc.wait()
-        return proc.returncode
 
     def stop_all(self) -> None:
-        """Stop every running server, the last started first (the gateway before its workers)."""
-        for name in reversed(list(self.running)):
-            self.stop(name)
+        """Stop every running server."""
+        self.stop(*self.running)
 
 
 def _healthy(url: str) -> bool:
