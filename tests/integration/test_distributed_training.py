@@ -70,8 +70,9 @@ def train(num_machines: int, **extra: Any) -> TinyRanker:
     dataset = TinyDataset()
     if not dataset.complete():
         dataset.run()
+    # Every wait has a deadline: the step's (timeout_s) bounds the gang, the rendezvous its own.
     task = TinyRanker(date=DAY, num_machines=num_machines, rendezvous_timeout_s=extra.pop("rendezvous_timeout_s", 30),
-                      **{**HYPER, **extra})
+                      timeout_s=120, **{**HYPER, **extra})
     task.run()
     return task
 
@@ -92,6 +93,15 @@ def nomad_double(jobspecs: Path) -> Iterator[Any]:
     double.load_specs(jobspecs)
     yield double
     double.stop()
+
+
+@pytest.fixture
+def on_nomad(local_root: str, test_specs: Path, nomad_double: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("CARAVAN_EXECUTOR", "nomad")
+    monkeypatch.setenv("NOMAD_ADDR", nomad_double.address)
+    reset_executors()
+    yield nomad_double
+    reset_executors()
 
 
 def client(double: Any) -> Any:
@@ -247,3 +257,53 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat", "rb") as handle:  # a zombie is not alive
         return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def test_a_second_run_of_the_same_training_on_nomad_attaches_to_the_live_gang(
+        on_nomad: Any, local_root: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from caravan.artifacts import Artifact
+    from caravan.ml.distributed import Rendezvous
+    from caravan.storage import open_store
+
+    caplog.set_level(logging.INFO, logger="caravan.executors")
+    endless = {"num_iterations": 100_000, "early_stopping_rounds": 100_000, "learning_rate": 0.001}
+    outcomes: dict[str, BaseException | None] = {}
+
+    def run(name: str) -> None:
+        try:
+            train(2, **endless)
+            outcomes[name] = None
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    def attached() -> int:
+        return sum("already running for" in r.getMessage() for r in list(caplog.records))
+
+    first = threading.Thread(target=run, args=("first",), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 60
+    registered: list[Path] = []
+    while len(registered) < 2 and time.monotonic() < deadline and first.is_alive():
+        registered = sorted(Path(local_root).glob(f"**/{GANGS_DIR}/*/rank-*.json"))
+        time.sleep(0.05)  # polling the rendezvous folder for a condition, with a deadline
+    assert len(registered) == 2, f"the gang never formed: {outcomes}"
+    # A worker that restarts while the gang trains: it follows the gang's children, it dispatches nothing.
+    second = threading.Thread(target=run, args=("second",), daemon=True)
+    second.start()
+    artifact_id = TinyRanker(date=DAY, num_machines=2, **{**HYPER, **endless}).output().id
+    try:
+        while attached() < 2 and time.monotonic() < deadline and second.is_alive():
+            time.sleep(0.05)  # until each rank of the second run has attached to its child (its log says so)
+    finally:
+        Rendezvous(open_store(local_root), artifact_id, registered[0].parent.name).abort("test", "the test ends")
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not first.is_alive() and not second.is_alive()
+    assert attached() == 2
+    assert all(isinstance(outcomes[name], StepFailed) for name in ("first", "second")), outcomes
+    children = [j for j in client(on_nomad).jobs.get_jobs(prefix="train-lightgbm-distributed/", meta=True)
+                if (j.get("Meta") or {}).get("caravan_artifact_id") == artifact_id]
+    assert len(children) == 2, "the second run dispatched a gang of its own"
+    assert not Artifact(open_store(local_root), artifact_id).exists()

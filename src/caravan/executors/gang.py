@@ -13,6 +13,10 @@ process, and on Nomad the gang's children that still run or wait for placement a
 the same. The gang succeeds when rank 0 published the artifact; otherwise :class:`~caravan.errors.StepFailed`
 names the rank that failed first and why (the last line of its stderr: a rendezvous timeout names the missing
 ranks). The rendezvous folder is removed at the end either way.
+
+On Nomad a gang outlives the worker that started it; a worker that runs the same training while all the ranks
+of such a gang still run or wait attaches to it (``NomadExecutor.live_gang``: each rank follows its child)
+instead of starting a second one. Locally the ranks die with their worker.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ def slot(artifact_id: str, meta: Mapping[str, Any] | None) -> str:
     rank = meta.get("caravan_rank")
     if rank is None:
         return artifact_id
-    return f"{artifact_id}#gang={_gang_id(meta)}#rank={rank}"
+    return f"{artifact_id}#gang={gang_id_of(meta)}#rank={rank}"
 
 
-def _gang_id(meta: Mapping[str, Any]) -> str:
+def gang_id_of(meta: Mapping[str, Any]) -> str:
+    """The gang id in a rank's meta ("" when there is none)."""
     try:
         return str(json.loads(str(meta.get("caravan_gang") or "{}")).get("id", ""))
     except ValueError:
@@ -69,6 +74,11 @@ def run_gang(executor: Executor, request: StepRequest, size: int, *, rendezvous_
     """Run ``request``'s step as ``size`` ranks through ``executor``; see the module docstring."""
     from ..ml.distributed import Rendezvous
 
+    if gang_id is None:
+        live = getattr(executor, "live_gang", None)  # Nomad: a gang a worker before this one started still runs
+        gang_id = live(request.spec.name, request.artifact.id, size) if callable(live) else None
+        if gang_id:
+            log.info("%s: attaching to gang %s, whose %d ranks still run", request.artifact.id, gang_id, size)
     gang_id = gang_id or uuid.uuid4().hex[:16]
     requests = rank_requests(request, size, gang_id, rendezvous_timeout_s, socket_timeout_min)
     rendezvous = Rendezvous(request.artifact.store, request.artifact.key, gang_id)

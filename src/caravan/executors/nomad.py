@@ -385,6 +385,27 @@ class NomadExecutor(Executor):
             return ""
         return pl.too_large(job, nodes or [])
 
+    def live_gang(self, job: str, artifact_id: str, size: int) -> str | None:
+        """The id of a gang of ``size`` ranks for ``artifact_id`` whose every rank still runs or waits, else None: a
+        worker that restarts attaches to it (each rank to its child) instead of starting a second gang."""
+        from .gang import gang_id_of
+
+        try:
+            stubs = self.api.retry("list gangs", lambda: self.api.get("jobs", {"prefix": job, "meta": "true"}),
+                                   deadline=time.monotonic() + 30)
+        except BackendError as exc:
+            log.warning("could not look for a live gang of %s (%s); starting a new one", artifact_id, exc)
+            return None
+        ranks: dict[str, set[str]] = {}
+        for stub in stubs or []:
+            meta = stub.get("Meta") or {}
+            if (sizing.in_family(str(stub.get("ParentID") or ""), job) and stub.get("Status") != DONE
+                    and not stub.get("Stop") and meta.get("caravan_artifact_id") == artifact_id
+                    and meta.get("caravan_num_machines") == str(size)):
+                ranks.setdefault(gang_id_of(meta), set()).add(str(meta.get("caravan_rank")))
+        whole = sorted(gang for gang, found in ranks.items() if found == {str(r) for r in range(size)})
+        return whole[0] if whole else None
+
     def stop_gang(self, job: str, gang_id: str) -> None:
         """Stop every child of ``job`` (or its sized twins) that runs or waits as a rank of gang ``gang_id``: a rank
         still waiting for placement never sees the gang's abort mark."""
