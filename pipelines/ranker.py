@@ -193,6 +193,16 @@ class TrainRanker(TrainParams, NomadJobTask):
     def requires(self) -> dict[str, NomadJobTask]:
         return {"dataset": self.clone(PrepareDataset), "text": self.clone(ProcessText)}
 
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        # A local gang is N processes on this machine: it takes N of the local step slots (at most all of them,
+        # so that it can ever be scheduled).
+        claimed = dict(super().resources)
+        if self.num_machines > 1 and "caravan_local_steps" in claimed:
+            slots = luigi.configuration.get_config().getint("resources", "caravan_local_steps", None)
+            claimed["caravan_local_steps"] = min(self.num_machines, slots) if slots else self.num_machines
+        return claimed
+
     def address(self) -> Address:
         """The address of :class:`ArtifactTask`, with ``num_machines`` in the digest when it is above 1."""
         address = super().address()

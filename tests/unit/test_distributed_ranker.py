@@ -69,3 +69,29 @@ def test_the_distributed_spec_takes_the_gang_meta_and_gives_each_allocation_a_ho
     # LightGBM finds its rank among the machines by the node's own address: no bridge, no port mapping.
     assert group["network"][0]["mode"] == "host" and task["config"][0]["network_mode"] == "host"
     assert group["restart"][0]["attempts"] == 0 and group["reschedule"][0]["attempts"] == 0
+
+
+def test_a_local_gang_takes_n_local_step_slots_but_never_more_than_there_are(
+        local_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import luigi
+
+    monkeypatch.setenv("CARAVAN_EXECUTOR", "local")
+    config = luigi.configuration.get_config()  # luigi's one config: whatever the test sets is put back below
+    had = config.has_option("resources", "caravan_local_steps")
+    before = config.get("resources", "caravan_local_steps") if had else None
+    if not config.has_section("resources"):
+        config.add_section("resources")
+    try:
+        config.set("resources", "caravan_local_steps", "2")
+        assert TrainRanker(date=DAY).resources == {"caravan_local_steps": 1}
+        assert TrainRanker(date=DAY, num_machines=2).resources == {"caravan_local_steps": 2}
+        assert TrainRanker(date=DAY, num_machines=3).resources == {"caravan_local_steps": 2}
+        config.remove_option("resources", "caravan_local_steps")
+        assert TrainRanker(date=DAY, num_machines=3).resources == {"caravan_local_steps": 3}
+        monkeypatch.setenv("CARAVAN_EXECUTOR", "nomad")
+        assert TrainRanker(date=DAY, num_machines=3).resources == {}
+    finally:
+        if had:
+            config.set("resources", "caravan_local_steps", str(before))
+        else:
+            config.remove_option("resources", "caravan_local_steps")
