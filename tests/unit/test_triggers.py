@@ -668,3 +668,65 @@ def test_the_claim_lease_flag():
     assert settings_from_args(parser.parse_args(["--claim-lease", "45m"])).claim_lease_s == 2700.0
     with pytest.raises(CaravanError, match="--claim-lease"):
         TriggerSettings(claim_lease_s=0)
+
+
+class Killed(BaseException):
+    """The monitor process dying mid-run (kill -9): nothing after it runs, no handler records it."""
+
+
+class Dying(Dispatches):
+    """Dies inside ``retrain``: ``before`` the dispatch reached the cluster, or after it did."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def retrain(self, model: str, day: dt.date | None) -> tuple[str, str]:
+        if self.when == "after":
+            self.calls.append((model, day))
+        raise Killed()
+
+
+KILL_STEP = st.fixed_dictionaries({
+    "minutes": st.integers(0, 90),
+    "days": st.lists(st.sampled_from(DAYS[:4]), max_size=2),
+    "auc": st.one_of(st.none(), st.floats(0.4, 0.9)),
+    "kill": st.sampled_from(["no", "before", "after"]),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(KILL_STEP, min_size=1, max_size=10))
+def test_killed_monitors_leave_no_claim_behind_and_a_day_dispatches_once_per_kill_after_it(steps):
+    store = MemoryStore()
+    # A cool-down longer than the test: a day reaches the cluster again only by a retaken claim (a degradation
+    # retrain may otherwise rightly retrain on a day whose candidate never reached the pointer).
+    lease = TriggerSettings(min_events=500, claim_lease_s=1800, cooldown_s=10**7)
+    now = T0
+    closed: set[str] = set()
+    calls: list[tuple[str, dt.date | None]] = []
+    kills_after: list[dt.date | None] = []
+    for step in steps:
+        now += dt.timedelta(minutes=step["minutes"])
+        closed |= set(step["days"])
+        rep = report(days=tuple(sorted(closed)), auc=step["auc"], at=now)
+        dispatcher = Dispatches() if step["kill"] == "no" else Dying(step["kill"])
+        try:
+            run_triggers(rep, lease, pointer=None, dispatcher=dispatcher, now=now, store=store, clock=lambda at=now: at)
+        except Killed:
+            if step["kill"] == "after":
+                kills_after.append(dispatcher.calls[-1][1])
+        calls += dispatcher.calls
+    # A healthy run past every lease: nothing stays claimed in progress.
+    end = now + dt.timedelta(hours=1)
+    final = Dispatches()
+    run_triggers(report(days=tuple(sorted(closed)), at=end), lease, pointer=None, dispatcher=final, now=end,
+                 store=store, clock=lambda: end)
+    calls += final.calls
+    left = {rid: record["outcome"] for (_, rid), (record, _) in store.data.items()
+            if record["outcome"] in ("dispatching", "replaying")}
+    assert left == {}, f"claims left in progress: {left}"
+    # A day reaches the cluster once, plus once per monitor killed after dispatching it (unrecorded, retaken).
+    for day in {d for _, d in calls if d is not None}:
+        sent = sum(1 for _, d in calls if d == day)
+        assert sent <= 1 + kills_after.count(day), (day, calls, kills_after)
