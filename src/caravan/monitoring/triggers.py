@@ -258,7 +258,7 @@ def trained_window(artifact: Any, artifact_id: str) -> tuple[dt.date, str | None
             params = artifact.manifest().get("params") or {}
             if params.get("date"):
                 return dt.date.fromisoformat(str(params["date"])), str(params.get("events") or "simulated")
-        except Exception as exc:  # an unreadable manifest falls back to the id; the decision records which
+        except Exception as exc:  # any failure to read it (missing, corrupt, an outage) falls back to the id
             log.info("model %s: manifest unreadable (%s: %s); its training day is read from its id", artifact_id,
                      type(exc).__name__, exc)
     found = _DATE.search(artifact_id)
@@ -283,8 +283,11 @@ def already_trained(model: str, production_id: str | None, *, pointer: Any = Non
         for entry in pointer.history(model)[-history_entries:]:
             if entry.get("artifact_id") and entry.get("action") in ("promote", "force", "reject", "rollback"):
                 seen.append((str(entry["artifact_id"]), str(entry["action"]), entry.get("artifact_uri")))
+    unique: dict[str, tuple[str, str, str | None]] = {}
+    for artifact_id, how, uri in seen:  # each model read once (production first)
+        unique.setdefault(artifact_id, (artifact_id, how, uri))
     best: Trained | None = None
-    for artifact_id, how, uri in seen:
+    for artifact_id, how, uri in unique.values():
         artifact = None
         try:
             if uri:
