@@ -164,50 +164,28 @@ def read_rows(source: pq.ParquetFile, start: int, stop: int, columns: Sequence[s
     return pa.concat_tables(parts)
 
 
-def open_parquet(artifact: Artifact, name: str, *, in_place: bool | None = None) -> pq.ParquetFile:
+def open_parquet(artifact: Artifact, name: str) -> pq.ParquetFile:
     """A published Parquet file opened for reading row groups.
 
-    On a local store it is read in place (its size checked against the manifest: hashing it would read the whole
-    file, which a shard must not). From any other store it is streamed, chunk by chunk, into a local temporary
-    file, checked against the manifest's size and sha256 on the way: a rank then decodes only its row groups and
-    holds neither the file's bytes nor the split in memory. ``in_place=False`` forces the download (tests).
+    On the local store it is read in place, its size checked against the manifest (hashing it would read the
+    whole file, which a shard must not). From any other store, :meth:`~caravan.artifacts.Artifact.local_file`
+    streams it into a temporary file checked against its size and sha256: a rank then decodes only its row
+    groups and holds neither the file's bytes nor the split in memory.
     """
-    import hashlib
-    import tempfile
-
     import pyarrow.parquet as pq
 
     from ..errors import ArtifactCorruptError
     from ..storage.local import LocalStore
 
     store = artifact.store
-    key = store.key_of(artifact.file_uri(name))
-    entry = artifact.manifest()["files"][name]
-    if in_place is None:
-        in_place = isinstance(store, LocalStore)
-    if in_place and isinstance(store, LocalStore):
-        path = store.path(key)
-        if path.stat().st_size != entry["size"]:
+    if isinstance(store, LocalStore):
+        path = store.path(store.key_of(artifact.file_uri(name)))
+        if path.stat().st_size != artifact.manifest()["files"][name]["size"]:
             raise ArtifactCorruptError(f"file {name!r} does not match its manifest (size)", artifact=artifact.id,
                                        store=store.root_uri)
         return pq.ParquetFile(path)
-    digest, size = hashlib.sha256(), 0
-    with tempfile.NamedTemporaryFile(prefix="caravan-shard-", suffix=".parquet", delete=False) as handle:
-        try:
-            for chunk in store.read_chunks(key):
-                handle.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    try:
-        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-            raise ArtifactCorruptError(f"file {name!r} does not match its manifest (size or sha256)",
-                                       artifact=artifact.id, store=store.root_uri)
-        return pq.ParquetFile(handle.name)  # keeps the file open: its name can go at once
-    finally:
-        os.unlink(handle.name)
+    with artifact.local_file(name) as path:
+        return pq.ParquetFile(path)  # the open file outlives its name, removed on leaving
 
 
 def load_shard(dataset: Artifact, text: Artifact | None, split: str, start: int, stop: int) -> pa.Table:
