@@ -69,11 +69,14 @@ resource "vault_jwt_auth_backend_role" "job" {
   bound_audiences = ["vault.io"]
   # A dispatched or periodic child job carries its parent's ID in nomad_job_id, so the parent names suffice.
   # A list of values is written comma-separated; any one of them matches. The namespace keeps another
-  # environment's jobs of the same name out.
-  bound_claims_type = "string"
+  # environment's jobs of the same name out. A step run at another size than its spec's dispatches the
+  # step's sized twin "<job>@<cpu>c<mem>m" (caravan.executors.sizing), whose children carry the twin's ID:
+  # the step role also matches "<job>@*" (glob; the other names hold no glob character, so they match
+  # exactly). Registering a twin needs submit-job, with which the job itself could be replaced anyway.
+  bound_claims_type = "glob"
   bound_claims = {
     nomad_namespace = var.namespace
-    nomad_job_id    = join(",", each.value)
+    nomad_job_id    = join(",", each.key == "step" ? concat(each.value, [for job in each.value : "${job}@*"]) : each.value)
   }
 
   user_claim              = "/nomad_job_id"

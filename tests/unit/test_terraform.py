@@ -545,7 +545,11 @@ def test_each_jwt_role_binds_its_environments_workload_identities_to_its_own_pol
     assert role["token_policies"] == ["${vault_policy.job[each.key].name}"]
     assert role["bound_audiences"] == ["vault.io"]
     assert role["user_claim"] == "/nomad_job_id" and role["user_claim_json_pointer"] is True
-    assert role["bound_claims"] == {"nomad_namespace": "${var.namespace}", "nomad_job_id": '${join(",", each.value)}'}
+    assert role["bound_claims_type"] == "glob", "a sized step's twin <job>@<cpu>c<mem>m is bound by pattern"
+    assert role["bound_claims"] == {
+        "nomad_namespace": "${var.namespace}",
+        "nomad_job_id": '${join(",", each.key == "step" ? concat(each.value, [for job in each.value : "${job}@*"]) '
+                        ': each.value)}'}
     assert role["claim_mappings"] == {k: k for k in ("nomad_namespace", "nomad_job_id", "nomad_task")}
     assert role["token_explicit_max_ttl"] == 0
 
@@ -666,3 +670,54 @@ def test_consul_checker_rejects_any_write_outside_caravan(name, kind):
 def test_nomad_checker_rejects_bad_policies(bad):
     with pytest.raises(PolicyRejected):
         check_nomad_policy(bad)
+
+
+def vault_glob_match(pattern: str, value: str) -> bool:
+    """Vault's ``bound_claims_type = "glob"`` match (github.com/ryanuber/go-glob: ``*`` is the only
+    wildcard and matches any run of characters, ``?`` and ``[`` are literal)."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return value == pattern
+    if not value.startswith(parts[0]) or not value.endswith(parts[-1]):
+        return False
+    at = len(parts[0])
+    for middle in parts[1:-1]:
+        found = value.find(middle, at)
+        if found < 0:
+            return False
+        at = found + len(middle)
+    return at <= len(value) - len(parts[-1])
+
+
+def bound_job_patterns(roles: Mapping[str, list[str]], role: str) -> list[str]:
+    """The nomad_job_id patterns the JWT role ``role`` binds: vault.tf's expression evaluated for it."""
+    jobs = list(roles[role])
+    return jobs + [f"{job}@*" for job in jobs] if role == "step" else jobs
+
+
+def test_every_job_name_binds_its_own_role_only():
+    roles = terraform()["locals"]["vault_roles"]
+    for role, jobs in roles.items():
+        for name in jobs:
+            assert "*" not in name, f"{name}: a job name of role {role} would be a glob pattern"
+            matched = {r for r in roles if any(vault_glob_match(p, name) for p in bound_job_patterns(roles, r))}
+            assert matched == {role}, f"{name} is bound by {matched}, not only {role}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(cpu=st.integers(1, 1_000_000), memory=st.integers(10, 4_194_304), data=st.data())
+def test_a_sized_steps_children_get_the_step_role_and_no_other(vault_roles, cpu, memory, data):
+    from caravan.executors.sizing import Ask, sized_job_id
+
+    job = data.draw(st.sampled_from(sorted(vault_roles["step"])))
+    twin = sized_job_id(job, Ask(cpu, memory))
+    matches = {r for r in vault_roles if any(vault_glob_match(p, twin) for p in bound_job_patterns(vault_roles, r))}
+    assert matches == {"step"}, f"{twin} is bound by {matches}"
+    other = data.draw(st.sampled_from(sorted(vault_roles["serving"] + vault_roles["retrain"])))
+    other_twin = sized_job_id(other, Ask(cpu, memory))
+    assert not any(vault_glob_match(p, other_twin) for p in bound_job_patterns(vault_roles, "step"))
+
+
+@pytest.fixture(scope="module")
+def vault_roles() -> dict[str, list[str]]:
+    return {role: list(jobs) for role, jobs in terraform()["locals"]["vault_roles"].items()}
