@@ -367,8 +367,7 @@ def _predict_endpoint(gateway: Gateway, pool: ThreadPoolExecutor, max_body_bytes
             data = _JSON_ERROR.encode({"error": f"internal error ({type(exc).__name__})"}).encode()
             log.exception("predict failed")
         elapsed = time.perf_counter() - started
-        gateway.metrics.requests.labels(str(status), arm or "").inc()
-        gateway.metrics.latency.labels(str(status)).observe(elapsed)
+        gateway.metrics.answered(status, arm or "", elapsed)
         request_id = payload.get("request_id") if payload else None
         if status != 200 or log.isEnabledFor(logging.DEBUG):
             log.info("predict %s", status, extra={"request_id": request_id, "status": status, "path": "/predict",

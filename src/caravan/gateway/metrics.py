@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayMetrics:
     """Requests by status and arm, latency, fallbacks, unit-less requests, feedback, follower errors."""
@@ -30,5 +32,15 @@ class GatewayMetrics:
                                          registry=self.registry)
         self.weight = Gauge("caravan_gateway_arm_weight", "Each arm's share of traffic in effect", ["arm"],
                             registry=self.registry)
+        self._answered: dict[tuple[int, str], tuple[Any, Any]] = {}
         self.degraded = Gauge("caravan_gateway_degraded", "1 while /health says degraded or unavailable",
                               registry=self.registry)
+
+    def answered(self, status: int, arm: str, seconds: float) -> None:
+        """Count a /predict answer and its latency (the label children cached: labels() costs microseconds)."""
+        children = self._answered.get((status, arm))
+        if children is None:
+            children = self._answered[status, arm] = (self.requests.labels(str(status), arm),
+                                                      self.latency.labels(str(status)))
+        children[0].inc()
+        children[1].observe(seconds)

@@ -5,8 +5,10 @@ per worker, and calling one of an arm's workers with failover.
 worker first appears and closed when it goes. A call tries the arm's healthy workers in turn, starting from a
 rotating offset (round robin); a worker that fails (no answer, deadline, an error of its own) is skipped for
 a cool-down that doubles with each failure in a row, and the call moves on to the next one within the same
-deadline. A worker that refuses the request (``INVALID_ARGUMENT``: the rows do not fit the model) is the
-client's fault: its message goes back to the client and no other worker is tried.
+deadline. Concurrent calls to one worker are coalesced (:mod:`.coalesce`): while a call is in flight, the
+requests for that worker queue up and then share one call. A worker that refuses the request
+(``INVALID_ARGUMENT``: the rows do not fit the model) is the client's fault: its message goes back to the
+client and no other worker is tried.
 
 :class:`ConsulDiscovery` follows ``GET /v1/health/service/caravan-<env>-worker?passing&tag=model=M`` with
 blocking queries and groups the instances by their ``arm=NAME`` tag. Like every follower in caravan it never
@@ -16,6 +18,7 @@ stays in use meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
+from .coalesce import DEFAULT_MAX_ROWS, Coalescer
 from .loop import RetryLoop
 
 log = logging.getLogger("caravan.gateway")
@@ -59,6 +63,8 @@ class _Worker:
     errors: int = 0
     last_error: str | None = None
     serves: str | None = None  # the artifact id of its last answer
+    coalescer: Coalescer | None = None
+    failed_by: BaseException | None = None  # the error last counted: a shared call's error counts once
 
     def healthy(self, now: float) -> bool:
         return now >= self.retry_at
@@ -98,8 +104,11 @@ class WorkerPool:
     """Pooled clients of every worker, by arm, with failover and cool-downs."""
 
     def __init__(self, connect: Callable[[str], Any], *, cooldown_s: float = 0.5, max_cooldown_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, coalesce_rows: int = DEFAULT_MAX_ROWS) -> None:
+        """``connect(target)`` makes a worker's client; ``coalesce_rows``: at most this many rows in a call that
+        several requests share (0: every request its own call)."""
         self._connect, self.cooldown_s, self.max_cooldown_s, self._clock = connect, cooldown_s, max_cooldown_s, clock
+        self.coalesce_rows = coalesce_rows
         self._lock = threading.Lock()
         self._arms: dict[str, _Arm] = {}
         self._by_target: dict[str, _Worker] = {}
@@ -162,12 +171,12 @@ class WorkerPool:
         details = getattr(exc, "details", None)
         lines = str((details() if callable(details) else None) or exc).splitlines() or [""]
         error = f"{worker.target}: {code or type(exc).__name__}: {lines[0][:300]}"
-        self._failed(worker, error)
+        self._failed(worker, error, exc)
         return error
 
     def _answered(self, worker: _Worker, reply: Any) -> Any:
         with self._lock:
-            worker.failures, worker.retry_at = 0, 0.0
+            worker.failures, worker.retry_at, worker.failed_by = 0, 0.0, None
             worker.serves = getattr(reply, "artifact_id", None)
         return reply
 
@@ -186,15 +195,28 @@ class WorkerPool:
             tried += 1
             worker.calls += 1
             try:
-                reply = await worker.client.predict_async(rows, request_id, remaining)
+                if self.coalesce_rows:
+                    reply = await self._coalescer(worker).predict(rows, request_id, remaining)
+                else:
+                    reply = await worker.client.predict_async(rows, request_id, remaining)
             except Exception as exc:
                 last_error = self._failure(worker, exc)
                 continue
             return self._answered(worker, reply)
         raise NoHealthyWorker(arm, tried, last_error)
 
-    def _failed(self, worker: _Worker, error: str) -> None:
+    def _coalescer(self, worker: _Worker) -> Coalescer:
+        """The worker's coalescer on the running event loop (a new one for another loop: its futures are the loop's)."""
+        coalescer = worker.coalescer
+        if coalescer is None or (coalescer.loop is not None and coalescer.loop is not asyncio.get_running_loop()):
+            coalescer = worker.coalescer = Coalescer(worker.client, max_rows=self.coalesce_rows)
+        return coalescer
+
+    def _failed(self, worker: _Worker, error: str, exc: BaseException | None = None) -> None:
         with self._lock:
+            if exc is not None and worker.failed_by is exc:  # the requests of one shared call: one failure
+                return
+            worker.failed_by = exc
             worker.failures += 1
             worker.errors += 1
             worker.last_error = error

@@ -37,7 +37,7 @@ from .observe import Metrics, log_json_lines
 from .probe import Probe
 from .watcher import Watcher
 from .wire import decode_rows
-from .worker_client import CHANNEL_OPTIONS, FIELD_KEY, ROW_KEY
+from .worker_client import FIELD_KEY, ROW_KEY, SERVER_OPTIONS
 
 if TYPE_CHECKING:
     from ..experiments import ExperimentStore
@@ -123,17 +123,33 @@ class _Predictor(predict_pb2_grpc.PredictorServicer):
 
     async def Predict(self, request: predict_pb2.PredictRequest,  # noqa: N802 — the rpc's name in predict.proto
                       context: grpc.aio.ServicerContext[Any, Any]) -> predict_pb2.PredictReply:
-        if request.ByteSize() > OFF_LOOP_BYTES:
-            reply, code, message, metadata = await asyncio.get_running_loop().run_in_executor(
-                self.large, self.score, request)
-        else:
-            reply, code, message, metadata = self.score(request)
+        reply, code, message, metadata = await self._outcome(request)
         if reply is not None:
             return reply
         if metadata:
             context.set_trailing_metadata(metadata)
         await context.abort(code, message)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def PredictStream(self, requests: Any,  # noqa: N802 — the rpc's name in predict.proto
+                            context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """One reply per request, in order; a refusal or failure is a reply with ``error`` (the stream goes on)."""
+        while (request := await context.read()) is not grpc.aio.EOF:
+            reply, code, message, metadata = await self._outcome(request)
+            if reply is None:
+                error = predict_pb2.Error(code=code.name, message=message)
+                for key, value in metadata:
+                    if key == FIELD_KEY:
+                        error.field = value.decode("utf-8") if isinstance(value, bytes) else value
+                    elif key == ROW_KEY:
+                        error.row = int(value)
+                reply = predict_pb2.PredictReply(error=error)
+            await context.write(reply)
+
+    async def _outcome(self, request: predict_pb2.PredictRequest) -> _Outcome:
+        if request.ByteSize() > OFF_LOOP_BYTES:
+            return await asyncio.get_running_loop().run_in_executor(self.large, self.score, request)
+        return self.score(request)
 
     def score(self, request: predict_pb2.PredictRequest) -> _Outcome:
         """The reply, or the status, message and trailing metadata of a refusal."""
@@ -208,7 +224,7 @@ class Worker:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
     async def _bind(self, address: str) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=list(CHANNEL_OPTIONS))
+        server = grpc.aio.server(options=list(SERVER_OPTIONS))
         predict_pb2_grpc.add_PredictorServicer_to_server(_Predictor(self, self._large), server)
         port = server.add_insecure_port(address)
         if port == 0:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61ravan/v1/predict.proto\x12\ncaravan.v1\"C\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.caravan.v1.Row\"C\n\x03Row\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\r\n\x05kinds\x18\x03 \x01(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\"B\n\x0cPredictReply\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2L\n\tPredictor\x12?\n\x07Predict\x12\x1a.caravan.v1.PredictRequest\x1a\x18.caravan.v1.PredictReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61ravan/v1/predict.proto\x12\ncaravan.v1\"C\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.caravan.v1.Row\"C\n\x03Row\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\r\n\x05kinds\x18\x03 \x01(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\"d\n\x0cPredictReply\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.caravan.v1.Error\"O\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x10\n\x03row\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x06\n\x04_row2\x97\x01\n\tPredictor\x12?\n\x07Predict\x12\x1a.caravan.v1.PredictRequest\x1a\x18.caravan.v1.PredictReply\x12I\n\rPredictStream\x12\x1a.caravan.v1.PredictRequest\x1a\x18.caravan.v1.PredictReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROW']._serialized_start=109
   _globals['_ROW']._serialized_end=176
   _globals['_PREDICTREPLY']._serialized_start=178
-  _globals['_PREDICTREPLY']._serialized_end=244
-  _globals['_PREDICTOR']._serialized_start=246
-  _globals['_PREDICTOR']._serialized_end=322
+  _globals['_PREDICTREPLY']._serialized_end=278
+  _globals['_ERROR']._serialized_start=280
+  _globals['_ERROR']._serialized_end=359
+  _globals['_PREDICTOR']._serialized_start=362
+  _globals['_PREDICTOR']._serialized_end=513
 # @@protoc_insertion_point(module_scope)

@@ -27,11 +27,25 @@ class Row(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., kinds: _Optional[bytes] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictReply(_message.Message):
-    __slots__ = ("scores", "artifact_id", "model")
+    __slots__ = ("scores", "artifact_id", "model", "error")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     artifact_id: str
     model: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., artifact_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    error: Error
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., artifact_id: _Optional[str] = ..., model: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "field", "row")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    field: str
+    row: int
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., row: _Optional[int] = ...) -> None: ...
