@@ -21,8 +21,25 @@ alternating. Both paths share the machine's cores with each other's idle process
 ``server CPU`` is the CPU time of the path's processes over the measured window (gateway + worker together for
 the split path; 100% = one core).
 
+The gateway coalesces (src/caravan/gateway/coalesce.py): requests for a worker that arrive while a call to it is
+in flight, or in the same turn of the gateway's event loop, share its next call, sent as one message on the
+worker's long-lived ``PredictStream``; ``requests per call`` is how many shared a call on average (from the
+gateway's ``/health``). Then come the arithmetic of the ceiling: each process runs on one event loop, so a path
+answers at most 1 / (its busiest process's CPU per request) requests a second; ``ceiling`` is the gateway
+path's ceiling over serve's.
+
 Goal (issue 12): at p50 the gateway path adds at most 1 ms to serve's latency, and its throughput is at least
 0.7 of serve's, in both cases, with no failed request.
+
+Why one-row bodies sit near the line (measured 2026-11-29, see the README): serve spends about 0.28 ms of CPU
+on a one-row request, its HTTP front (uvicorn, h11, JSON, the event log) the larger part. The gateway spends the
+same on the same HTTP front, plus routing and signing, plus Python gRPC: a message costs the sender about
+0.2 ms (grpcio writes to the socket under the GIL) and the worker 0.1 ms, whatever its size, which is why
+requests share messages. With 4 connections about 2 requests share a message, so the gateway spends about
+0.4 ms a request: its ceiling is about 0.7 of serve's, and the measured ratio is that ceiling minus what the
+two-stage pipeline loses at 4 connections (a request's round trip to the worker, about 0.4 ms, is latency
+serve does not have). 100-row bodies are no problem: there the work is parsing and scoring, split between
+two processes.
 """
 
 from __future__ import annotations
@@ -78,6 +95,15 @@ def measured_cpu(pids: list[int], warmup: float, duration: float) -> dict[str, l
     for key, at in (("before", 0.2 + warmup), ("after", 0.2 + warmup + duration)):
         threading.Thread(target=sample, args=(key, at), daemon=True).start()
     return found
+
+
+def sent(port: int) -> tuple[int, int]:
+    """The requests the gateway has sent to its workers, and the calls that carried them (its /health)."""
+    import requests
+
+    workers = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["workers"]
+    listed = [w for arm in workers.values() for w in arm]
+    return sum(w["calls"] for w in listed), sum(w["sent"] for w in listed)
 
 
 def check_same_answers(paths: dict[str, Any], cases: dict[str, tuple[int, dict[str, list[bytes]]]]) -> None:
@@ -165,6 +191,7 @@ def main() -> int:
             check_same_answers(paths, cases)
             runs = {(case, path): Run() for case in cases for path in paths}
             cpu_by_process: dict[tuple[str, str], float] = {}
+            shared: dict[str, tuple[int, int]] = {}  # case: (requests, calls) the gateway sent to the worker
             order = list(paths)
             for n in range(args.rounds):
                 for case, (_, case_bodies) in cases.items():
@@ -173,8 +200,13 @@ def main() -> int:
                         print(f"round {n + 1}/{args.rounds}: {case:<9} {path} ...", flush=True)
                         cpu = measured_cpu(pids, args.warmup, args.duration)
                         run = runs[case, path]
+                        before = sent(gateway_port) if path != "serve" else None
                         load(Target("127.0.0.1", port), None, case_bodies[path], args.connections, args.warmup,
                              args.duration, run)
+                        if before is not None:
+                            after = sent(gateway_port)
+                            shared[case] = tuple(a + (x - y) for a, x, y in zip(shared.get(case, (0, 0)), after,
+                                                                                 before, strict=True))
                         wait_until(lambda c=cpu: "after" in c, "the CPU sample", 5)
                         spent = [after - before for before, after in zip(cpu["before"], cpu["after"], strict=True)]
                         run.server_cpu += sum(spent)
@@ -193,11 +225,15 @@ def main() -> int:
             print(f"{case:<10} {path:<16} {run.rate:>8.0f} {run.rate * n_rows:>9.0f} "
                   f"{percentile(run.latencies, 50) * 1000:>7.2f} {percentile(run.latencies, 99) * 1000:>7.2f} "
                   f"{run.server_cpu / run.seconds:>11.0%} {run.client_cpu / run.seconds:>11.0%} {run.failed:>7}")
-    print("\nCPU per answered request, by process:")
+    print("\nCPU per answered request, by process; requests per gateway->worker call; the ceiling (one core per "
+          "process: 1 / the busiest process's CPU per request), gateway path over serve:")
     for case in cases:
         per_request = {name: seconds / max(1, runs[case, "serve" if name == "serve" else "gateway+worker"].requests)
                        for (c, name), seconds in cpu_by_process.items() if c == case}
-        print(f"{case:<10} " + ", ".join(f"{name} {ms * 1000:.2f} ms" for name, ms in per_request.items()))
+        requests, calls = shared.get(case, (0, 0))
+        ceiling = per_request["serve"] / max(per_request["gateway"], per_request["worker"])
+        print(f"{case:<10} " + ", ".join(f"{name} {ms * 1000:.2f} ms" for name, ms in per_request.items())
+              + f"; {requests / calls if calls else math.nan:.1f} requests per call; ceiling {ceiling:.2f}")
     print()
     problems = []
     for case in cases:

@@ -214,7 +214,7 @@ def test_the_gateway_finds_its_workers_in_consul(local_root: str, model_name: st
             assert health["discovery"]["service"] == "caravan-dev-worker"
             assert health["workers"] == {"control": [{"target": f"127.0.0.1:{worker.grpc_port}", "healthy": True,
                                                       "calls": 1, "errors": 0, "last_error": None,
-                                                      "serves": model.id}]}
+                                                      "serves": model.id, "sent": 1}]}
     finally:
         worker.stop(0.2)
         consul.stop()

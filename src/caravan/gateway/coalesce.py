@@ -103,11 +103,12 @@ class Coalescer:
             task = loop.create_task(self._drain())
             self._tasks.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(self._tasks.discard)
+        # Its own deadline (cheaper than wait_for): a request whose time is up is answered so, and skipped if queued.
+        timer = loop.call_at(pending.deadline, _expire, pending.future, timeout_s)
         try:
-            return await asyncio.wait_for(pending.future, timeout_s)  # on timeout the future is cancelled: skipped
-        except TimeoutError:
-            raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"no answer within {timeout_s:.3f} s (queued behind other calls to the worker)") from None
+            return await pending.future
+        finally:
+            timer.cancel()
 
     async def _call(self, parts: list[bytes], request_id: str, timeout_s: float, rows: int) -> Prediction:
         self.calls += 1
@@ -165,6 +166,12 @@ class Coalescer:
         for p in batch:
             _settle(p, Prediction(prediction.scores[start:start + p.rows], prediction.artifact_id, prediction.model))
             start += p.rows
+
+
+def _expire(future: asyncio.Future[Prediction], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout_s:.3f} s "
+                                        "(queued behind other calls to the worker)"))
 
 
 def _settle(pending: _Pending, result: Prediction | None = None, *, exc: BaseException | None = None) -> None:

@@ -225,11 +225,13 @@ class WorkerPool:
         log.warning("worker failed, skipped for %.1f s: %s", cooldown, error)
 
     def describe(self) -> dict[str, list[dict[str, Any]]]:
-        """Every arm's workers for /health: address, healthy, calls, errors, last error."""
+        """Every arm's workers for /health: address, healthy, calls (requests), errors, last error, and ``sent``:
+        the calls (stream messages) that carried them (fewer when requests shared calls)."""
         now = self._clock()
         with self._lock:
             return {arm: [{"target": w.target, "healthy": w.healthy(now), "calls": w.calls, "errors": w.errors,
-                           "last_error": w.last_error, "serves": w.serves} for w in entry.workers]
+                           "last_error": w.last_error, "serves": w.serves,
+                           "sent": w.calls if w.coalescer is None else w.coalescer.calls} for w in entry.workers]
                     for arm, entry in sorted(self._arms.items())}
 
 
