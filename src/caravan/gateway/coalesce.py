@@ -5,8 +5,10 @@ than scoring one row. So while a call to a worker is in flight, the requests for
 and when the call returns everything queued goes as ONE call (their rows side by side, each request encoded
 once), whose scores are split back by request. There is no timer: a request that finds the worker idle is
 sent on the event loop's next turn (with whatever else that turn brought), so at low load nothing waits; the
-busier the worker, the more requests share a call. A call
-carries at most ``max_rows`` rows (a request larger than that goes alone).
+busier the worker, the more requests share a call. A call carries at most ``max_rows`` rows (64), and a
+request that large goes alone: sharing pays where the call costs more than the rows, and a large shared call
+would make each of its requests wait for all of them (with few requests in flight the gateway and the worker
+would take turns instead of working at once).
 
 Each request keeps what is its own: its request id (the call's id lists them all, for the worker's logs), its
 deadline (it stops waiting when its own time is up; the call's deadline is the latest of its requests'), and
@@ -31,7 +33,7 @@ from ..serving.worker_client import Prediction
 
 __all__ = ["DEFAULT_MAX_ROWS", "CallFailed", "Coalescer"]
 
-DEFAULT_MAX_ROWS = 64  # rows per shared call (see the module docstring)
+DEFAULT_MAX_ROWS = 64  # rows per shared call; a request of this many goes alone (see the module docstring)
 _REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
