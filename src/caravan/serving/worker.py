@@ -1,5 +1,8 @@
 """A worker: one model behind gRPC ``caravan.v1.Predictor/Predict``, plus HTTP ``/health`` and ``/metrics``.
 
+``PredictStream`` answers the same requests on one long-lived stream (what the gateway uses: a message costs
+less than a call), one reply per request in order, a refusal as a reply with ``error`` (the stream goes on).
+
 ``caravan worker --model M --arm NAME`` serves the artifact that arm NAME of M's experiment names, and
 follows the experiment document live; ``--artifact URI`` serves one artifact. Either way the model is
 loaded exactly as ``caravan serve`` loads it: :class:`~caravan.serving.watcher.Watcher` follows a pointer
