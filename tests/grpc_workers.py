@@ -4,12 +4,14 @@ A row's score is the sum of its numbers plus the server's ``offset`` (the offset
 a row with a field named ``bad`` is refused with INVALID_ARGUMENT naming it (as a worker refuses an unknown
 field), so is a non-finite number, and ``too_many`` rows or more with RESOURCE_EXHAUSTED. Each server counts
 the calls it answered (a message on PredictStream counts as a call; ``stream=False`` serves Predict alone, as an
-older worker does) and keeps the row counts of the requests it was sent.
+older worker does) and keeps the row counts of the requests it was sent. A row with a field ``hang`` holds its
+answer until ``servicer.released`` is set.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from concurrent import futures
 from typing import Any
 
@@ -24,10 +26,14 @@ class _Servicer(predict_pb2_grpc.PredictorServicer):
     def __init__(self, artifact_id: str, offset: float, too_many: int) -> None:
         self.artifact_id, self.offset, self.too_many, self.calls = artifact_id, offset, too_many, 0
         self.sizes: list[int] = []  # rows per request answered or refused, in order
+        self.released = threading.Event()
 
     def answer(self, request: Any) -> Any:
-        """The reply, or (code, message, field, row) of a refusal."""
+        """The reply, or (code, message, field, row) of a refusal; a row with ``hang`` waits (up to 5 s) until
+        ``released`` is set, as a worker that stopped answering."""
         rows = decode_rows(request)
+        if any("hang" in row for row in rows):
+            self.released.wait(5)
         self.sizes.append(len(rows))
         if len(rows) >= self.too_many:
             return grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.too_many - 1} rows per request", None, None

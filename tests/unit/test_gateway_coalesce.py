@@ -227,3 +227,26 @@ def test_a_dead_worker_fails_its_shared_call_once_and_its_requests_fail_over() -
     # cool-down doubles with each failure in a row).
     assert (workers[dead.target]["errors"], workers[dead.target]["healthy"]) == (1, False)
     assert workers[alive.target]["errors"] == 0
+
+
+def test_a_request_not_answered_in_time_fails_and_the_next_gets_its_own_answer() -> None:
+    worker = FakeWorker("A", 0.0)
+    client = PredictorClient(worker.target)
+
+    async def run() -> tuple[Any, list[float]]:
+        await client.predict_encoded_async([encode(rows_of(1, 1, None))], "warm", 5.0)  # the stream is open
+        late = None
+        try:
+            await client.predict_encoded_async([encode([{"a": 1.0, "hang": 1.0}])], "stuck", 0.2)
+        except grpc.RpcError as exc:
+            late = exc
+        worker.servicer.released.set()
+        return late, list((await client.predict_encoded_async([encode(rows_of(2, 3, None))], "next", 5.0)).scores)
+
+    try:
+        late, scores = asyncio.run(run())
+    finally:
+        client.close()
+        worker.stop()
+    assert late is not None and late.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert scores == [3.0, 4.0]  # its own answer, never the stuck request's late one
