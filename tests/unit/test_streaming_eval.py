@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,25 +26,9 @@ from caravan.ml.split_batches import SplitBatches
 from caravan.step import StepContext
 from caravan.storage import open_store
 from jobs.evaluate import evaluate, evaluate_in_memory
+from tests.streaming import publish, run_limited
 
-ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ["f1", "f2", "words"]
-
-
-def publish(root: str, family: str, files: dict[str, Any], tmp: Path, upstream: Any = None) -> Artifact:
-    """An artifact of ``files``: tables as Parquet (``(table, row_group_rows)``), text, or JSON."""
-    artifact = Artifact(open_store(root), Address(family, {"n": uuid.uuid4().hex}, upstream=upstream))
-    with artifact.writer() as writer:
-        for name, value in files.items():
-            if isinstance(value, tuple):
-                path = tmp / f"{uuid.uuid4().hex}.parquet"
-                pq.write_table(value[0], path, row_group_size=value[1])
-                writer.write_file(name, path)
-            elif isinstance(value, str):
-                writer.write_text(name, value)
-            else:
-                writer.write_json(name, value)
-    return Artifact(open_store(root), artifact.id)
 
 
 def table(n: int, seed: int, positive_share: float = 0.3) -> tuple[pa.Table, pa.Table]:
@@ -148,8 +129,7 @@ def test_split_batches_project_columns_and_keep_the_order_with_text_features(loc
 # -- a test split larger than the memory the step may use ----------------------------------------------
 
 LIMITED = textwrap.dedent("""
-    import resource, sys, uuid
-    sys.path.insert(0, {root!r})
+    import uuid
     import lightgbm, matplotlib.backends.backend_agg, numpy as np
     from caravan.addressing import Address
     from caravan.artifacts import Artifact
@@ -162,13 +142,8 @@ LIMITED = textwrap.dedent("""
     booster = lightgbm.Booster(model_str=inputs["model"].read_text("model.txt"))
     booster.predict(np.zeros((4, 16)))  # LightGBM's threads started before the limit: their stacks are not data
 
-    def vm_bytes():
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-
     # Everything imported and started: the limit is what the data may add.
-    limit = vm_bytes() + {headroom_mb} * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_address_space({headroom_mb})
     artifact = Artifact(store, Address("EvaluateRanker", {{"n": uuid.uuid4().hex}}))
     writer = artifact.writer()
     try:
@@ -185,13 +160,9 @@ LIMITED = textwrap.dedent("""
 
 
 def limited(function: str, store: str, dataset: str, model: str, headroom_mb: int) -> subprocess.CompletedProcess[str]:
-    code = LIMITED.format(root=str(ROOT), store=store, dataset=dataset, model=model, function=function,
-                          headroom_mb=headroom_mb)
-    # As in test_streaming_prepare: RLIMIT_AS counts address space, so Arrow's system allocator (jemalloc
-    # crashes when refused a mapping), one glibc arena (each extra one reserves 64 MiB), one OpenMP thread.
-    env = {"PATH": "/usr/bin:/bin", "ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1",
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    code = LIMITED.format(store=store, dataset=dataset, model=model, function=function, headroom_mb=headroom_mb)
+    # run_limited's allocator settings (see there), and one OpenMP thread.
+    return run_limited(code, env={"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
 
 
 def test_a_test_split_larger_than_the_memory_limit_evaluates_streaming_and_fails_whole(local_root, tmp_path):
