@@ -13,6 +13,8 @@ each batch as it is read (one pass, the same rows as in memory); a time split fi
 column (Apache DataSketches' KLL), takes the cut points from it (each within the sketch's rank error,
 :func:`caravan.ml.sketches.rank_error`, of the exact one) and routes rows in a second pass, keeping
 their input order. Statistics come from mergeable sketches (:class:`caravan.ml.sketches.TableSketch`).
+A part on S3 or HDFS is copied chunk by chunk to a local temporary file each time a pass reads it (removed
+after, whatever happens), then scanned as a local part: never whole in memory.
 Each split is one Parquet file of row groups of ``row_group_rows`` rows, staged in a local temporary
 folder until every check has passed. :func:`prepare_in_memory` is the former whole-table path, kept
 for ``bench/scale.py`` to compare against.
@@ -20,6 +22,7 @@ for ``bench/scale.py`` to compare against.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import hashlib
@@ -269,39 +272,50 @@ def prepare_in_memory(ctx: StepContext) -> None:
 
 @dataclass
 class _Part:
-    """One Parquet object of the window: a local file read in place, or bytes fetched when it is read."""
+    """One Parquet object of the window: a local file read in place, or a streamed temporary copy of it.
+
+    ``copy`` gives that copy (written chunk by chunk, removed on leaving) each time the part is read: the
+    bytes of an object on S3 or HDFS are never held in memory, and the disk holds one part at a time.
+    """
 
     name: str
     path: Path | None = None
-    fetch: Callable[[], bytes] | None = None
+    copy: Callable[[], contextlib.AbstractContextManager[Path]] | None = None
+
+    @contextlib.contextmanager
+    def local(self) -> Iterator[Path]:
+        if self.path is not None:
+            yield self.path
+            return
+        assert self.copy is not None
+        with self.copy() as path:
+            yield path
 
     def schema(self) -> pa.Schema:
-        if self.path is not None:
-            return pq.read_schema(self.path)
-        assert self.fetch is not None
-        return pq.read_schema(pa.BufferReader(self.fetch()))
+        with self.local() as path:
+            return pq.read_schema(path)
 
     def batches(self, schema: pa.Schema, batch_rows: int,
                 columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        if self.path is not None:
+        # A generator: the copy is removed when the last batch is read, when reading fails, or when the
+        # consumer stops early (closing the generator exits the ``with``).
+        with self.local() as path:
             # Small read-ahead (the scanner's default keeps dozens of batches in flight) and no pre-buffering
             # (it fetches the column chunks of many row groups at once): memory for a row group or two.
-            dataset = ds.dataset(self.path, schema=schema, format="parquet")
+            dataset = ds.dataset(path, schema=schema, format="parquet")
             yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1,
                                           fragment_readahead=1, fragment_scan_options=_NO_PREBUFFER)
-            return
-        assert self.fetch is not None
-        if columns is not None:
-            schema = pa.schema([schema.field(name) for name in columns])
-        for batch in pq.ParquetFile(pa.BufferReader(self.fetch())).iter_batches(batch_size=batch_rows):
-            yield _conform(batch, schema)
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """``batch`` with ``schema``'s columns: missing ones null, others cast (as concat_tables would promote)."""
-    columns = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
-               for f in schema]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+@contextlib.contextmanager
+def _copied(store: Any, key: str) -> Iterator[Path]:
+    """The object ``key`` of ``store`` as a temporary local file, copied chunk by chunk; removed on leaving."""
+    with tempfile.TemporaryDirectory(prefix="caravan-part-") as folder:
+        path = Path(folder, "part.parquet")
+        with open(path, "wb") as sink:
+            for chunk in store.read_chunks(key):
+                sink.write(chunk)
+        yield path
 
 
 def _local_path(store: Any, key: str) -> Path | None:
@@ -314,7 +328,7 @@ def _verified_path(artifact: Any, name: str) -> _Part:
     """An upstream artifact's file, read in place when local (checked against its manifest's sha256 first)."""
     path = _local_path(artifact.store, artifact.store.key_of(artifact.file_uri(name)))
     if path is None:
-        return _Part(f"{artifact.id}/{name}", fetch=lambda: artifact.read_bytes(name))
+        return _Part(f"{artifact.id}/{name}", copy=lambda: artifact.local_file(name))
     entry = artifact.manifest()["files"][name]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -348,8 +362,8 @@ class _Window:
                 self.listed[uri] = stats
                 for stat in stats:
                     path = _local_path(store, stat.key)
-                    fetch = None if path is not None else (lambda s=store, k=stat.key: s.read(k))
-                    self.parts.append(_Part(f"{uri}:{stat.key}", path=path, fetch=fetch))
+                    copy = None if path is not None else (lambda s=store, k=stat.key: _copied(s, k))
+                    self.parts.append(_Part(f"{uri}:{stat.key}", path=path, copy=copy))
         if not self.parts:
             raise DataCheckFailed("prepare-dataset has no input: neither upstream events nor --sources")
         schemas = [part.schema() for part in self.parts]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import sys
 import tempfile
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from caravan.ml.stats import _bin_shares, column_stats
 from caravan.step import StepContext
 from caravan.storage import open_store
 from jobs.prepare_dataset import DataCheckFailed, prepare, prepare_in_memory
+from tests.streaming import run_limited
 
-ROOT = Path(__file__).resolve().parents[2]
 EPS = rank_error()
 DAY = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -233,22 +231,16 @@ def test_the_checks_still_refuse_a_table_that_cannot_train(tmp_path, change, mes
 
 # -- a window larger than the memory the step may use ---------------------------------------------------
 
-LIMITED = textwrap.dedent("""
-    import resource, sys, uuid
-    sys.path.insert(0, {root!r})
+LIMITED = """
+    import uuid
     from caravan.addressing import Address
     from caravan.artifacts import Artifact
     from caravan.step import StepContext
     from caravan.storage import open_store
     import jobs.prepare_dataset as step
 
-    def vm_bytes():
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-
     # Everything imported (libraries mapped, thread pools started): the limit is what the data may add.
-    limit = vm_bytes() + {headroom_mb} * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_address_space({headroom_mb})
     artifact = Artifact(open_store("file://{out}"), Address("PrepareDataset", {{"n": uuid.uuid4().hex}}))
     writer = artifact.writer()
     params = {{"sources": ["{uri}"], "split": "time", "valid_fraction": 0.2, "test_fraction": 0.2, "seed": 1,
@@ -261,16 +253,11 @@ LIMITED = textwrap.dedent("""
         print("MemoryError", exc)
         sys.exit(3)
     print("rows", sum(artifact.metrics[k] for k in ("rows_train", "rows_valid", "rows_test")))
-""")
+"""
 
 
 def limited(function: str, uri: str, out: Path, headroom_mb: int) -> subprocess.CompletedProcess[str]:
-    code = LIMITED.format(root=str(ROOT), out=out, uri=uri, function=function, headroom_mb=headroom_mb)
-    # RLIMIT_AS counts address space, not memory used: Arrow's jemalloc pool crashes (SIGSEGV) when a
-    # mapping is refused and mimalloc reserves its space before the limit is set, so the step runs on
-    # Arrow's system pool here; one glibc arena, as every extra one reserves 64 MiB of address space.
-    env = {"PATH": "/usr/bin:/bin", "ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    return run_limited(LIMITED.format(out=out, uri=uri, function=function, headroom_mb=headroom_mb))
 
 
 def test_a_window_larger_than_the_memory_limit_streams_and_fails_whole(tmp_path):
@@ -283,8 +270,8 @@ def test_a_window_larger_than_the_memory_limit_streams_and_fails_whole(tmp_path)
         "clicked": pa.array((rng.random(n) < 0.2).astype(np.int8)),
     })
     uri = write_sources(tmp_path / "in", table, 4, 25_000)
-    # The streamed step needs its batches, three row groups being filled, and the largest split's Parquet
-    # bytes (the artifact store takes a file whole): under 350 MiB here, about 90 of them that file.
+    # The streamed step needs its batches and three row groups being filled; each split is staged from its
+    # local file chunk by chunk (ArtifactWriter.write_file), never whole: well under 350 MiB here.
     streamed = limited("prepare", uri, tmp_path / "a", headroom_mb=350)
     assert streamed.returncode == 0, streamed.stdout + streamed.stderr
     assert f"rows {n}" in streamed.stdout
