@@ -32,7 +32,9 @@ class _Interrupted(BaseException):
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
+def stop_on_sigterm() -> Iterator[None]:
+    """Within it, SIGTERM raises in the main thread, so the step the task is running (or a gang's ranks) is
+    stopped with it; elsewhere (another thread, a handler already set) it changes nothing."""
     # luigi terminates a task process with SIGTERM (worker timeout, shutdown); without a handler
     # Python exits at once and the step would run on, orphaned.
     if threading.current_thread() is not threading.main_thread() or callable(signal.getsignal(signal.SIGTERM)):
@@ -132,7 +134,7 @@ class NomadJobTask(ArtifactTask):
         request = StepRequest(spec=spec, artifact=artifact, meta=meta, run_id=current_run_id(),
                               timeout_s=float(self.timeout_s), placement_timeout_s=self.placement_timeout_s,
                               cpu_mhz=self.cpu_mhz, memory_mb=self.memory_mb)
-        with _stop_on_sigterm():
+        with stop_on_sigterm():
             result = executor.run(request)
         published = self.output()
         if not published.exists():

@@ -135,7 +135,7 @@ def run_task(task: Any, job: str, size: int, *, rendezvous_timeout_s: float = 12
     """What :meth:`caravan.tasks.NomadJobTask.run` does, with the step run as a gang of ``size`` ranks of ``job``
     (None when the artifact turned out to be published already)."""
     from ..artifacts import completion_index, current_run_id
-    from ..tasks import _stop_on_sigterm
+    from ..tasks import stop_on_sigterm
     from .base import get_executor
     from .jobspec import load_spec
 
@@ -151,7 +151,7 @@ def run_task(task: Any, job: str, size: int, *, rendezvous_timeout_s: float = 12
     for each in rank_requests(request, size, "check", rendezvous_timeout_s, socket_timeout_min):
         spec.check_meta(each.meta)
     executor = get_executor()
-    with _stop_on_sigterm():
+    with stop_on_sigterm():
         result = run_gang(executor, request, size, rendezvous_timeout_s=rendezvous_timeout_s,
                           socket_timeout_min=socket_timeout_min)
     if not task.output().exists():
