@@ -15,7 +15,7 @@ from typing import Any
 
 from caravan.step import StepContext, run_step
 
-from .common import feature_matrix, labels, load_split
+from .common import feature_matrix, labels, lightgbm_without_extras, load_split
 
 #: Groups' rows are spread over at most this many partition files for NDCG (one is in memory at a time).
 _MAX_NDCG_PARTITIONS = 256
@@ -109,4 +109,5 @@ def _record(ctx: StepContext, result: dict[str, Any], model_id: str) -> None:
 
 
 if __name__ == "__main__":
+    lightgbm_without_extras()
     run_step(evaluate, job="evaluate")

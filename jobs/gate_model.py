@@ -5,6 +5,8 @@ from __future__ import annotations
 from caravan.artifacts import Artifact
 from caravan.step import StepContext, run_step
 
+from .common import lightgbm_without_extras
+
 
 def gate(ctx: StepContext) -> None:
     from caravan.registry.gate import judge
@@ -23,4 +25,5 @@ def gate(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
+    lightgbm_without_extras()
     run_step(gate, job="gate-model")

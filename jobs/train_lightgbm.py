@@ -12,7 +12,7 @@ from typing import Any
 
 from caravan.step import StepContext, run_step
 
-from .common import feature_matrix, feature_types, labels, load_split, numeric_columns
+from .common import feature_matrix, feature_types, labels, lightgbm_without_extras, load_split, numeric_columns
 
 BOOSTER_PARAMS = ("objective", "learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
                   "lambda_l2", "num_threads")
@@ -157,6 +157,7 @@ def train_distributed(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
+    lightgbm_without_extras()
     if sys.argv[1:] == ["distributed"]:
         # Only rank 0 publishes, so only rank 0 records a tracking run.
         run_step(train_distributed, job="train-lightgbm-distributed",
