@@ -151,13 +151,16 @@ def cluster(policies, management, local_root, monkeypatch) -> Iterator[tuple[Nom
 
 def test_a_retraining_run_with_the_retrain_and_pipeline_tokens(cluster, management, caplog):
     nomad_double, consul_double, works = cluster
+    # A task instance of its own: luigi hands back the instance an earlier test made with the same parameters,
+    # and with it that test's drift reference (read from the pointer once per instance, before the address).
+    RetrainRanker.clear_instance_cache()
     retrain = RetrainRanker(date=DAY, model=MODEL, **SMALL)
     succeeded = build([retrain], workers=1)
     dispatched = [path for method, path in nomad_double.requests if method in ("PUT", "POST")
                   and path.split("?")[0].endswith("/dispatch")]
-    assert dispatched, "the steps ran through Nomad"
     assert all("namespace=caravan" in path for path in dispatched)
     if works:
+        assert dispatched, "the steps ran through Nomad"
         assert succeeded
         assert retrain.output().read_json("run.json")["promotion"]["decision"] == "promote"
         pointer = open_pointer().read(MODEL)
