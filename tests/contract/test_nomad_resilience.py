@@ -9,6 +9,7 @@ when ``CARAVAN_TEST_NOMAD_ADDR`` is set.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -260,6 +261,52 @@ def test_two_workers_racing_one_artifact_run_the_step_once(make_double, behaviou
             allocs = api.get(f"job/{extra}/allocations")
             assert all(a["DesiredStatus"] == "stop" for a in allocs), allocs
         assert set(stops_sent(double)) == {f"/v1/job/{c['ID']}" for c in children if c.get("Stop")}
+
+
+def test_a_racing_worker_whose_child_was_stopped_as_the_duplicate_before_it_looked_attaches_to_the_kept_one(
+        make_double):
+    """Pre-1.11.2, both dispatches make a child. The loser's dispatch answer is held (as a loaded machine can)
+    until the winner has stopped the loser's child as the duplicate and it is dead: the loser's first look at
+    its own child finds it stopped, which is no failure of the step but a reason to attach to the kept one."""
+    double = make_double(nodes=[TWO_STEPS], dispatch_idempotency="1.11.1", dispatch_race_window_s=0.5)
+    task = Sleep(date=DAY, seconds=0.5)
+    api = NomadAPI(double.address)
+    held: list[str] = []  # the loser's child, held back until it was dead (recorded here, asserted below)
+
+    def children() -> list[dict[str, Any]]:
+        return sorted((s for s in api.get("jobs", {"prefix": "sleep/dispatch-", "meta": "true"})
+                       if (s.get("Meta") or {}).get("caravan_artifact_id") == task.output().id),
+                      key=lambda s: s["CreateIndex"])
+
+    def until(condition: Callable[[], bool]) -> bool:  # in the server's thread: record, never assert
+        deadline = time.monotonic() + 30
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def hold_the_loser(method: str, path: str, status: int, body: bytes) -> None:
+        if method != "POST" or not path.startswith("/v1/job/sleep/dispatch") or status != 200:
+            return
+        mine = json.loads(body)["DispatchedJobID"]
+        if not until(lambda: len(children()) == 2) or children()[0]["ID"] == mine:
+            return  # the winner's answer goes at once: its confirmation stops the loser's child
+        if until(lambda: any(c["ID"] == mine and c["Stop"] and c["Status"] == "dead" for c in children())):
+            held.append(mine)
+
+    double.response_hook = hold_the_loser
+    try:
+        outcomes = run_in_threads(*(lambda: NomadExecutor().run(step_request(task)) for _ in range(2)))
+    finally:
+        double.response_hook = None
+    assert len(held) == 1, "the loser's dispatch answer was held until the winner had stopped its child"
+    assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+    kept = [c["ID"] for c in children() if not c["Stop"]]
+    assert len(kept) == 1 and held[0] not in kept
+    assert [o.job_id for o in outcomes] == kept * 2, "both workers followed the kept child"
+    assert task.output().exists() and task.output().manifest()["executor"]["job_id"] == kept[0]
+    assert set(stops_sent(double)) == {f"/v1/job/{held[0]}"}
 
 
 # -- job GC between retries ------------------------------------------------------------------------------

@@ -9,7 +9,10 @@
   attempt among the artifact's children that still exist, read from their ``DispatchIdempotencyToken``. A
   job GC can remove old children but never makes a retry reuse the token of a surviving failed child.
   After a dispatch the child is confirmed (by id, then among the artifact's children): from 1.11.2 the
-  loser of a race gets an id that never exists, and attaches to the winner instead.
+  loser of a race gets an id that never exists, and attaches to the winner instead. Before 1.11.2 the
+  loser's own child may be stopped as the duplicate before the loser looks at it, or while it follows it: a
+  child stopped by someone else is followed by a look at the artifact's children, and the kept one is
+  attached to (or the one that published it accepted); only when there is none is the stop a failure.
 - **Transient errors never stop a child.** Every request goes through :mod:`caravan.nomad_api`; a leader
   election, a reset or a read timeout is retried with backoff until the step's deadline. A dispatch that
   got no answer is followed by a look-up of the artifact's children before any new dispatch. Only the
@@ -97,7 +100,15 @@ class NomadExecutor(Executor):
         dispatched: list[str] = []  # what this call dispatched, known before the child is confirmed
         try:
             child_id, eval_id = self._start(request, deadline, dispatched)
-            job = self._follow(request, child_id, eval_id, deadline, placement_s)
+            while True:
+                job = self._follow(request, child_id, eval_id, deadline, placement_s)
+                # A child stopped by someone else may have been stopped as a duplicate (pre-1.11.2 race: another
+                # worker kept the earliest child, possibly after this one confirmed its own): never this run's
+                # failure while the artifact has a kept child or is published.
+                kept = self._kept(request, child_id, deadline) if job.get("Stop") else None
+                if kept is None:
+                    break
+                child_id, eval_id = kept, ""
         except _Deadline:
             if child_id:
                 self._stop(child_id)
@@ -148,8 +159,9 @@ class NomadExecutor(Executor):
                 log.info("attaching to %s, already running for %s", live["ID"], artifact.id)
                 return str(live["ID"]), ""
             if children and artifact.exists():
-                log.info("%s already published by %s", artifact.id, children[-1]["ID"])
-                return str(children[-1]["ID"]), ""
+                published = _published(children)
+                log.info("%s already published by %s", artifact.id, published)
+                return published, ""
             attempt = self._next_attempt(children, deadline)
             target = target or self._target(request, deadline)
             started = self._dispatch(request, attempt, deadline, known={str(c["ID"]) for c in children},
@@ -261,22 +273,41 @@ class NomadExecutor(Executor):
             children = self._children(request.spec.name, slot(request.artifact.id, request.meta), deadline)
             live = self._live(children)  # two live children (pre-1.11.2 race): the later one is stopped
             if found is not None:
-                if live is not None and live["ID"] != child_id and found.get("Status") != DONE:
+                # Ours may already be dead because another worker stopped it as the duplicate: still attach.
+                if live is not None and live["ID"] != child_id and (found.get("Status") != DONE or found.get("Stop")):
                     log.warning("attaching to %s, the earliest child of %s", live["ID"], request.artifact.id)
                     return str(live["ID"]), ""
+                if found.get("Stop") and live is None and request.artifact.exists():
+                    return _published(children), ""
                 return child_id, eval_id
             if live:
                 log.warning("dispatch answer named %s, which does not exist: another worker's dispatch won; "
                             "attaching to %s", child_id, live["ID"])
                 return str(live["ID"]), ""
             if children and request.artifact.exists():
-                return str(children[-1]["ID"]), ""
+                return _published(children), ""
             if time.monotonic() >= give_up:
                 log.warning("dispatched child %s never appeared and %s has no live child; dispatching again",
                             child_id, request.artifact.id)
                 return None
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    def _kept(self, request: StepRequest, stopped_id: str, deadline: float) -> str | None:
+        """After ``stopped_id`` was stopped by someone else: the artifact's child to follow instead (the live one
+        kept as the earliest, or the one that published it), or None when there is none (a real stop)."""
+        children = self._children(request.spec.name, slot(request.artifact.id, request.meta), deadline)
+        live = self._live(children)
+        if live is not None and live["ID"] != stopped_id:
+            log.warning("%s was stopped as a duplicate of %s for %s; attaching to it", stopped_id, live["ID"],
+                        request.artifact.id)
+            return str(live["ID"])
+        if children and request.artifact.exists():
+            published = _published(children)
+            if published != stopped_id:
+                log.warning("%s was stopped; %s is published by %s", stopped_id, request.artifact.id, published)
+                return published
+        return None
 
     # -- following the child -----------------------------------------------------------------
 
@@ -479,6 +510,13 @@ class NomadExecutor(Executor):
         except (NomadRejected, _Deadline, NomadUnavailable) as exc:  # GC'd allocation, a task that never started
             log.warning("no %s logs for allocation %s: %s", kind, alloc_id, exc or "Nomad unavailable")
             return None
+
+
+def _published(children: list[dict[str, Any]]) -> str:
+    """The child that published an artifact: the latest one nobody stopped (a duplicate stopped in a race never
+    ran to its end), else the latest."""
+    ran = [c for c in children if not c.get("Stop")]
+    return str((ran or children)[-1]["ID"])
 
 
 def _oom_killed(task_states: dict[str, Any], task: str) -> bool:
