@@ -531,8 +531,27 @@ def figure(loop: Loop, path: Path) -> None:
     plt.close(fig)
 
 
+_STOPPING = threading.Event()
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the finally blocks stop every server
+    """Ctrl-C or SIGTERM: the finally blocks stop every server, and the demo exits 130.
+
+    Once only: a later signal (a second Ctrl-C, or one sent to the whole process group while luigi's task
+    processes and the servers stop) is ignored, so it cannot cut that cleanup short and end the demo by the
+    signal instead. And a KeyboardInterrupt that Python swallows (raised inside an at-fork hook while luigi
+    forks a task process: "Exception ignored in ... _releaseLock") is raised again at the next phase.
+    """
+    if _STOPPING.is_set():
+        return
+    _STOPPING.set()
+    raise KeyboardInterrupt
+
+
+def _phase_boundary() -> None:
+    """Stop here if an interrupt arrived where Python could not raise it."""
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt
 
 
 def _monitoring_missing() -> str | None:
@@ -555,14 +574,17 @@ def _quiet_logs() -> Iterator[None]:
 def run(loop: Loop, settings: Any) -> None:
     """The phases, in order (see the module docstring)."""
     loop.launch_serve()  # it waits for the first model while that model trains
-    loop.bootstrap()
-    loop.serving()
-    loop.day_one()
+    for phase in (loop.bootstrap, loop.serving, loop.day_one):
+        phase()
+        _phase_boundary()
     loop.monitor(loop.at(DAY1, 0), loop.at(DAY2, 1, 5), settings)
+    _phase_boundary()
     day = next((d for _, d in loop.dispatched if d is not None), None)
     candidate = loop.retrain(day) if day is not None else None
+    _phase_boundary()
     if candidate is not None:
         loop.experiment(candidate)
+        _phase_boundary()
     loop.drift(settings)
 
 
@@ -598,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     from caravan.errors import CaravanError
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     started = time.monotonic()
     servers = Servers(root / "logs", record=root / "servers.json")
     loop: Loop | None = None
