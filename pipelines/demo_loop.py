@@ -537,11 +537,14 @@ _STOPPING = threading.Event()
 def _interrupt(signum: int, frame: Any) -> None:
     """Ctrl-C or SIGTERM: the finally blocks stop every server, and the demo exits 130.
 
-    Once only: a later signal (a second Ctrl-C, or one sent to the whole process group while luigi's task
-    processes and the servers stop) is ignored, so it cannot cut that cleanup short and end the demo by the
-    signal instead. And a KeyboardInterrupt that Python swallows (raised inside an at-fork hook while luigi
-    forks a task process: "Exception ignored in ... _releaseLock") is raised again at the next phase.
+    Once only: later signals are ignored by the operating system (SIG_IGN, which unlike a Python handler
+    outlives the interpreter's shutdown), so a second Ctrl-C, or a late one, can neither cut that cleanup
+    short nor end the demo by the signal instead of its exit code. And a KeyboardInterrupt that Python
+    swallows (raised inside an at-fork hook while luigi forks a task process: "Exception ignored in ...
+    _releaseLock") is raised again at the next phase.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if _STOPPING.is_set():
         return
     _STOPPING.set()
