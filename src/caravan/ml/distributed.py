@@ -193,16 +193,10 @@ def load_shard(dataset: Artifact, text: Artifact | None, split: str, start: int,
     gives the whole split (a text feature the split already has is kept, in the text step's type)."""
     table = read_rows(open_parquet(dataset, f"{split}.parquet"), start, stop)
     if text is not None:  # row-aligned with the split: the same rows of its own file
+        from .features import with_text_features
+
         extra = read_rows(open_parquet(text, f"text_{split}.parquet"), start, stop)
-        if extra.num_rows != table.num_rows:
-            raise ValueError(f"text features of {split} rows [{start}, {stop}) have {extra.num_rows} rows, "
-                             f"the split has {table.num_rows}")
-        for name in extra.column_names:
-            if name in table.column_names:
-                index = table.column_names.index(name)
-                table = table.set_column(index, name, table[name].cast(extra.schema.field(name).type))
-            else:
-                table = table.append_column(name, extra[name])
+        table = with_text_features(table, extra, f"text features of {split} rows [{start}, {stop})")
     return table
 
 

@@ -26,16 +26,22 @@ def load_split(dataset: Artifact, text: Artifact | None, split: str) -> pa.Table
     (``--events logged``) carries the features as they were scored, its text column is not logged.
     """
     table = dataset.read_parquet(f"{split}.parquet")
-    if text is not None:
-        extra = text.read_parquet(f"text_{split}.parquet")
-        if extra.num_rows != table.num_rows:
-            raise ValueError(f"text features of {split} have {extra.num_rows} rows, the split has {table.num_rows}")
-        for name in extra.column_names:
-            if name in table.column_names:
-                index = table.column_names.index(name)
-                table = table.set_column(index, name, table[name].cast(extra.schema.field(name).type))
-            else:
-                table = table.append_column(name, extra[name])
+    if text is None:
+        return table
+    return with_text_features(table, text.read_parquet(f"text_{split}.parquet"), f"text features of {split}")
+
+
+def with_text_features(table: pa.Table, extra: pa.Table, what: str) -> pa.Table:
+    """``table`` with the row-aligned text features ``extra`` appended; one ``table`` already has is kept, in
+    ``extra``'s type (see :func:`load_split`). ``what`` names ``extra`` in the error when the rows differ."""
+    if extra.num_rows != table.num_rows:
+        raise ValueError(f"{what} have {extra.num_rows} rows, the split has {table.num_rows}")
+    for name in extra.column_names:
+        if name in table.column_names:
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, table[name].cast(extra.schema.field(name).type))
+        else:
+            table = table.append_column(name, extra[name])
     return table
 
 
