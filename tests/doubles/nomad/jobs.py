@@ -144,23 +144,32 @@ class JobEndpoint:
                          DispatchIdempotencyToken=token, Meta={**(parent.get("Meta") or {}), **meta},
                          Payload=base64.b64encode(payload).decode() if payload else None,
                          Priority=priority or parent["Priority"])
+            if self.dispatch_race_window_s <= 0:
+                # No window: the apply lands before any other dispatch is checked (an idle leader), so two
+                # dispatches of one token never both pass the check, however the caller's threads interleave.
+                return self._apply_dispatch(req, namespace, job_id, token, child)
         # The check above ran on a snapshot; the Raft apply comes later (nomad/job_endpoint.go Dispatch), so
         # two dispatches of one token inside this window both pass it.
-        if self.dispatch_race_window_s > 0 and self._closing.wait(self.dispatch_race_window_s):
+        if self._closing.wait(self.dispatch_race_window_s):
             raise HTTPError(500, "rpc error: server is shutting down")
         with self._cond:
-            if token and self.dispatch_idempotency != "1.11.1" and any(
-                    c.job["DispatchIdempotencyToken"] == token for c in self._children(namespace, job_id)):
-                # 1.11.2 nomad/fsm.go applyUpsertJob: the FSM finds the token and silently drops the apply
-                # (job and eval), yet the endpoint answers with the ids it made up, which never exist.
-                idx = self._bump()
-                self.stats["duplicate_dispatches_dropped"] += 1
-                ev_id = "" if is_parent(child) else str(uuid.uuid4())
-            else:
-                ev_id, idx = self._launch(child, "job-register")
-                self.stats["dispatches"] += 1
-                req.ambiguous = self._leader_event("dispatch")
-        return Reply({"DispatchedJobID": child_id, "EvalID": ev_id, "EvalCreateIndex": idx if ev_id else 0,
+            return self._apply_dispatch(req, namespace, job_id, token, child)
+
+    def _apply_dispatch(self, req: Request, namespace: str, job_id: str, token: str,
+                        child: dict[str, Any]) -> Reply:
+        """The Raft apply of a dispatch whose checks passed (called holding the lock)."""
+        if token and self.dispatch_idempotency != "1.11.1" and any(
+                c.job["DispatchIdempotencyToken"] == token for c in self._children(namespace, job_id)):
+            # 1.11.2 nomad/fsm.go applyUpsertJob: the FSM finds the token and silently drops the apply
+            # (job and eval), yet the endpoint answers with the ids it made up, which never exist.
+            idx = self._bump()
+            self.stats["duplicate_dispatches_dropped"] += 1
+            ev_id = "" if is_parent(child) else str(uuid.uuid4())
+        else:
+            ev_id, idx = self._launch(child, "job-register")
+            self.stats["dispatches"] += 1
+            req.ambiguous = self._leader_event("dispatch")
+        return Reply({"DispatchedJobID": child["ID"], "EvalID": ev_id, "EvalCreateIndex": idx if ev_id else 0,
                       "JobCreateIndex": idx, "Index": idx}, index=idx, read=False)
 
     def _children(self, namespace: str, parent_id: str) -> list[JobRec]:
