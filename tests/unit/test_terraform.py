@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ..acl_policies import access_table, concrete, load_policies
+from ..doubles.nomad.acl import glob_match  # go-glob: Vault's glob bound claims use it too, as Nomad's ACLs do
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
@@ -672,23 +673,6 @@ def test_nomad_checker_rejects_bad_policies(bad):
         check_nomad_policy(bad)
 
 
-def vault_glob_match(pattern: str, value: str) -> bool:
-    """Vault's ``bound_claims_type = "glob"`` match (github.com/ryanuber/go-glob: ``*`` is the only
-    wildcard and matches any run of characters, ``?`` and ``[`` are literal)."""
-    parts = pattern.split("*")
-    if len(parts) == 1:
-        return value == pattern
-    if not value.startswith(parts[0]) or not value.endswith(parts[-1]):
-        return False
-    at = len(parts[0])
-    for middle in parts[1:-1]:
-        found = value.find(middle, at)
-        if found < 0:
-            return False
-        at = found + len(middle)
-    return at <= len(value) - len(parts[-1])
-
-
 def bound_job_patterns(roles: Mapping[str, list[str]], role: str) -> list[str]:
     """The nomad_job_id patterns the JWT role ``role`` binds: vault.tf's expression evaluated for it."""
     jobs = list(roles[role])
@@ -700,7 +684,7 @@ def test_every_job_name_binds_its_own_role_only():
     for role, jobs in roles.items():
         for name in jobs:
             assert "*" not in name, f"{name}: a job name of role {role} would be a glob pattern"
-            matched = {r for r in roles if any(vault_glob_match(p, name) for p in bound_job_patterns(roles, r))}
+            matched = {r for r in roles if any(glob_match(p, name) for p in bound_job_patterns(roles, r))}
             assert matched == {role}, f"{name} is bound by {matched}, not only {role}"
 
 
@@ -711,11 +695,11 @@ def test_a_sized_steps_children_get_the_step_role_and_no_other(vault_roles, cpu,
 
     job = data.draw(st.sampled_from(sorted(vault_roles["step"])))
     twin = sized_job_id(job, Ask(cpu, memory))
-    matches = {r for r in vault_roles if any(vault_glob_match(p, twin) for p in bound_job_patterns(vault_roles, r))}
+    matches = {r for r in vault_roles if any(glob_match(p, twin) for p in bound_job_patterns(vault_roles, r))}
     assert matches == {"step"}, f"{twin} is bound by {matches}"
     other = data.draw(st.sampled_from(sorted(vault_roles["serving"] + vault_roles["retrain"])))
     other_twin = sized_job_id(other, Ask(cpu, memory))
-    assert not any(vault_glob_match(p, other_twin) for p in bound_job_patterns(vault_roles, "step"))
+    assert not any(glob_match(p, other_twin) for p in bound_job_patterns(vault_roles, "step"))
 
 
 @pytest.fixture(scope="module")
