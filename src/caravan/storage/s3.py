@@ -9,6 +9,7 @@ head-then-put, which is only safe when one writer publishes an artifact at a tim
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,18 +71,24 @@ class S3Store(Store):
             return BackendUnavailable(f"{where}: {exc}", backend="s3")
         return exc
 
-    def read(self, key: str) -> bytes:
+    @contextlib.contextmanager
+    def _getting(self, key: str) -> Iterator[None]:
+        """A GET of ``key``: a missing object is ArtifactNotFoundError, any other failure the store's error."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-            return body
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri) from exc
             raise self._error(exc, "GET", key) from exc
         except BotoCoreError as exc:
             raise self._error(exc, "GET", key) from exc
+
+    def read(self, key: str) -> bytes:
+        with self._getting(key):
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
 
     def write(self, key: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -125,18 +132,10 @@ class S3Store(Store):
             raise self._error(exc, "PUT (multipart)", key) from exc
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._getting(key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
             with body:
                 yield from body.iter_chunks(CHUNK_BYTES)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ArtifactNotFoundError("no such object", artifact=key, store=self.root_uri) from exc
-            raise self._error(exc, "GET", key) from exc
-        except BotoCoreError as exc:
-            raise self._error(exc, "GET", key) from exc
 
     def create(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
